@@ -1,0 +1,68 @@
+# d2v: data2vec pretraining in C. `make test` and `make demo` install their own dependencies.
+CC      := mpicc
+MODE    ?= release
+BUILD   := build/$(MODE)
+BLIS_INC ?= /usr/include/x86_64-linux-gnu/blis-openmp
+PYTHON  := /usr/bin/python3
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
+ifeq ($(CI),true)
+WERROR  ?= 1
+endif
+ifeq ($(WERROR),1)
+WARN    += -Werror
+endif
+OPT_release := -O2 -g
+OPT_debug   := -O0 -g
+OPT_asan    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L $(OPT_$(MODE)) $(WARN) -fopenmp -MMD -MP \
+           -Iinclude -isystem $(BLIS_INC) $(shell pkg-config --cflags hdf5 libconfig 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs hdf5 libconfig 2>/dev/null) -lblis -lm
+LDFLAGS := -fopenmp $(if $(filter asan,$(MODE)),-fsanitize=address,undefined)
+
+LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB     := $(BUILD)/libd2v.a
+TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+BENCH   := $(BUILD)/bench/bench_encoder
+
+.PHONY: all deps deps-test test fixtures bench clean
+all: $(LIB) $(TESTS) $(BENCH)
+
+deps:
+	@scripts/deps.sh
+deps-test:
+	@scripts/deps.sh --test
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/tests/%: tests/%.c $(LIB) tests/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
+# PyTorch reference fixtures, regenerated from tests/ref/*.py with Debian's torch.
+FIXTURES := $(patsubst tests/ref/%.py,build/fixtures/%.h5,$(wildcard tests/ref/*_ref.py))
+build/fixtures/%.h5: tests/ref/%.py
+	@mkdir -p $(dir $@)
+	$(PYTHON) $< $@
+fixtures: deps-test $(FIXTURES)
+
+test: deps-test
+	$(MAKE) all fixtures
+	tests/run.sh $(BUILD)
+
+bench: deps
+	$(MAKE) $(BENCH)
+	bench/run.sh $(BUILD)
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d)

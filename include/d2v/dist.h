@@ -1,0 +1,29 @@
+/* dist.h: the process group (MPI behind it; dist.c is the only file that includes mpi.h). */
+#ifndef D2V_DIST_H
+#define D2V_DIST_H
+
+#include <stddef.h>
+
+typedef struct {
+    int rank;
+    int world;
+    int initialized;
+} Dist;
+
+extern Dist g_dist;
+
+/// Start MPI (funneled threads), set MPI_ERRORS_RETURN, fill g_dist.
+void dist_init(int *argc, char ***argv);
+/// Finalize MPI if it was started.
+void dist_finalize(void);
+/// End every rank of the job with `code` (MPI_Abort once MPI is up, exit otherwise).
+void dist_abort(int code) __attribute__((noreturn));
+/// In-place sum of n floats over all ranks (chunked below INT_MAX elements).
+void dist_allreduce_sum_f32(float *buf, size_t n);
+/// In-place sum of n doubles over all ranks.
+void dist_allreduce_sum_f64(double *buf, size_t n);
+/// Broadcast n bytes from rank 0.
+void dist_bcast_bytes(void *buf, size_t n);
+void dist_barrier(void);
+
+#endif

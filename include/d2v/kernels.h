@@ -1,0 +1,132 @@
+/* kernels.h: forward/backward CPU kernels (BLIS GEMM + OpenMP loops) used by every model piece.
+ *
+ * Conventions (llm.c): outputs first, then saved state, then inputs, then sizes. Backward kernels
+ * ACCUMULATE into every gradient they are given (the caller zeroes once per step); a NULL gradient
+ * pointer means "not needed". Activations are row-major, channels last: (B, T, C).
+ */
+#ifndef D2V_KERNELS_H
+#define D2V_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- BLIS set-up and GEMM ------------------------------------------------------------------ */
+
+/// Choose the BLIS kernel set before BLIS initialises (AVX-512 "skx" where the CPU has it, unless
+/// the user set BLIS_ARCH_TYPE), set BLIS threads from BLIS_NUM_THREADS/OMP_NUM_THREADS or
+/// `threads` (>0 wins), verify one GEMM against a naive loop. Returns the kernel set's name.
+const char *gemm_init(int threads);
+/// Number of threads BLIS uses for calls made outside OpenMP parallel regions.
+int gemm_threads(void);
+
+/// Row-major C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T; op(A) is M x K, op(B) K x N.
+/// lda/ldb/ldc are row strides of the stored matrices. Uses BLIS's threads unless `single` is set
+/// (for calls made from inside an OpenMP parallel region).
+void gemm_rowmajor(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                   int lda, const float *B, int ldb, float beta, float *C, int ldc, int single);
+
+/* ---- Linear ---------------------------------------------------------------------------------- */
+
+/// out (N, OC) = inp (N, C) @ W^T + bias; W is (OC, C) (PyTorch layout); bias may be NULL.
+void linear_forward(float *out, const float *inp, const float *W, const float *bias, int N, int C,
+                    int OC);
+/// dinp += dout @ W; dW += dout^T @ inp; dbias += column sums of dout.
+void linear_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
+                     const float *W, int N, int C, int OC);
+
+/* ---- Normalisation --------------------------------------------------------------------------- */
+
+/// Layer norm over the last dim of (N, C); w, b NULL = parameter-less. Saves mean, rstd (N).
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps);
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C);
+
+/// Instance norm over time: for each (b, c) of inp (B, T, C), normalise across T (no affine),
+/// as data2vec speech targets do (F.instance_norm on B x C x T). Saves mean, rstd (B, C).
+void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp, int B, int T,
+                          int C, float eps);
+void instancenorm_backward(float *dinp, const float *dout, const float *inp, const float *mean,
+                           const float *rstd, int B, int T, int C);
+
+/* ---- Pointwise ------------------------------------------------------------------------------- */
+
+/// Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/// out = a + b.
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+void residual_backward(float *da, float *db, const float *dout, size_t n);
+
+/// Softmax over the last dim of (N, C).
+void softmax_forward(float *out, const float *inp, int N, int C);
+void softmax_backward(float *dinp, const float *out, const float *dout, int N, int C);
+
+/* ---- Counter-based randomness and dropout ---------------------------------------------------- */
+
+/// Key for one dropout site: a hash of (seed, step, global sample index, site). Elements inside
+/// it are addressed by position, so a mask never depends on thread or rank count.
+uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site);
+/// Uniform in [0, 1) for element `index` under `key` (stateless, splitmix64-style mixing).
+float rng_uniform(uint64_t key, uint64_t index);
+
+/// Inverted dropout over inp (B, n_per_sample): element i of sample b is kept when
+/// rng_uniform(rng_key(seed, step, sample_ids[b], site), i) >= p, and scaled by 1/(1-p).
+/// sample_ids NULL means sample b has id b. p == 0 copies.
+typedef struct {
+    uint64_t seed, step, site;
+    const int64_t *sample_ids; // (B) global sample index of each row, or NULL
+} DropKey;
+void dropout_forward(float *out, const float *inp, int B, size_t n_per_sample, float p, DropKey k);
+/// dinp += dout * mask / (1-p), with the mask regenerated from the key (nothing stored).
+void dropout_backward(float *dinp, const float *dout, int B, size_t n_per_sample, float p,
+                      DropKey k);
+
+/// Residual branch used by the encoder blocks:
+///   out[b,t,c] = x[b,t,c] + path_b * gamma_c * dropout(branch)[b,t,c]
+/// gamma (C) NULL = 1 (layer scale off); path_b is per-sample stochastic depth (drop_path p_path,
+/// site k.site + 1) scaled by 1/(1-p_path); element dropout p_drop uses site k.site.
+void branch_add_forward(float *out, const float *x, const float *branch, const float *gamma, int B,
+                        int T, int C, float p_drop, float p_path, DropKey k);
+void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *dout,
+                         const float *branch, const float *gamma, int B, int T, int C,
+                         float p_drop, float p_path, DropKey k);
+
+/* ---- Attention ------------------------------------------------------------------------------- */
+
+/// Multi-head scaled-dot-product self-attention.
+///   qkv (B, T, 3C): q | k | v, heads of size C/NH contiguous inside each; out (B, T, C).
+///   att (B, NH, T, T): softmax probabilities (before attention dropout), saved for backward.
+///   key_pad (B, T) uint8, 1 = padding key (masked with -inf); NULL = none.
+///   bias (NH, T, T) additive per-head logit bias (ALiBi / relative position); NULL = none.
+///   p_drop: attention-probability dropout keyed on k (site k.site, index (h, i, j)).
+///   scratch: attention_scratch_size(T) floats (per-thread T x T buffers), caller-owned.
+size_t attention_scratch_size(int T);
+void attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                       const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
+                       float p_drop, DropKey k);
+/// dqkv += ..., dbias (NH, T, T) += sum over the batch (NULL = not needed).
+void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
+                        const float *qkv, const float *att, int B, int T, int C, int NH,
+                        float p_drop, DropKey k);
+
+/* ---- Convolution and embedding --------------------------------------------------------------- */
+
+/// 1-D convolution, channels last. inp (B, L, Cin), out (B, Lout, Cout) with
+/// Lout = floor((L + 2 pad - K) / stride) + 1; W (Cout, Cin/groups, K) in PyTorch layout;
+/// bias (Cout) or NULL. `cols` is scratch of conv1d_cols_size() floats (im2col buffer).
+int conv1d_out_len(int L, int K, int stride, int pad);
+size_t conv1d_cols_size(int B, int L, int Cin, int K, int stride, int pad, int groups);
+void conv1d_forward(float *out, float *cols, const float *inp, const float *W, const float *bias,
+                    int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups);
+void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const float *dout,
+                     const float *inp, const float *W, int B, int L, int Cin, int Cout, int K,
+                     int stride, int pad, int groups);
+
+/// out (N, C) = table[ids[n]] (table is (V, C)); ids outside [0, V) are a fatal error.
+void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int V, int C);
+/// dtable[ids[n]] += dout[n] (scatter-add; threads split channels so rows never race).
+void embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C);
+
+#endif

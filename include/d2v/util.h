@@ -1,0 +1,26 @@
+/* util.h: the one fatal-error path (die), checked allocation, logging, timing. */
+#ifndef D2V_UTIL_H
+#define D2V_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// Print "d2v: error: ..." (prefixed with the rank once MPI is up), then end the whole job.
+#define die(...) die_at(__FILE__, __LINE__, __VA_ARGS__)
+void die_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+
+/// 64-byte aligned, zeroed allocation; dies naming the request on failure.
+#define xalloc(bytes, what) xalloc_at((bytes), (what), __FILE__, __LINE__)
+void *xalloc_at(size_t bytes, const char *what, const char *file, int line);
+
+/// printf on rank 0 only.
+void log0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/// Wall-clock seconds from a monotonic clock.
+double now_seconds(void);
+
+/// Parse an environment variable as a positive int; `fallback` if unset or invalid.
+int env_int(const char *name, int fallback);
+
+#endif

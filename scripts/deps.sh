@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs the Debian packages d2v needs, only those missing; a no-op when all are present.
+# Usage: scripts/deps.sh [--test]   (--test adds the PyTorch reference stack for tests/ref)
+set -eu
+pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config"
+if [ "${1:-}" = "--test" ]; then
+    pkgs="$pkgs python3-torch python3-h5py python3-numpy"
+fi
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "deps: need root or sudo to install:$missing" >&2; exit 1; }
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends $missing

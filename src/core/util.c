@@ -1,0 +1,59 @@
+/* util.c: die(), checked aligned allocation, rank-0 logging and the clock. */
+#define _POSIX_C_SOURCE 200809L
+#include "d2v/util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "d2v/dist.h"
+
+void die_at(const char *file, int line, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    if (g_dist.initialized && g_dist.world > 1)
+        fprintf(stderr, "d2v: error: [rank %d] %s (%s:%d)\n", g_dist.rank, msg, file, line);
+    else
+        fprintf(stderr, "d2v: error: %s (%s:%d)\n", msg, file, line);
+    fflush(stderr);
+    dist_abort(1);
+}
+
+void *xalloc_at(size_t bytes, const char *what, const char *file, int line) {
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded == 0) rounded = 64;
+    void *p = aligned_alloc(64, rounded);
+    if (!p) die_at(file, line, "out of memory allocating %.1f MiB for %s", bytes / 1048576.0, what);
+    memset(p, 0, rounded);
+    return p;
+}
+
+void log0(const char *fmt, ...) {
+    if (g_dist.rank != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+int env_int(const char *name, int fallback) {
+    const char *s = getenv(name);
+    if (!s || !*s) return fallback;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end != '\0' || v <= 0 || v > 4096) return fallback;
+    return (int)v;
+}

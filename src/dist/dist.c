@@ -1,0 +1,79 @@
+/* dist.c: the only file that talks to MPI: init, abort-on-fatal, allreduce, broadcast. */
+#define _POSIX_C_SOURCE 200809L
+#include "d2v/dist.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "d2v/util.h"
+
+Dist g_dist = {0, 1, 0};
+
+#define MPI_CHECK(call)                                                            \
+    do {                                                                           \
+        int rc_ = (call);                                                          \
+        if (rc_ != MPI_SUCCESS) {                                                  \
+            char s_[MPI_MAX_ERROR_STRING];                                         \
+            int n_ = 0;                                                            \
+            MPI_Error_string(rc_, s_, &n_);                                        \
+            die("MPI call %s failed: %s", #call, s_);                              \
+        }                                                                          \
+    } while (0)
+
+void dist_init(int *argc, char ***argv) {
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    g_dist.initialized = 1;
+    /* Errors return codes so MPI_CHECK can report them, then die() aborts every rank. */
+    MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &g_dist.rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &g_dist.world));
+}
+
+void dist_finalize(void) {
+    if (g_dist.initialized) MPI_Finalize();
+    g_dist.initialized = 0;
+}
+
+void dist_abort(int code) {
+    int up = 0, down = 0;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    /* One rank's fatal error must end the job, never leave the others waiting. */
+    if (up && !down) MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code);
+}
+
+/* Open MPI 4.1 has no large-count calls: chunk below INT_MAX elements. */
+#define CHUNK ((size_t)1 << 30)
+
+void dist_allreduce_sum_f32(float *buf, size_t n) {
+    if (!g_dist.initialized || g_dist.world == 1) return;
+    for (size_t off = 0; off < n; off += CHUNK) {
+        size_t m = n - off < CHUNK ? n - off : CHUNK;
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    }
+}
+
+void dist_allreduce_sum_f64(double *buf, size_t n) {
+    if (!g_dist.initialized || g_dist.world == 1) return;
+    for (size_t off = 0; off < n; off += CHUNK) {
+        size_t m = n - off < CHUNK ? n - off : CHUNK;
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    }
+}
+
+void dist_bcast_bytes(void *buf, size_t n) {
+    if (!g_dist.initialized || g_dist.world == 1) return;
+    char *p = buf;
+    for (size_t off = 0; off < n; off += CHUNK) {
+        size_t m = n - off < CHUNK ? n - off : CHUNK;
+        MPI_CHECK(MPI_Bcast(p + off, (int)m, MPI_BYTE, 0, MPI_COMM_WORLD));
+    }
+}
+
+void dist_barrier(void) {
+    if (g_dist.initialized && g_dist.world > 1) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+}

@@ -1,0 +1,125 @@
+/* attention.c: multi-head scaled-dot-product self-attention with key padding mask, additive
+ * per-head bias and counter-based attention dropout. One (sample, head) pair per OpenMP task,
+ * each running single-threaded strided BLIS GEMMs straight on the (B, T, 3C) qkv layout. */
+#include <math.h>
+#include <omp.h>
+
+#include "d2v/kernels.h"
+
+size_t attention_scratch_size(int T) { return (size_t)omp_get_max_threads() * 2 * T * T; }
+
+/* dst = src * mask / (1 - p_drop) for head h of sample b (T x T); dst may alias src. */
+static void drop_probs(float *pd, const float *p, int b, int h, int T, float p_drop, DropKey k) {
+    uint64_t sample = k.sample_ids ? (uint64_t)k.sample_ids[b] : (uint64_t)b;
+    uint64_t key = rng_key(k.seed, k.step, sample, k.site);
+    float scale = 1.0f / (1.0f - p_drop);
+    size_t off = (size_t)h * T * T;
+    for (size_t i = 0; i < (size_t)T * T; i++)
+        pd[i] = rng_uniform(key, off + i) >= p_drop ? p[i] * scale : 0.0f;
+}
+
+static void head_forward(float *out, float *att, float *pd, const float *qkv,
+                         const uint8_t *key_pad, const float *bias, int b, int h, int T, int C,
+                         int NH, float p_drop, DropKey k) {
+    int hs = C / NH;
+    size_t C3 = 3 * (size_t)C;
+    const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs;
+    const float *kk = q + C, *v = q + 2 * C;
+    float *s = att + ((size_t)b * NH + h) * T * T;
+    float scale = 1.0f / sqrtf((float)hs);
+    gemm_rowmajor(0, 1, T, T, hs, scale, q, (int)C3, kk, (int)C3, 0.0f, s, T, 1);
+    const uint8_t *pad = key_pad ? key_pad + (size_t)b * T : NULL;
+    const float *bh = bias ? bias + (size_t)h * T * T : NULL;
+    for (int i = 0; i < T; i++) {
+        float *row = s + (size_t)i * T;
+        float mx = -INFINITY;
+        for (int j = 0; j < T; j++) {
+            float x = row[j] + (bh ? bh[(size_t)i * T + j] : 0.0f);
+            if (pad && pad[j]) x = -INFINITY;
+            row[j] = x;
+            mx = fmaxf(mx, x);
+        }
+        if (mx == -INFINITY) { /* every key is padding: attend to nothing instead of NaN */
+            for (int j = 0; j < T; j++) row[j] = 0.0f;
+            continue;
+        }
+        double sum = 0;
+        for (int j = 0; j < T; j++) sum += (row[j] = expf(row[j] - mx));
+        float inv = (float)(1.0 / sum);
+        for (int j = 0; j < T; j++) row[j] *= inv;
+    }
+    const float *p = s;
+    if (p_drop > 0) {
+        drop_probs(pd, s, b, h, T, p_drop, k);
+        p = pd;
+    }
+    gemm_rowmajor(0, 0, T, hs, T, 1.0f, p, T, v, (int)C3, 0.0f,
+                  out + (size_t)b * T * C + (size_t)h * hs, C, 1);
+}
+
+void attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                       const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
+                       float p_drop, DropKey k) {
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T;
+            head_forward(out, att, pd, qkv, key_pad, bias, b, h, T, C, NH, p_drop, k);
+        }
+}
+
+static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const float *dout,
+                          const float *qkv, const float *att, int b, int h, int T, int C, int NH,
+                          float p_drop, DropKey k) {
+    int hs = C / NH;
+    size_t C3 = 3 * (size_t)C;
+    size_t qoff = (size_t)b * T * C3 + (size_t)h * hs;
+    const float *q = qkv + qoff, *kk = q + C, *v = q + 2 * C;
+    float *dq = dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C;
+    const float *p = att + ((size_t)b * NH + h) * T * T;
+    const float *dy = dout + (size_t)b * T * C + (size_t)h * hs;
+    float scale = 1.0f / sqrtf((float)hs);
+    const float *pused = p;
+    if (p_drop > 0) {
+        drop_probs(pd, p, b, h, T, p_drop, k);
+        pused = pd;
+    }
+    gemm_rowmajor(1, 0, T, hs, T, 1.0f, pused, T, dy, C, 1.0f, dv, (int)C3, 1); /* dV += P^T dY */
+    gemm_rowmajor(0, 1, T, T, hs, 1.0f, dy, C, v, (int)C3, 0.0f, dp, T, 1);    /* dP = dY V^T */
+    if (p_drop > 0) drop_probs(dp, dp, b, h, T, p_drop, k); /* through the same mask */
+    for (int i = 0; i < T; i++) { /* softmax backward, in place: dS = P (dP - <P, dP>) */
+        const float *pr = p + (size_t)i * T;
+        float *dr = dp + (size_t)i * T;
+        double dot = 0;
+        for (int j = 0; j < T; j++) dot += (double)pr[j] * dr[j];
+        float d = (float)dot;
+        for (int j = 0; j < T; j++) dr[j] = pr[j] * (dr[j] - d);
+    }
+    if (dbias) {
+        float *db = dbias + (size_t)h * T * T;
+        for (size_t i = 0; i < (size_t)T * T; i++) db[i] += dp[i];
+    }
+    gemm_rowmajor(0, 0, T, hs, T, scale, dp, T, kk, (int)C3, 1.0f, dq, (int)C3, 1); /* dQ */
+    gemm_rowmajor(1, 0, T, hs, T, scale, dp, T, q, (int)C3, 1.0f, dk, (int)C3, 1);  /* dK */
+}
+
+void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
+                        const float *qkv, const float *att, int B, int T, int C, int NH,
+                        float p_drop, DropKey k) {
+    if (dbias) {
+        /* Heads in parallel, samples in sequence: each dbias[h] has a single writer. */
+#pragma omp parallel for schedule(dynamic)
+        for (int h = 0; h < NH; h++) {
+            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dp = pd + (size_t)T * T;
+            for (int b = 0; b < B; b++)
+                head_backward(dqkv, dbias, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
+        }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dp = pd + (size_t)T * T;
+            head_backward(dqkv, NULL, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
+        }
+}

@@ -1,0 +1,102 @@
+/* conv1d.c: grouped, strided, padded 1-D convolution on channels-last (B, L, C) tensors as
+ * im2col + BLIS GEMM per group; weights in PyTorch's (Cout, Cin/groups, K) layout. */
+#include "d2v/kernels.h"
+#include "d2v/util.h"
+
+int conv1d_out_len(int L, int K, int stride, int pad) { return (L + 2 * pad - K) / stride + 1; }
+
+size_t conv1d_cols_size(int B, int L, int Cin, int K, int stride, int pad, int groups) {
+    (void)groups; /* groups * (Cin/groups) * K == Cin * K */
+    int Lout = conv1d_out_len(L, K, stride, pad);
+    return (size_t)B * (Lout > 0 ? Lout : 0) * Cin * K;
+}
+
+/* cols[g][b*Lout + t][ci*K + k] = inp[b, t*stride - pad + k, g*Cin_g + ci] (0 outside). */
+static void im2col(float *cols, const float *inp, int B, int L, int Cin, int K, int stride, int pad,
+                   int groups, int Lout) {
+    int Cg = Cin / groups, row = Cg * K;
+    size_t N = (size_t)B * Lout;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Lout; t++)
+            for (int g = 0; g < groups; g++) {
+                float *dst = cols + (size_t)g * N * row + ((size_t)b * Lout + t) * row;
+                for (int k = 0; k < K; k++) {
+                    int l = t * stride - pad + k;
+                    const float *src = inp + ((size_t)b * L + l) * Cin + (size_t)g * Cg;
+                    int inside = l >= 0 && l < L;
+                    for (int ci = 0; ci < Cg; ci++) dst[ci * K + k] = inside ? src[ci] : 0.0f;
+                }
+            }
+}
+
+static void col2im_add(float *dinp, const float *cols, int B, int L, int Cin, int K, int stride,
+                       int pad, int groups, int Lout) {
+    int Cg = Cin / groups, row = Cg * K;
+    size_t N = (size_t)B * Lout;
+#pragma omp parallel for /* one sample per thread: overlapping windows never race */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Lout; t++)
+            for (int g = 0; g < groups; g++) {
+                const float *src = cols + (size_t)g * N * row + ((size_t)b * Lout + t) * row;
+                for (int k = 0; k < K; k++) {
+                    int l = t * stride - pad + k;
+                    if (l < 0 || l >= L) continue;
+                    float *dst = dinp + ((size_t)b * L + l) * Cin + (size_t)g * Cg;
+                    for (int ci = 0; ci < Cg; ci++) dst[ci] += src[ci * K + k];
+                }
+            }
+}
+
+static void check_shape(int L, int Cin, int Cout, int K, int stride, int pad, int groups) {
+    if (groups <= 0 || Cin % groups || Cout % groups || K <= 0 || stride <= 0 || pad < 0 ||
+        conv1d_out_len(L, K, stride, pad) <= 0)
+        die("conv1d: bad shape L=%d Cin=%d Cout=%d K=%d stride=%d pad=%d groups=%d", L, Cin, Cout,
+            K, stride, pad, groups);
+}
+
+void conv1d_forward(float *out, float *cols, const float *inp, const float *W, const float *bias,
+                    int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups) {
+    check_shape(L, Cin, Cout, K, stride, pad, groups);
+    int Lout = conv1d_out_len(L, K, stride, pad);
+    int Cg = Cin / groups, Og = Cout / groups, row = Cg * K;
+    size_t N = (size_t)B * Lout;
+    im2col(cols, inp, B, L, Cin, K, stride, pad, groups, Lout);
+    if (bias) {
+#pragma omp parallel for
+        for (size_t n = 0; n < N; n++)
+            for (int o = 0; o < Cout; o++) out[n * Cout + o] = bias[o];
+    }
+    for (int g = 0; g < groups; g++)
+        gemm_rowmajor(0, 1, (int)N, Og, row, 1.0f, cols + (size_t)g * N * row, row,
+                      W + (size_t)g * Og * row, row, bias ? 1.0f : 0.0f, out + (size_t)g * Og,
+                      Cout, 0);
+}
+
+void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const float *dout,
+                     const float *inp, const float *W, int B, int L, int Cin, int Cout, int K,
+                     int stride, int pad, int groups) {
+    check_shape(L, Cin, Cout, K, stride, pad, groups);
+    int Lout = conv1d_out_len(L, K, stride, pad);
+    int Cg = Cin / groups, Og = Cout / groups, row = Cg * K;
+    size_t N = (size_t)B * Lout;
+    if (dbias) {
+#pragma omp parallel for
+        for (int o = 0; o < Cout; o++) {
+            double s = 0;
+            for (size_t n = 0; n < N; n++) s += dout[n * Cout + o];
+            dbias[o] += (float)s;
+        }
+    }
+    if (dW) im2col(cols, inp, B, L, Cin, K, stride, pad, groups, Lout); /* recomputed, not kept */
+    for (int g = 0; g < groups; g++) {
+        float *cg = cols + (size_t)g * N * row;
+        if (dW)
+            gemm_rowmajor(1, 0, Og, row, (int)N, 1.0f, dout + (size_t)g * Og, Cout, cg, row, 1.0f,
+                          dW + (size_t)g * Og * row, row, 0);
+        if (dinp) /* the group's im2col block is spent: reuse it for d(cols) */
+            gemm_rowmajor(0, 0, (int)N, row, Og, 1.0f, dout + (size_t)g * Og, Cout,
+                          W + (size_t)g * Og * row, row, 0.0f, cg, row, 0);
+    }
+    if (dinp) col2im_add(dinp, cols, B, L, Cin, K, stride, pad, groups, Lout);
+}
