@@ -70,6 +70,8 @@ void softmax_backward(float *dinp, const float *out, const float *dout, int N, i
 uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site);
 /// Uniform in [0, 1) for element `index` under `key` (stateless, splitmix64-style mixing).
 float rng_uniform(uint64_t key, uint64_t index);
+/// Standard normal for element `index` under `key` (Box-Muller on two counter draws).
+float rng_normal(uint64_t key, uint64_t index);
 
 /// Inverted dropout over inp (B, n_per_sample): element i of sample b is kept when
 /// rng_uniform(rng_key(seed, step, sample_ids[b], site), i) >= p, and scaled by 1/(1-p).

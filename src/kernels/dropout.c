@@ -1,6 +1,8 @@
 /* dropout.c: counter-based RNG (stateless hash of seed, step, sample, site, position), inverted
  * dropout and the encoder's residual-branch add (dropout, layer scale, per-sample drop path).
  * Masks are regenerated in backward, so none is stored, and none depends on thread or rank. */
+#include <math.h>
+
 #include "d2v/kernels.h"
 
 static inline uint64_t mix64(uint64_t z) { /* splitmix64 finaliser */
@@ -19,6 +21,12 @@ uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site) {
 
 float rng_uniform(uint64_t key, uint64_t index) {
     return (float)(mix64(key ^ mix64(index)) >> 40) * (1.0f / 16777216.0f); /* 24 bits */
+}
+
+float rng_normal(uint64_t key, uint64_t index) {
+    double u1 = ((mix64(key ^ mix64(2 * index)) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double u2 = (mix64(key ^ mix64(2 * index + 1)) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 static inline uint64_t row_key(DropKey k, int b, uint64_t site) {
