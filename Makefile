@@ -18,7 +18,8 @@ OPT_asan    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L $(OPT_$(MODE)) $(WARN) -fopenmp -MMD -MP \
            -Iinclude -isystem $(BLIS_INC) $(shell pkg-config --cflags hdf5 libconfig 2>/dev/null)
 LDLIBS  := $(shell pkg-config --libs hdf5 libconfig 2>/dev/null) -lblis -lm
-LDFLAGS := -fopenmp $(if $(filter asan,$(MODE)),-fsanitize=address,undefined)
+SAN_asan := -fsanitize=address,undefined
+LDFLAGS := -fopenmp $(SAN_$(MODE))
 
 LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
