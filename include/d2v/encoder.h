@@ -104,4 +104,11 @@ void encoder_backward(Encoder *e, EncoderParams *grads, float *dx, float *dattn_
                       const EncoderParams *p, const float *x, const EncoderRun *run,
                       const float *dout);
 
+/// Per-kernel wall time of encoder forward/backward calls, for `make bench`.
+enum { PROF_LINEAR, PROF_ATTENTION, PROF_LAYERNORM, PROF_GELU, PROF_RESIDUAL, PROF_MEMORY,
+       PROF_NUM };
+extern const char *const encoder_prof_names[PROF_NUM];
+extern double encoder_prof_seconds[PROF_NUM];
+extern int encoder_prof_on;
+
 #endif

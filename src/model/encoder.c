@@ -10,6 +10,20 @@
 #include "d2v/kernels.h"
 #include "d2v/util.h"
 
+/* ---- profiling (off unless the benchmark turns it on) ---- */
+
+const char *const encoder_prof_names[PROF_NUM] = {"linear (GEMM)", "attention", "layernorm",
+                                                  "gelu", "residual+dropout", "zero/copy"};
+double encoder_prof_seconds[PROF_NUM];
+int encoder_prof_on;
+
+#define TIMED(cat, call)                                                                       \
+    do {                                                                                       \
+        double t0_ = encoder_prof_on ? now_seconds() : 0;                                      \
+        call;                                                                                  \
+        if (encoder_prof_on) encoder_prof_seconds[cat] += now_seconds() - t0_;                 \
+    } while (0)
+
 /* ---- parameters ------------------------------------------------------------------------------ */
 
 void encoder_param_sizes(size_t s[ENCODER_NUM_PARAMS], const EncoderConfig *cfg) {
@@ -167,29 +181,29 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
     float pd = r->train ? c->resid_dropout : 0, pp = r->train ? drop_path_at(c, l) : 0;
     const float *h;
     if (c->pre_ln) {
-        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, in, w.ln1_w, w.ln1_b, N, C, c->ln_eps);
-        linear_forward(a.qkv, a.ln1, w.qkv_w, w.qkv_b, N, C, 3 * C);
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, in, w.ln1_w, w.ln1_b, N, C, c->ln_eps));
+        TIMED(PROF_LINEAR, linear_forward(a.qkv, a.ln1, w.qkv_w, w.qkv_b, N, C, 3 * C));
     } else {
-        linear_forward(a.qkv, in, w.qkv_w, w.qkv_b, N, C, 3 * C);
+        TIMED(PROF_LINEAR, linear_forward(a.qkv, in, w.qkv_w, w.qkv_b, N, C, 3 * C));
     }
-    attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
-                      c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT)));
-    linear_forward(a.attproj, a.atty, w.proj_w, w.proj_b, N, C, C);
-    branch_add_forward(a.res1, in, a.attproj, w.gamma1, B, T, C, pd, pp,
-                       drop_key(r, SITE(l, SITE_BR1)));
+    TIMED(PROF_ATTENTION, attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
+                      c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
+    TIMED(PROF_LINEAR, linear_forward(a.attproj, a.atty, w.proj_w, w.proj_b, N, C, C));
+    TIMED(PROF_RESIDUAL, branch_add_forward(a.res1, in, a.attproj, w.gamma1, B, T, C, pd, pp,
+                       drop_key(r, SITE(l, SITE_BR1))));
     if (c->pre_ln) {
-        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w.ln2_w, w.ln2_b, N, C, c->ln_eps);
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w.ln2_w, w.ln2_b, N, C, c->ln_eps));
         h = a.ln2;
     } else {
-        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w.ln1_w, w.ln1_b, N, C, c->ln_eps);
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w.ln1_w, w.ln1_b, N, C, c->ln_eps));
         h = a.ln1;
     }
-    linear_forward(a.fch, h, w.fc1_w, w.fc1_b, N, C, F);
-    gelu_forward(a.fcg, a.fch, (size_t)N * F);
+    TIMED(PROF_LINEAR, linear_forward(a.fch, h, w.fc1_w, w.fc1_b, N, C, F));
+    TIMED(PROF_GELU, gelu_forward(a.fcg, a.fch, (size_t)N * F));
     if (r->train && c->act_dropout > 0)
-        dropout_forward(a.fcg, a.fcg, B, (size_t)T * F, c->act_dropout,
-                        drop_key(r, SITE(l, SITE_ACT)));
-    linear_forward(a.ffn, a.fcg, w.fc2_w, w.fc2_b, N, F, C);
+        TIMED(PROF_RESIDUAL, dropout_forward(a.fcg, a.fcg, B, (size_t)T * F, c->act_dropout,
+                        drop_key(r, SITE(l, SITE_ACT))));
+    TIMED(PROF_LINEAR, linear_forward(a.ffn, a.fcg, w.fc2_w, w.fc2_b, N, F, C));
     if (a.ffn_out != a.ffn) { /* the target tensor includes the layer scale (BEiT "fc") */
 #pragma omp parallel for
         for (int n = 0; n < N; n++)
@@ -197,10 +211,10 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
                 a.ffn_out[(size_t)n * C + i] = w.gamma2[i] * a.ffn[(size_t)n * C + i];
     }
     const float *base = c->pre_ln ? a.res1 : a.ln1;
-    branch_add_forward(a.res2, base, a.ffn, w.gamma2, B, T, C, pd, pp,
-                       drop_key(r, SITE(l, SITE_BR2)));
+    TIMED(PROF_RESIDUAL, branch_add_forward(a.res2, base, a.ffn, w.gamma2, B, T, C, pd, pp,
+                       drop_key(r, SITE(l, SITE_BR2))));
     if (!c->pre_ln)
-        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w, w.ln2_b, N, C, c->ln_eps);
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w, w.ln2_b, N, C, c->ln_eps));
 }
 
 static int layer_dropped(const EncoderConfig *c, const EncoderRun *r, int l) {
@@ -221,8 +235,8 @@ void encoder_forward(Encoder *e, const EncoderParams *p, const float *x, const E
         BlockActs a = encoder_block(e, l);
         e->dropped[l] = (uint8_t)layer_dropped(&e->cfg, r, l);
         if (e->dropped[l]) {
-            memcpy(a.out, in, n * sizeof(float));
-            memset(a.ffn_out, 0, n * sizeof(float));
+            TIMED(PROF_MEMORY, memcpy(a.out, in, n * sizeof(float)));
+            TIMED(PROF_MEMORY, memset(a.ffn_out, 0, n * sizeof(float)));
         } else {
             block_forward(e, a, layer_params(p, &e->cfg, l), in, r, l);
         }
@@ -259,64 +273,64 @@ static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGr
     const float *gres2;
     if (c->pre_ln) {
         gres2 = gout;
-        zero(g[G_A], NC);
+        TIMED(PROF_MEMORY, zero(g[G_A], NC));
         dbase = g[G_A];
     } else {
-        zero(g[G_A], NC);
-        layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, gout, a.res2, w.ln2_w, a.ln2_mean,
-                           a.ln2_rstd, N, C);
+        TIMED(PROF_MEMORY, zero(g[G_A], NC));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, gout, a.res2, w.ln2_w, a.ln2_mean,
+                           a.ln2_rstd, N, C));
         gres2 = g[G_A];
-        zero(g[G_B], NC);
+        TIMED(PROF_MEMORY, zero(g[G_B], NC));
         dbase = g[G_B];
     }
-    zero(g[G_C], NC);
-    branch_add_backward(dbase, g[G_C], dw.gamma2, gres2, a.ffn, w.gamma2, B, T, C, pd, pp,
-                        drop_key(r, SITE(l, SITE_BR2)));
-    zero(g[G_F1], NF);
-    linear_backward(g[G_F1], dw.fc2_w, dw.fc2_b, g[G_C], a.fcg, w.fc2_w, N, F, C);
+    TIMED(PROF_MEMORY, zero(g[G_C], NC));
+    TIMED(PROF_RESIDUAL, branch_add_backward(dbase, g[G_C], dw.gamma2, gres2, a.ffn, w.gamma2, B, T, C, pd, pp,
+                        drop_key(r, SITE(l, SITE_BR2))));
+    TIMED(PROF_MEMORY, zero(g[G_F1], NF));
+    TIMED(PROF_LINEAR, linear_backward(g[G_F1], dw.fc2_w, dw.fc2_b, g[G_C], a.fcg, w.fc2_w, N, F, C));
     float *dfch;
     if (r->train && c->act_dropout > 0) {
-        zero(g[G_F2], NF);
-        dropout_backward(g[G_F2], g[G_F1], B, (size_t)T * F, c->act_dropout,
-                         drop_key(r, SITE(l, SITE_ACT)));
-        zero(g[G_F1], NF);
-        gelu_backward(g[G_F1], a.fch, g[G_F2], NF);
+        TIMED(PROF_MEMORY, zero(g[G_F2], NF));
+        TIMED(PROF_RESIDUAL, dropout_backward(g[G_F2], g[G_F1], B, (size_t)T * F, c->act_dropout,
+                         drop_key(r, SITE(l, SITE_ACT))));
+        TIMED(PROF_MEMORY, zero(g[G_F1], NF));
+        TIMED(PROF_GELU, gelu_backward(g[G_F1], a.fch, g[G_F2], NF));
         dfch = g[G_F1];
     } else {
-        zero(g[G_F2], NF);
-        gelu_backward(g[G_F2], a.fch, g[G_F1], NF);
+        TIMED(PROF_MEMORY, zero(g[G_F2], NF));
+        TIMED(PROF_GELU, gelu_backward(g[G_F2], a.fch, g[G_F1], NF));
         dfch = g[G_F2];
     }
     float *dres1;
     if (c->pre_ln) {
-        zero(g[G_B], NC);
-        linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln2, w.fc1_w, N, C, F);
-        layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, g[G_B], a.res1, w.ln2_w, a.ln2_mean,
-                           a.ln2_rstd, N, C);
+        TIMED(PROF_MEMORY, zero(g[G_B], NC));
+        TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln2, w.fc1_w, N, C, F));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, g[G_B], a.res1, w.ln2_w, a.ln2_mean,
+                           a.ln2_rstd, N, C));
         dres1 = g[G_A];
     } else {
-        linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln1, w.fc1_w, N, C, F);
-        zero(g[G_A], NC);
-        layernorm_backward(g[G_A], dw.ln1_w, dw.ln1_b, g[G_B], a.res1, w.ln1_w, a.ln1_mean,
-                           a.ln1_rstd, N, C);
+        TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln1, w.fc1_w, N, C, F));
+        TIMED(PROF_MEMORY, zero(g[G_A], NC));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln1_w, dw.ln1_b, g[G_B], a.res1, w.ln1_w, a.ln1_mean,
+                           a.ln1_rstd, N, C));
         dres1 = g[G_A];
     }
-    zero(gin, NC);
-    zero(g[G_C], NC);
-    branch_add_backward(gin, g[G_C], dw.gamma1, dres1, a.attproj, w.gamma1, B, T, C, pd, pp,
-                        drop_key(r, SITE(l, SITE_BR1)));
-    zero(g[G_B], NC);
-    linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C);
-    zero(g[G_QKV], 3 * NC);
-    attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att, B, T, C, c->NH,
-                       r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT)));
+    TIMED(PROF_MEMORY, zero(gin, NC));
+    TIMED(PROF_MEMORY, zero(g[G_C], NC));
+    TIMED(PROF_RESIDUAL, branch_add_backward(gin, g[G_C], dw.gamma1, dres1, a.attproj, w.gamma1, B, T, C, pd, pp,
+                        drop_key(r, SITE(l, SITE_BR1))));
+    TIMED(PROF_MEMORY, zero(g[G_B], NC));
+    TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C));
+    TIMED(PROF_MEMORY, zero(g[G_QKV], 3 * NC));
+    TIMED(PROF_ATTENTION, attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att, B, T, C, c->NH,
+                       r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
     if (c->pre_ln) {
-        zero(g[G_A], NC);
-        linear_backward(g[G_A], dw.qkv_w, dw.qkv_b, g[G_QKV], a.ln1, w.qkv_w, N, C, 3 * C);
-        layernorm_backward(gin, dw.ln1_w, dw.ln1_b, g[G_A], in, w.ln1_w, a.ln1_mean, a.ln1_rstd,
-                           N, C);
+        TIMED(PROF_MEMORY, zero(g[G_A], NC));
+        TIMED(PROF_LINEAR, linear_backward(g[G_A], dw.qkv_w, dw.qkv_b, g[G_QKV], a.ln1, w.qkv_w, N, C, 3 * C));
+        TIMED(PROF_LAYERNORM, layernorm_backward(gin, dw.ln1_w, dw.ln1_b, g[G_A], in, w.ln1_w, a.ln1_mean, a.ln1_rstd,
+                           N, C));
     } else {
-        linear_backward(gin, dw.qkv_w, dw.qkv_b, g[G_QKV], in, w.qkv_w, N, C, 3 * C);
+        TIMED(PROF_LINEAR, linear_backward(gin, dw.qkv_w, dw.qkv_b, g[G_QKV], in, w.qkv_w, N, C, 3 * C));
     }
 }
 
@@ -331,7 +345,7 @@ void encoder_backward(Encoder *e, EncoderParams *grads, float *dx, float *dattn_
     size_t sizes[G_NUM] = {NCmax, NCmax, NCmax, NCmax, NCmax, 3 * NCmax, NFmax, NFmax};
     for (int i = 0; i < G_NUM; i++) g[i] = m, m += sizes[i];
     (void)NF;
-    memcpy(g[G_OUT], dout, NC * sizeof(float));
+    TIMED(PROF_MEMORY, memcpy(g[G_OUT], dout, NC * sizeof(float)));
     for (int l = e->cfg.L - 1; l >= 0; l--) {
         if (e->dropped[l]) continue; /* identity block: the gradient passes through */
         const float *in = l == 0 ? x : encoder_block(e, l - 1).out;

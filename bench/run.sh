@@ -1,0 +1,12 @@
+#!/bin/sh
+# make bench: encoder fwd+bwd at 1 and 2 threads beside the BLIS rate and PyTorch on the same model.
+set -eu
+build=${1:-build/release}
+for t in 1 2; do
+    echo "== d2v encoder, $t thread(s)"
+    OMP_NUM_THREADS=$t BLIS_NUM_THREADS=$t "$build/bench/bench_encoder" "$t"
+    if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+        echo "== PyTorch reference, $t thread(s)"
+        OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"
+    fi
+done
