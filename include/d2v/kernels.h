@@ -59,7 +59,9 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 void residual_forward(float *out, const float *a, const float *b, size_t n);
 void residual_backward(float *da, float *db, const float *dout, size_t n);
 
-/// Softmax over the last dim of (N, C).
+/// Softmax over the last dim of (N, C); softmax_row does one row of C in place-safe fashion
+/// (a row of all -inf gives zeros, not NaN).
+void softmax_row(float *y, const float *x, int C);
 void softmax_forward(float *out, const float *inp, int N, int C);
 void softmax_backward(float *dinp, const float *out, const float *dout, int N, int C);
 

@@ -32,21 +32,12 @@ static void head_forward(float *out, float *att, float *pd, const float *qkv,
     const float *bh = bias ? bias + (size_t)h * T * T : NULL;
     for (int i = 0; i < T; i++) {
         float *row = s + (size_t)i * T;
-        float mx = -INFINITY;
         for (int j = 0; j < T; j++) {
             float x = row[j] + (bh ? bh[(size_t)i * T + j] : 0.0f);
             if (pad && pad[j]) x = -INFINITY;
             row[j] = x;
-            mx = fmaxf(mx, x);
         }
-        if (mx == -INFINITY) { /* every key is padding: attend to nothing instead of NaN */
-            for (int j = 0; j < T; j++) row[j] = 0.0f;
-            continue;
-        }
-        double sum = 0;
-        for (int j = 0; j < T; j++) sum += (row[j] = expf(row[j] - mx));
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < T; j++) row[j] *= inv;
+        softmax_row(row, row, T); /* all keys padding: a zero row (attend to nothing), not NaN */
     }
     const float *p = s;
     if (p_drop > 0) {

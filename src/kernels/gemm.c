@@ -72,7 +72,9 @@ void gemm_rowmajor(int trans_a, int trans_b, int M, int N, int K, float alpha, c
      * API takes non-const pointers; this is the one place that casts. */
     float a = alpha, b = beta;
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
-    bli_rntm_set_num_threads(single ? 1 : g_gemm_threads, &rntm);
+    /* Below ~64^3 multiply-adds, waking BLIS threads costs more than the product. */
+    int small = (double)M * N * K < 262144.0;
+    bli_rntm_set_num_threads(single || small ? 1 : g_gemm_threads, &rntm);
     bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &a, (float *)A, lda, 1,
                  (float *)B, ldb, 1, &b, C, ldc, 1, NULL, &rntm);
