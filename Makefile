@@ -26,9 +26,10 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH   := $(BUILD)/bench/bench_encoder
+BINS    := $(BUILD)/bin/d2v-info
 
 .PHONY: all deps deps-test test fixtures bench clean
-all: $(LIB) $(TESTS) $(BENCH)
+all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 
 deps:
 	@scripts/deps.sh
@@ -42,6 +43,9 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 $(BUILD)/tests/%: tests/%.c $(LIB) tests/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+$(BUILD)/bin/d2v-%: src/tools/d2v_%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 $(BUILD)/bench/%: bench/%.c $(LIB)
@@ -66,4 +70,4 @@ bench: deps
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d)
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(BINS:=.d)

@@ -5,11 +5,16 @@ build=${1:-build/release}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} BLIS_NUM_THREADS=${BLIS_NUM_THREADS:-2}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 passed=0 failed=0 broken=""
-for t in "$build"/tests/test_*; do
+for t in "$build"/tests/test_* tests/script_*.sh; do
     [ -x "$t" ] || continue
-    case "$t" in *.d) continue ;; esac
-    echo "== $t"
-    out=$("$t" 2>&1); rc=$?
+    case "$t" in
+    *.d) continue ;;
+    */test_mpi_*) cmd="mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREADS=1 $t" ;;
+    *.sh) cmd="$t $build" ;;
+    *) cmd="$t" ;;
+    esac
+    echo "== $cmd"
+    out=$($cmd 2>&1); rc=$?
     echo "$out"
     line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
     p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/'); f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')

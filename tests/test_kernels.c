@@ -194,7 +194,7 @@ static void test_gemm(void) {
                     float beta = betas[bi];
                     int all_ok = 1;
                     double worst_abs = 0;
-                    char bad[160] = "";
+                    char bad[96] = "";
                     for (int mi = 0; mi < 3; mi++)
                         for (int ni = 0; ni < 3; ni++)
                             for (int ki = 0; ki < 3; ki++) {
@@ -239,7 +239,7 @@ static void test_gemm(void) {
                                              K, pad_ok ? "" : " (wrote into C row padding)");
                                 if (!ok) all_ok = 0;
                             }
-                    char label[256];
+                    char label[512];
                     snprintf(label, sizeof label,
                              "gemm ta=%d tb=%d alpha=%.2f beta=%.1f single=%d: 27 shapes "
                              "{1,7,33}^3, padded ld, max_abs=%.1e%s",

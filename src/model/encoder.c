@@ -120,6 +120,10 @@ void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int 
     e->att_scratch_count = attention_scratch_size(Tmax);
     e->att_scratch = xalloc(e->att_scratch_count * sizeof(float), "attention scratch");
     e->dropped = xalloc(L, "layerdrop flags");
+    log0("encoder %s arena (B=%d, T=%d): activations %.1f MiB, backward scratch %.1f MiB, "
+         "attention scratch %.1f MiB\n",
+         keep_caches ? "training" : "forward-only", Bmax, Tmax, e->act_count * 4 / 1048576.0,
+         e->grad_count * 4 / 1048576.0, e->att_scratch_count * 4 / 1048576.0);
 }
 
 void encoder_free(Encoder *e) {

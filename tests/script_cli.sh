@@ -1,0 +1,29 @@
+#!/bin/sh
+# script_cli.sh: end-to-end checks of built programs: BLIS kernel choice and override, and that a
+# fatal error on one MPI rank ends the whole job instead of hanging it.
+set -u
+build=${1:-build/release}
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
+
+info=$(env -u BLIS_ARCH_TYPE "$build/bin/d2v-info")
+echo "$info"
+if grep -q avx512bw /proc/cpuinfo && grep -q avx512dq /proc/cpuinfo && grep -q avx512vl /proc/cpuinfo; then
+    echo "$info" | grep -q "blis_kernels=skx (auto-selected)" && ok "AVX-512 CPU: skx kernels selected" || bad "AVX-512 CPU: skx kernels selected"
+else
+    echo "$info" | grep -q "auto-selected" && ok "kernel set auto-selected" || bad "kernel set auto-selected"
+fi
+info=$(BLIS_ARCH_TYPE=3 "$build/bin/d2v-info")
+echo "$info" | grep -q "blis_kernels=haswell (set by BLIS_ARCH_TYPE)" && ok "BLIS_ARCH_TYPE=3 overrides to haswell" || bad "BLIS_ARCH_TYPE=3 overrides to haswell"
+
+start=$(date +%s)
+err=$(timeout 120 mpirun --oversubscribe -np 2 "$build/tests/test_mpi_dist" --die-on-rank 1 2>&1 >/dev/null)
+rc=$?
+took=$(( $(date +%s) - start ))
+[ $rc -ne 0 ] && [ $rc -ne 124 ] && ok "fatal error on rank 1 ends the job (exit $rc, ${took}s)" || bad "fatal error on rank 1 ends the job (exit $rc)"
+echo "$err" | grep -q "d2v: error: \[rank 1\] deliberate failure on rank 1" && ok "the error names the rank" || { bad "the error names the rank"; echo "$err"; }
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
