@@ -1,5 +1,5 @@
-/* check.h: tiny header-only test harness: CHECK, tensor comparison, finite-difference helper,
- * and the closing "N passed, N failed" line with a non-zero exit on any failure. */
+/* check.h: tiny header-only test harness: CHECK, tensor comparison, and the closing
+ * "N passed, N failed" line with a non-zero exit on any failure. */
 #ifndef D2V_CHECK_H
 #define D2V_CHECK_H
 

@@ -1,4 +1,4 @@
-/* test_kernels.c: every kernel of kernels.h vs double-precision references, finite-difference checks of every backward, and the dropout RNG's properties. */
+/* test_kernels.c: all kernels vs double references, FD checks of every backward, dropout RNG. */
 #include "d2v/kernels.h"
 
 #include <math.h>
@@ -62,7 +62,8 @@ static double maxabs(const float *x, size_t n) {
 
 static double gelu_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
 static double gelu_grad_d(double x) {
-    return 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * 3.14159265358979323846);
+    return 0.5 * (1.0 + erf(x / sqrt(2.0))) +
+           x * exp(-0.5 * x * x) / sqrt(2.0 * 3.14159265358979323846);
 }
 
 /* ================================================================================================
@@ -290,7 +291,8 @@ static void test_gemm_in_parallel(void) {
             for (int j = 0; j < N; j++) {
                 double s = 0;
                 for (int p = 0; p < K; p++)
-                    s += (double)A[(size_t)t * M * K + i * K + p] * Bm[(size_t)t * N * K + j * K + p];
+                    s += (double)A[(size_t)t * M * K + i * K + p] *
+                         Bm[(size_t)t * N * K + j * K + p];
                 want[(size_t)t * M * N + i * N + j] = (float)s;
             }
     char label[96];
@@ -414,7 +416,8 @@ static void test_layernorm_case(int N, int C, int affine, int extras) {
     float *inp = fnew(n), *out = fnew(n), *r = fnew(n), *want = fnew(n);
     float *mean = fnew(N), *rstd = fnew(N), *wmean = fnew(N), *wrstd = fnew(N);
     float *w = affine ? fnew(C) : NULL, *b = affine ? fnew(C) : NULL;
-    for (int i = 0; i < N; i++) fill(inp + (size_t)i * C, C, 1, (float)(i % 3) - 1.0f); // row offsets
+    for (int i = 0; i < N; i++)
+        fill(inp + (size_t)i * C, C, 1, (float)(i % 3) - 1.0f); // row offsets
     if (affine) fill(w, C, 0.5f, 1.0f), fill(b, C, 1, 0);
     fill(r, n, 1, 0);
     char tag[64], lab[160];
@@ -497,7 +500,8 @@ static void test_instancenorm_case(int B, int T, int C, int extras) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int c = 0; c < C; c++)
-                inp[((size_t)b * T + t) * C + c] = (float)(c % 3) - 1.0f + rnd(); // per-channel offsets
+                inp[((size_t)b * T + t) * C + c] =
+                    (float)(c % 3) - 1.0f + rnd(); // per-channel offsets
     fill(r, n, 1, 0);
     char tag[64], lab[160];
     snprintf(tag, sizeof tag, "instancenorm B=%d T=%d C=%d", B, T, C);
@@ -560,12 +564,12 @@ static double gelu_loss(void *p) {
 static void test_gelu(void) {
     // Known values of x * Phi(x) and its derivative Phi(x) + x phi(x).
     static const float xs[] = {1.0f, -1.0f, 0.0f, 3.0f, -3.0f, 0.5f, -0.5f, 2.0f, -10.0f};
-    static const double gv[] = {0.8413447460685429, -0.15865525393145707, 0.0,
-                                2.99595030590511,   -0.00404969409489031, 0.34573123063700656,
-                                -0.15426876936299344, 1.9544997361036416, -0.0};
-    static const double dv[] = {1.0833154705876864, -0.08331547058768629, 0.5,
-                                1.011945647204184,  -0.011945647204183918, 0.8674951246561629,
-                                0.13250487534383712, 1.085231801078197,   0.0};
+    static const double gv[] = {0.8413447460685429,   -0.15865525393145707, 0.0,
+                                2.99595030590511,     -0.00404969409489031, 0.34573123063700656,
+                                -0.15426876936299344, 1.9544997361036416,   -0.0};
+    static const double dv[] = {1.0833154705876864,  -0.08331547058768629,  0.5,
+                                1.011945647204184,   -0.011945647204183918, 0.8674951246561629,
+                                0.13250487534383712, 1.085231801078197,     0.0};
     const size_t nk = sizeof xs / sizeof xs[0];
     float got[16], want[16], ones[16], dgot[16];
     for (size_t i = 0; i < nk; i++) ones[i] = 1.0f, dgot[i] = 0.0f, want[i] = (float)gv[i];
@@ -713,9 +717,11 @@ static void test_dropout_stats(void) {
             m1 += z, m2 += z * z;
         }
         m1 /= n, m2 = m2 / n - m1 * m1;
-        snprintf(lab, sizeof lab, "rng_normal mean %.4f ~ 0, var %.4f ~ 1 over %d draws", m1, m2, n);
+        snprintf(lab, sizeof lab, "rng_normal mean %.4f ~ 0, var %.4f ~ 1 over %d draws", m1, m2,
+                 n);
         check_record(finite && fabs(m1) < 0.02 && fabs(m2 - 1.0) < 0.03, lab);
-        CHECK(rng_normal(key, 17) == rng_normal(key, 17) && rng_normal(key, 17) != rng_normal(key, 18));
+        CHECK(rng_normal(key, 17) == rng_normal(key, 17) &&
+              rng_normal(key, 17) != rng_normal(key, 18));
         CHECK(rng_key(1, 2, 3, 5) != key && rng_key(1, 2, 4, 4) != key &&
               rng_key(1, 3, 3, 4) != key && rng_key(2, 2, 3, 4) != key);
     }
@@ -725,7 +731,7 @@ static void test_dropout_stats(void) {
     const size_t tot = (size_t)B * n;
     const float p = 0.25f;
     float *inp = fnew(tot), *out = fnew(tot), *out2 = fnew(tot);
-    for (size_t i = 0; i < n; i++) inp[i] = 1.0f + 0.5f * rnd(); // nonzero
+    for (size_t i = 0; i < n; i++) inp[i] = 1.0f + 0.5f * rnd();             // nonzero
     for (int b = 1; b < B; b++) memcpy(inp + b * n, inp, n * sizeof(float)); // identical rows
     DropKey k = {.seed = 42, .step = 3, .site = 1, .sample_ids = NULL};
     dropout_forward(out, inp, B, n, p, k);
@@ -743,8 +749,8 @@ static void test_dropout_stats(void) {
     }
     double frac = (double)kept / (double)tot;
     char lab[160];
-    snprintf(lab, sizeof lab, "dropout p=0.25 over %zu: kept fraction %.4f within 0.01 of 0.75", tot,
-             frac);
+    snprintf(lab, sizeof lab, "dropout p=0.25 over %zu: kept fraction %.4f within 0.01 of 0.75",
+             tot, frac);
     check_record(fabs(frac - 0.75) < 0.01, lab);
     snprintf(lab, sizeof lab, "dropout kept values = x/(1-p), dropped = 0 (%zu bad)", bad_scale);
     check_record(bad_scale == 0, lab);
@@ -938,7 +944,8 @@ static void test_branch_add(void) {
         branch_add_backward(dx, dbr, with_g ? dg : NULL, r, br, gg, B, T, C, pd, pp, k);
         float *dx1 = fcopy(dx, n), *dbr1 = fcopy(dbr, n), *dg1 = fcopy(dg, C);
         branch_add_backward(dx, dbr, with_g ? dg : NULL, r, br, gg, B, T, C, pd, pp, k);
-        const char *tag = with_g ? "branch_add pd=.2 pp=.5 gamma" : "branch_add pd=.2 pp=.5 noGamma";
+        const char *tag =
+            with_g ? "branch_add pd=.2 pp=.5 gamma" : "branch_add pd=.2 pp=.5 noGamma";
         snprintf(lab, sizeof lab, "%s dx", tag);
         check_accum(lab, dx1, dx, n);
         snprintf(lab, sizeof lab, "%s dbranch", tag);
@@ -1137,8 +1144,8 @@ static double conv_loss(void *p) {
 
 #define COLS_GUARD 64
 
-static void test_conv_case(int B, int L, int Cin, int Cout, int K, int stride, int pad,
-                           int groups, int with_bias, int extras) {
+static void test_conv_case(int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups,
+                           int with_bias, int extras) {
     int Lo = conv1d_out_len(L, K, stride, pad);
     int Lo_want = (L + 2 * pad - K) / stride + 1;
     char tag[96], lab[200];
@@ -1224,7 +1231,7 @@ static void test_conv1d(void) {
     test_conv_case(2, 23, 4, 6, 5, 2, 2, 2, 1, 0);
     test_conv_case(2, 23, 4, 6, 3, 2, 0, 2, 0, 0);
     test_conv_case(2, 23, 4, 6, 5, 5, 2, 1, 1, 0);
-    test_conv_case(2, 23, 4, 4, 4, 1, 2, 4, 1, 0); // even K, pad K/2 (pos-conv style), depthwise
+    test_conv_case(2, 23, 4, 4, 4, 1, 2, 4, 1, 0);  // even K, pad K/2 (pos-conv style), depthwise
     test_conv_case(2, 60, 1, 8, 10, 5, 0, 1, 0, 1); // wav2vec first layer: Cin=1, K=10, stride 5
     test_conv_case(1, 11, 6, 6, 3, 2, 1, 3, 1, 0);
 }
@@ -1280,7 +1287,7 @@ static void test_embedding(void) {
     }
 }
 
-/* ================================================================================================ */
+/* ---- main ---------------------------------------------------------------------------------- */
 
 int main(void) {
     const char *arch = gemm_init(0);

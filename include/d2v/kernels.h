@@ -105,7 +105,8 @@ void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *
 ///   key_pad (B, T) uint8, 1 = padding key (masked with -inf); NULL = none.
 ///   bias (NH, T, T) additive per-head logit bias (ALiBi / relative position); NULL = none.
 ///   p_drop: attention-probability dropout keyed on k (site k.site, index (h, i, j)).
-///   scratch: attention_scratch_size(T) floats (per-thread T x T buffers), caller-owned.
+///   scratch: attention_scratch_size(T) floats (two T x T buffers per OpenMP thread, sized for
+///   omp_get_max_threads() at that call: do not raise the thread count afterwards).
 size_t attention_scratch_size(int T);
 void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                        const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
@@ -119,7 +120,8 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
 
 /// 1-D convolution, channels last. inp (B, L, Cin), out (B, Lout, Cout) with
 /// Lout = floor((L + 2 pad - K) / stride) + 1; W (Cout, Cin/groups, K) in PyTorch layout;
-/// bias (Cout) or NULL. `cols` is scratch of conv1d_cols_size() floats (im2col buffer).
+/// bias (Cout) or NULL. `cols` is scratch of conv1d_cols_size() floats (im2col buffer); backward
+/// recomputes it, so it need not hold the forward's contents.
 int conv1d_out_len(int L, int K, int stride, int pad);
 size_t conv1d_cols_size(int B, int L, int Cin, int K, int stride, int pad, int groups);
 void conv1d_forward(float *out, float *cols, const float *inp, const float *W, const float *bias,

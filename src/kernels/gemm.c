@@ -64,7 +64,8 @@ void gemm_rowmajor(int trans_a, int trans_b, int M, int N, int K, float alpha, c
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+            for (int j = 0; j < N; j++) /* beta = 0 overwrites, as BLIS does (NaN included) */
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
     /* Stored A is (M x K) row-major, or (K x M) when transposed: BLIS takes its strides and a
