@@ -86,9 +86,9 @@ int main(int argc, char **argv) {
     printf("threads=%d  BLIS kernels=%s  BLIS sgemm 2048^3: %.1f GFLOP/s\n", nt, arch, peak);
     EncoderConfig small = {.L = 6, .C = 384, .NH = 6, .F = 1536, .k_bias = 1, .ln_eps = 1e-5f};
     EncoderConfig base = {.L = 12, .C = 768, .NH = 12, .F = 3072, .k_bias = 1, .ln_eps = 1e-5f};
-    bench_case("small", small, 4, 196, peak, 3);
-    bench_case("small", small, 2, 512, peak, 3);
-    bench_case("base", base, 2, 196, peak, 2);
-    bench_case("base", base, 1, 512, peak, 2);
+    bench_case("small", small, 8, 196, peak, 3);
+    bench_case("small", small, 4, 512, peak, 3);
+    bench_case("base", base, 4, 196, peak, 2);
+    bench_case("base", base, 2, 512, peak, 2);
     return 0;
 }

@@ -37,7 +37,7 @@ def bench(name, L, C, NH, F, B, T, iters):
           f"{flops(L, C, F, B, T) / dt / 1e9:6.1f} GFLOP/s  (torch {torch.__version__})")
 
 
-bench("small", 6, 384, 6, 1536, 4, 196, 3)
-bench("small", 6, 384, 6, 1536, 2, 512, 3)
-bench("base", 12, 768, 12, 3072, 2, 196, 2)
-bench("base", 12, 768, 12, 3072, 1, 512, 2)
+bench("small", 6, 384, 6, 1536, 8, 196, 3)
+bench("small", 6, 384, 6, 1536, 4, 512, 3)
+bench("base", 12, 768, 12, 3072, 4, 196, 2)
+bench("base", 12, 768, 12, 3072, 2, 512, 2)

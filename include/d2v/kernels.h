@@ -64,6 +64,8 @@ void residual_backward(float *da, float *db, const float *dout, size_t n);
 void softmax_row(float *y, const float *x, int C);
 void softmax_forward(float *out, const float *inp, int N, int C);
 void softmax_backward(float *dinp, const float *out, const float *dout, int N, int C);
+/// dx += y * (dy - <y, dy>) for one row of C.
+void softmax_backward_row(float *dx, const float *y, const float *dy, int C);
 
 /* ---- Counter-based randomness and dropout ---------------------------------------------------- */
 

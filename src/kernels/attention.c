@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include "d2v/kernels.h"
+#include "vmath.h"
 
 size_t attention_scratch_size(int T) { return (size_t)omp_get_max_threads() * 2 * T * T; }
 
@@ -32,11 +33,11 @@ static void head_forward(float *out, float *att, float *pd, const float *qkv,
     const float *bh = bias ? bias + (size_t)h * T * T : NULL;
     for (int i = 0; i < T; i++) {
         float *row = s + (size_t)i * T;
-        for (int j = 0; j < T; j++) {
-            float x = row[j] + (bh ? bh[(size_t)i * T + j] : 0.0f);
-            if (pad && pad[j]) x = -INFINITY;
-            row[j] = x;
-        }
+        if (bh)
+            for (int j = 0; j < T; j++) row[j] += bh[(size_t)i * T + j];
+        if (pad)
+            for (int j = 0; j < T; j++)
+                if (pad[j]) row[j] = -INFINITY;
         softmax_row(row, row, T); /* all keys padding: a zero row (attend to nothing), not NaN */
     }
     const float *p = s;
@@ -59,6 +60,21 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
         }
 }
 
+/* d <- p * (d - <p, d>): softmax backward for one row, overwriting the incoming gradient. */
+SIMD_CLONES static void softmax_grad_row_inplace(float *d, const float *p, int T) {
+    enum { LANES = 16 }; /* explicit partial sums: see softmax_row in pointwise.c */
+    float dl[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= T; j += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) dl[l] += p[j + l] * d[j + l];
+    float dot = 0;
+    for (int l = 0; l < LANES; l++) dot += dl[l];
+    for (; j < T; j++) dot += p[j] * d[j];
+#pragma omp simd
+    for (j = 0; j < T; j++) d[j] = p[j] * (d[j] - dot);
+}
+
 static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const float *dout,
                           const float *qkv, const float *att, int b, int h, int T, int C, int NH,
                           float p_drop, DropKey k) {
@@ -78,14 +94,7 @@ static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const
     gemm_rowmajor(1, 0, T, hs, T, 1.0f, pused, T, dy, C, 1.0f, dv, (int)C3, 1); /* dV += P^T dY */
     gemm_rowmajor(0, 1, T, T, hs, 1.0f, dy, C, v, (int)C3, 0.0f, dp, T, 1);    /* dP = dY V^T */
     if (p_drop > 0) drop_probs(dp, dp, b, h, T, p_drop, k); /* through the same mask */
-    for (int i = 0; i < T; i++) { /* softmax backward, in place: dS = P (dP - <P, dP>) */
-        const float *pr = p + (size_t)i * T;
-        float *dr = dp + (size_t)i * T;
-        double dot = 0;
-        for (int j = 0; j < T; j++) dot += (double)pr[j] * dr[j];
-        float d = (float)dot;
-        for (int j = 0; j < T; j++) dr[j] = pr[j] * (dr[j] - d);
-    }
+    for (size_t i = 0; i < (size_t)T; i++) softmax_grad_row_inplace(dp + i * T, p + i * T, T);
     if (dbias) {
         float *db = dbias + (size_t)h * T * T;
         for (size_t i = 0; i < (size_t)T * T; i++) db[i] += dp[i];

@@ -54,19 +54,33 @@ void residual_backward(float *da, float *db, const float *dout, size_t n) {
     }
 }
 
+/* Reductions keep 16 explicit partial sums: GCC 12 cannot vectorise `omp simd reduction` inside
+ * target_clones functions, but vectorises this lane-per-index form in every clone. */
+#define LANES 16
+
 SIMD_CLONES void softmax_row(float *y, const float *x, int C) {
+    float mxl[LANES], sl[LANES];
+    for (int j = 0; j < LANES; j++) mxl[j] = -INFINITY, sl[j] = 0.0f;
+    int c = 0;
+    for (; c + LANES <= C; c += LANES)
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) mxl[j] = x[c + j] > mxl[j] ? x[c + j] : mxl[j];
     float mx = -INFINITY;
-    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+    for (int j = 0; j < LANES; j++) mx = mxl[j] > mx ? mxl[j] : mx;
+    for (; c < C; c++) mx = x[c] > mx ? x[c] : mx;
     if (mx == -INFINITY) { /* every entry masked: a zero row rather than NaN */
-        for (int c = 0; c < C; c++) y[c] = 0.0f;
+        for (c = 0; c < C; c++) y[c] = 0.0f;
         return;
     }
+    for (c = 0; c + LANES <= C; c += LANES)
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) sl[j] += (y[c + j] = exp_approx(x[c + j] - mx));
     float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int c = 0; c < C; c++) s += (y[c] = exp_approx(x[c] - mx));
+    for (int j = 0; j < LANES; j++) s += sl[j];
+    for (; c < C; c++) s += (y[c] = exp_approx(x[c] - mx));
     float inv = 1.0f / s;
 #pragma omp simd
-    for (int c = 0; c < C; c++) y[c] *= inv;
+    for (c = 0; c < C; c++) y[c] *= inv;
 }
 
 void softmax_forward(float *out, const float *inp, int N, int C) {
@@ -74,14 +88,21 @@ void softmax_forward(float *out, const float *inp, int N, int C) {
     for (int n = 0; n < N; n++) softmax_row(out + (size_t)n * C, inp + (size_t)n * C, C);
 }
 
+SIMD_CLONES void softmax_backward_row(float *dx, const float *y, const float *dy, int C) {
+    float dl[LANES] = {0};
+    int c = 0;
+    for (; c + LANES <= C; c += LANES)
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) dl[j] += y[c + j] * dy[c + j];
+    float dot = 0;
+    for (int j = 0; j < LANES; j++) dot += dl[j];
+    for (; c < C; c++) dot += y[c] * dy[c];
+#pragma omp simd
+    for (c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - dot);
+}
+
 void softmax_backward(float *dinp, const float *out, const float *dout, int N, int C) {
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const float *y = out + (size_t)n * C, *dy = dout + (size_t)n * C;
-        float *dx = dinp + (size_t)n * C;
-        double dot = 0;
-        for (int c = 0; c < C; c++) dot += (double)y[c] * dy[c];
-        float d = (float)dot;
-        for (int c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - d);
-    }
+    for (int n = 0; n < N; n++)
+        softmax_backward_row(dinp + (size_t)n * C, out + (size_t)n * C, dout + (size_t)n * C, C);
 }
