@@ -14,7 +14,8 @@
 static double blis_peak_gflops(int n) {
     float *a = xalloc((size_t)n * n * 4, "A"), *b = xalloc((size_t)n * n * 4, "B");
     float *c = xalloc((size_t)n * n * 4, "C");
-    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
     gemm_rowmajor(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n, 0); /* warm-up */
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
@@ -43,11 +44,12 @@ static void bench_case(const char *name, EncoderConfig cfg, int B, int T, double
     size_t n = (size_t)B * T * cfg.C;
     float *x = xalloc(n * 4, "x"), *dout = xalloc(n * 4, "dout");
     uint64_t key = rng_key(3, 0, 0, 0);
-    for (size_t i = 0; i < n; i++) x[i] = rng_normal(key, i), dout[i] = rng_normal(key, n + i);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rng_normal(key, i), dout[i] = rng_normal(key, n + i);
     Encoder e;
     encoder_init(&e, &cfg, B, T, 1);
     EncoderRun run = {B, T, NULL, NULL, 0, 1, 0, NULL}; /* dropout off: time the math */
-    encoder_forward(&e, &p, x, &run); /* warm-up: first touch of the arenas */
+    encoder_forward(&e, &p, x, &run);                   /* warm-up: first touch of the arenas */
     encoder_backward(&e, &g, NULL, NULL, &p, x, &run, dout);
     memset(encoder_prof_seconds, 0, sizeof encoder_prof_seconds);
     encoder_prof_on = 1;

@@ -9,20 +9,22 @@
 
 static int check_passed_ = 0, check_failed_ = 0;
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (cond) {                                                                    \
-            check_passed_++;                                                           \
-        } else {                                                                       \
-            check_failed_++;                                                           \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                     \
-        }                                                                              \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            check_passed_++;                                                                       \
+        } else {                                                                                   \
+            check_failed_++;                                                                       \
+            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
+        }                                                                                          \
     } while (0)
 
 /// Record one named result (used by the comparison helpers below).
 static inline int check_record(int ok, const char *label) {
-    if (ok) check_passed_++;
-    else check_failed_++;
+    if (ok)
+        check_passed_++;
+    else
+        check_failed_++;
     printf("%s %s\n", ok ? "ok  " : "FAIL", label);
     return ok;
 }
@@ -55,7 +57,7 @@ static inline int check_tensor_q(const char *label, const float *got, const floa
     }
     return ok;
 }
-#define check_tensor(label, got, want, n, atol, rtol) \
+#define check_tensor(label, got, want, n, atol, rtol)                                              \
     check_tensor_q(label, got, want, n, atol, rtol, 0)
 
 /// Finish: print the closing line and return the process exit status.

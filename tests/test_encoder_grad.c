@@ -20,7 +20,8 @@ static double loss_of(Ctx *c) {
     encoder_forward(c->e, c->p, c->x, c->run);
     const float *out = encoder_output(c->e);
     double s = 0;
-    for (size_t i = 0; i < c->n_out; i++) s += (double)out[i] * c->r[i];
+    for (size_t i = 0; i < c->n_out; i++)
+        s += (double)out[i] * c->r[i];
     return s;
 }
 
@@ -28,7 +29,8 @@ static double loss_of(Ctx *c) {
 static int fd_tensor(const char *label, Ctx *c, float *x, const float *ana, size_t n,
                      size_t max_checks, int quiet) {
     double amax = 0;
-    for (size_t i = 0; i < n; i++) amax = fmax(amax, fabs(ana[i]));
+    for (size_t i = 0; i < n; i++)
+        amax = fmax(amax, fabs(ana[i]));
     size_t step = n > max_checks ? n / max_checks : 1;
     double worst = 0;
     for (size_t i = (n > max_checks ? 7 % step : 0); i < n; i += step) {
@@ -58,14 +60,17 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
     encoder_params_init(&p, &cfg, 11);
     /* Larger than BERT init so every path carries a visible gradient. */
     uint64_t key = rng_key(5, 0, 0, 0);
-    for (size_t i = 0; i < np; i++) pm[i] += 0.3f * rng_normal(key, i);
+    for (size_t i = 0; i < np; i++)
+        pm[i] += 0.3f * rng_normal(key, i);
     encoder_params_constrain(&p, &cfg);
     size_t n = (size_t)B * T * cfg.C;
     float *x = xalloc(n * 4, "x"), *r = xalloc(n * 4, "r"), *dx = xalloc(n * 4, "dx");
     float *bias = xalloc((size_t)cfg.NH * T * T * 4, "bias");
     float *dbias = xalloc((size_t)cfg.NH * T * T * 4, "dbias");
-    for (size_t i = 0; i < n; i++) x[i] = rng_normal(key, np + i), r[i] = rng_normal(key, 2 * np + i);
-    for (int i = 0; i < cfg.NH * T * T; i++) bias[i] = 0.5f * rng_normal(key, 3 * np + i);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rng_normal(key, np + i), r[i] = rng_normal(key, 2 * np + i);
+    for (int i = 0; i < cfg.NH * T * T; i++)
+        bias[i] = 0.5f * rng_normal(key, 3 * np + i);
     uint8_t pad[64] = {0};
     pad[1 * T + T - 1] = pad[1 * T + T - 2] = 1; /* sample 1 has two padding keys */
     int64_t ids[8] = {40, 41, 42, 43, 44, 45, 46, 47};
@@ -75,7 +80,8 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
     Ctx c = {&e, &p, x, bias, r, &run, n};
     loss_of(&c);
     int dropped = 0;
-    for (int l = 0; l < cfg.L; l++) dropped += e.dropped[l];
+    for (int l = 0; l < cfg.L; l++)
+        dropped += e.dropped[l];
     printf("   blocks dropped by layerdrop this step: %d of %d\n", dropped, cfg.L);
     encoder_backward(&e, &g, dx, dbias, &p, x, &run, r);
     /* Accumulation: a second backward adds the same amount again. */
@@ -90,9 +96,9 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
 
     size_t sizes[ENCODER_NUM_PARAMS];
     encoder_param_sizes(sizes, &cfg);
-    const char *names[ENCODER_NUM_PARAMS] = {"ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w",
-                                             "proj_b", "ln2_w", "ln2_b", "fc1_w", "fc1_b",
-                                             "fc2_w", "fc2_b", "gamma1", "gamma2"};
+    const char *names[ENCODER_NUM_PARAMS] = {"ln1_w",  "ln1_b", "qkv_w",  "qkv_b", "proj_w",
+                                             "proj_b", "ln2_w", "ln2_b",  "fc1_w", "fc1_b",
+                                             "fc2_w",  "fc2_b", "gamma1", "gamma2"};
     size_t off = 0;
     for (int t = 0; t < ENCODER_NUM_PARAMS; t++) {
         if (sizes[t]) fd_tensor(names[t], &c, pm + off, gm + off, sizes[t], 60, 0);
@@ -102,7 +108,8 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
     fd_tensor("attention bias", &c, bias, dbias, (size_t)cfg.NH * T * T, 60, 0);
 
     /* Negative control: the same checker must reject a gradient that is off by 10 %. */
-    for (size_t i = 0; i < n; i++) dx[i] *= 1.1f;
+    for (size_t i = 0; i < n; i++)
+        dx[i] *= 1.1f;
     int ok = fd_tensor("control", &c, x, dx, n, 80, 1);
     check_record(!ok, "negative control: a 10% wrong gradient is rejected");
 
@@ -121,13 +128,28 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
 
 int main(void) {
     gemm_init(0);
-    EncoderConfig post = {.L = 2, .C = 12, .NH = 3, .F = 20, .pre_ln = 0, .k_bias = 1,
-                          .ln_eps = 1e-5f, .attn_dropout = 0.1f, .act_dropout = 0.1f,
+    EncoderConfig post = {.L = 2,
+                          .C = 12,
+                          .NH = 3,
+                          .F = 20,
+                          .pre_ln = 0,
+                          .k_bias = 1,
+                          .ln_eps = 1e-5f,
+                          .attn_dropout = 0.1f,
+                          .act_dropout = 0.1f,
                           .resid_dropout = 0.1f};
     run_case("post-LN, dropouts on", post, 2, 6);
-    EncoderConfig pre = {.L = 2, .C = 12, .NH = 3, .F = 20, .pre_ln = 1, .layer_scale_init = 0.7f,
-                         .k_bias = 0, .ln_eps = 1e-6f, .attn_dropout = 0.1f,
-                         .resid_dropout = 0.1f, .drop_path = 0.5f};
+    EncoderConfig pre = {.L = 2,
+                         .C = 12,
+                         .NH = 3,
+                         .F = 20,
+                         .pre_ln = 1,
+                         .layer_scale_init = 0.7f,
+                         .k_bias = 0,
+                         .ln_eps = 1e-6f,
+                         .attn_dropout = 0.1f,
+                         .resid_dropout = 0.1f,
+                         .drop_path = 0.5f};
     run_case("pre-LN, layer scale, no key bias, drop path", pre, 2, 6);
     EncoderConfig ld = post;
     ld.L = 4, ld.layerdrop = 0.5f;

@@ -1,4 +1,5 @@
-/* test_encoder_parity.c: the C encoder (post-LN and pre-LN + layer scale) matches the PyTorch reference's outputs and gradients. */
+/* test_encoder_parity.c: the C encoder (post-LN and pre-LN + layer scale) matches the PyTorch
+ * reference's outputs and gradients. */
 #include <hdf5.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,7 +21,8 @@ static const char *const PARAM_NAMES[ENCODER_NUM_PARAMS] = {
 /* Worst normalised error max|got - want| / max|want| seen over all outputs / all gradients. */
 static double worst_out_ = 0, worst_grad_ = 0;
 
-/* ---- fixture loading --------------------------------------------------------------------------- */
+/* ---- fixture loading ---------------------------------------------------------------------------
+ */
 
 typedef struct {
     hid_t file, group;
@@ -29,7 +31,8 @@ typedef struct {
 
 static void h5_fail(const Fixture *fx, const char *what, const char *item) {
     H5Eprint2(H5E_DEFAULT, stderr);
-    die("fixture %s: group \"%s\": %s \"%s\" (regenerate with `make build/fixtures/encoder_ref.h5`)",
+    die("fixture %s: group \"%s\": %s \"%s\" (regenerate with `make "
+        "build/fixtures/encoder_ref.h5`)",
         fx->path, fx->name, what, item);
 }
 
@@ -46,7 +49,8 @@ static void *load(const Fixture *fx, const char *name, hid_t mtype, size_t elem,
     if (nd < 0 || nd > H5S_MAX_RANK || H5Sget_simple_extent_dims(s, got, NULL) < 0)
         h5_fail(fx, "cannot read the shape of dataset", name);
     int same = nd == ndims;
-    for (int i = 0; same && i < nd; i++) same = got[i] == dims[i];
+    for (int i = 0; same && i < nd; i++)
+        same = got[i] == dims[i];
     if (!same) {
         char want_s[128] = "", got_s[128] = "";
         for (int i = 0; i < ndims; i++)
@@ -59,7 +63,8 @@ static void *load(const Fixture *fx, const char *name, hid_t mtype, size_t elem,
             fx->name, name, got_s, want_s);
     }
     size_t n = 1;
-    for (int i = 0; i < ndims; i++) n *= (size_t)dims[i];
+    for (int i = 0; i < ndims; i++)
+        n *= (size_t)dims[i];
     void *buf = xalloc(n * elem + 1, name);
     if (H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
         h5_fail(fx, "cannot read dataset", name);
@@ -84,18 +89,32 @@ static double load_attr(const Fixture *fx, const char *name) {
 static int param_shape(int i, const EncoderConfig *c, hsize_t dims[3]) {
     hsize_t L = c->L, C = c->C, F = c->F;
     switch (i) {
-    case 2: dims[0] = L, dims[1] = 3 * C, dims[2] = C; return 3;   /* qkv_w */
-    case 3: dims[0] = L, dims[1] = 3 * C; return 2;                /* qkv_b */
-    case 4: dims[0] = L, dims[1] = C, dims[2] = C; return 3;       /* proj_w */
-    case 8: dims[0] = L, dims[1] = F, dims[2] = C; return 3;       /* fc1_w */
-    case 9: dims[0] = L, dims[1] = F; return 2;                    /* fc1_b */
-    case 10: dims[0] = L, dims[1] = C, dims[2] = F; return 3;      /* fc2_w */
-    default: dims[0] = L, dims[1] = C; return 2;                   /* (L, C) vectors */
+    case 2:
+        dims[0] = L, dims[1] = 3 * C, dims[2] = C;
+        return 3; /* qkv_w */
+    case 3:
+        dims[0] = L, dims[1] = 3 * C;
+        return 2; /* qkv_b */
+    case 4:
+        dims[0] = L, dims[1] = C, dims[2] = C;
+        return 3; /* proj_w */
+    case 8:
+        dims[0] = L, dims[1] = F, dims[2] = C;
+        return 3; /* fc1_w */
+    case 9:
+        dims[0] = L, dims[1] = F;
+        return 2; /* fc1_b */
+    case 10:
+        dims[0] = L, dims[1] = C, dims[2] = F;
+        return 3; /* fc2_w */
+    default:
+        dims[0] = L, dims[1] = C;
+        return 2; /* (L, C) vectors */
     }
 }
 
 static float **param_ptrs(EncoderParams *p, float *out[ENCODER_NUM_PARAMS]) {
-    float *v[ENCODER_NUM_PARAMS] = {p->ln1_w, p->ln1_b, p->qkv_w,  p->qkv_b, p->proj_w,
+    float *v[ENCODER_NUM_PARAMS] = {p->ln1_w,  p->ln1_b, p->qkv_w,  p->qkv_b, p->proj_w,
                                     p->proj_b, p->ln2_w, p->ln2_b,  p->fc1_w, p->fc1_b,
                                     p->fc2_w,  p->fc2_b, p->gamma1, p->gamma2};
     memcpy(out, v, sizeof v);
@@ -193,8 +212,7 @@ static EncoderRun case_run(const Case *k) {
 }
 
 /* Forward + backward of p on encoder e (keep_caches = 1), gradients into k->g, dx, dbias. */
-static void forward_backward(Encoder *e, Case *k, const EncoderParams *p, float *dx,
-                             float *dbias) {
+static void forward_backward(Encoder *e, Case *k, const EncoderParams *p, float *dx, float *dbias) {
     EncoderRun r = case_run(k);
     size_t NC = (size_t)k->B * k->T * k->cfg.C, HTT = (size_t)k->cfg.NH * k->T * k->T;
     memset(k->grads, 0, k->nparams * sizeof(float));
@@ -243,7 +261,8 @@ static int compare_grads(const Fixture *fx, Case *k, const float *dx, const floa
     return ok;
 }
 
-/* ---- the test ---------------------------------------------------------------------------------- */
+/* ---- the test ----------------------------------------------------------------------------------
+ */
 
 static void test_group(hid_t file, const char *path, const char *name, int want_pre_ln) {
     Fixture fx = {file, -1, path, name};
@@ -256,7 +275,8 @@ static void test_group(hid_t file, const char *path, const char *name, int want_
     CHECK(k.cfg.pre_ln == want_pre_ln);
     CHECK((k.cfg.layer_scale_init > 0) == want_pre_ln);
     int npad = 0;
-    for (int i = 0; i < k.B * k.T; i++) npad += k.key_pad[i] != 0;
+    for (int i = 0; i < k.B * k.T; i++)
+        npad += k.key_pad[i] != 0;
     CHECK(npad > 0); /* the mask path is exercised */
 
     size_t NC = (size_t)k.B * k.T * k.cfg.C, HTT = (size_t)k.cfg.NH * k.T * k.T;
@@ -290,15 +310,16 @@ static void test_group(hid_t file, const char *path, const char *name, int want_
         int fwd_ok = compare_forward(&e, &k, name, "perturbed", 1);
         int grad_ok = compare_grads(&fx, &k, dx, dbias, 1);
         BlockActs a = encoder_block(&e, l);
-        int blk_ok = compare(name, "perturbed block out", a.out, k.block_out + l * NC, NC,
-                             OUT_TOL, 1);
+        int blk_ok =
+            compare(name, "perturbed block out", a.out, k.block_out + l * NC, NC, OUT_TOL, 1);
         double dmax = 0;
         for (size_t i = 0; i < NC; i++)
             if (fabs((double)encoder_output(&e)[i] - k.out[i]) > dmax)
                 dmax = fabs((double)encoder_output(&e)[i] - k.out[i]);
         printf("     negative control (fc1_w[%d][0][0] += 1e-2): max|d out| %.1e (atol %.1e), "
-               "forward %s, grads %s\n", l, dmax, OUT_TOL * max_abs(k.out, NC),
-               fwd_ok ? "MATCH (bad)" : "differ", grad_ok ? "MATCH (bad)" : "differ");
+               "forward %s, grads %s\n",
+               l, dmax, OUT_TOL * max_abs(k.out, NC), fwd_ok ? "MATCH (bad)" : "differ",
+               grad_ok ? "MATCH (bad)" : "differ");
         CHECK(!fwd_ok);
         CHECK(!grad_ok);
         CHECK(!blk_ok); /* the perturbed block's own output moves */

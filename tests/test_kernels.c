@@ -29,7 +29,8 @@ static float rnd(void) { return (float)((int)(splitmix(&g_rng) >> 51) - 4096) / 
 
 /// x[i] = offset + scale * rnd(); keep scale/offset "round" so values stay exactly representable.
 static void fill(float *x, size_t n, float scale, float offset) {
-    for (size_t i = 0; i < n; i++) x[i] = offset + scale * rnd();
+    for (size_t i = 0; i < n; i++)
+        x[i] = offset + scale * rnd();
 }
 
 static float *fnew(size_t n) {
@@ -49,7 +50,8 @@ static float *fcopy(const float *x, size_t n) {
 
 static double dot(const float *a, const float *b, size_t n) {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
     return s;
 }
 
@@ -160,7 +162,8 @@ static int fd_check(const char *label, float *x, size_t n, const float *ana, Los
 /// Backward accumulates: a second call into the same buffers must give twice the first.
 static void check_accum(const char *label, const float *once, const float *twice, size_t n) {
     float *want = fnew(n);
-    for (size_t i = 0; i < n; i++) want[i] = 2.0f * once[i];
+    for (size_t i = 0; i < n; i++)
+        want[i] = 2.0f * once[i];
     char buf[160];
     snprintf(buf, sizeof buf, "%s accumulates (2 calls = 2x)", label);
     check_tensor(buf, twice, want, n, 1e-6 * maxabs(once, n) + 1e-12, 1e-5);
@@ -255,12 +258,14 @@ static void test_gemm(void) {
         for (int single = 0; single <= 1; single++) {
             fill(A, (size_t)M * K, 1, 0);
             fill(Bm, (size_t)K * N, 1, 0);
-            for (int i = 0; i < M * N; i++) Cm[i] = NAN;
+            for (int i = 0; i < M * N; i++)
+                Cm[i] = NAN;
             gemm_rowmajor(0, 0, M, N, K, 2.0f, A, K, Bm, N, 0.0f, Cm, N, single);
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
                     double s = 0;
-                    for (int p = 0; p < K; p++) s += (double)A[i * K + p] * Bm[p * N + j];
+                    for (int p = 0; p < K; p++)
+                        s += (double)A[i * K + p] * Bm[p * N + j];
                     want[i * N + j] = (float)(2.0 * s);
                 }
             ok &= check_tensor_q("", Cm, want, (size_t)M * N, 1e-5, 1e-5, 1);
@@ -331,7 +336,8 @@ static void test_linear_case(int N, int C, int OC, int with_bias, int extras) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {
             double s = bias ? bias[o] : 0.0;
-            for (int c = 0; c < C; c++) s += (double)inp[n * C + c] * W[o * C + c];
+            for (int c = 0; c < C; c++)
+                s += (double)inp[n * C + c] * W[o * C + c];
             want[n * OC + o] = (float)s;
         }
     snprintf(lab, sizeof lab, "%s fwd", tag);
@@ -373,7 +379,8 @@ static void test_linear_case(int N, int C, int OC, int with_bias, int extras) {
     if (extras) {
         // Negative controls: 10% too large, and the largest element's sign flipped.
         float *wrong = fcopy(dW1, nw);
-        for (size_t i = 0; i < nw; i++) wrong[i] *= 1.1f;
+        for (size_t i = 0; i < nw; i++)
+            wrong[i] *= 1.1f;
         expect_reject("linear dW * 1.1", W, nw, wrong, linear_loss, &ctx);
         memcpy(wrong, dW1, nw * sizeof(float));
         size_t im = 0;
@@ -426,9 +433,11 @@ static void test_layernorm_case(int N, int C, int affine, int extras) {
     layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps);
     for (int i = 0; i < N; i++) {
         double m = 0, v = 0;
-        for (int c = 0; c < C; c++) m += inp[i * C + c];
+        for (int c = 0; c < C; c++)
+            m += inp[i * C + c];
         m /= C;
-        for (int c = 0; c < C; c++) v += (inp[i * C + c] - m) * (inp[i * C + c] - m);
+        for (int c = 0; c < C; c++)
+            v += (inp[i * C + c] - m) * (inp[i * C + c] - m);
         v /= C;
         double rs = 1.0 / sqrt(v + eps);
         wmean[i] = (float)m, wrstd[i] = (float)rs;
@@ -471,7 +480,8 @@ static void test_layernorm_case(int N, int C, int affine, int extras) {
         // Negative control: the classic bug of dropping the two mean terms, dinp = rstd * w * dout.
         float *wrong = fnew(n);
         for (int i = 0; i < N; i++)
-            for (int c = 0; c < C; c++) wrong[i * C + c] = wrstd[i] * w[c] * r[i * C + c];
+            for (int c = 0; c < C; c++)
+                wrong[i * C + c] = wrstd[i] * w[c] * r[i * C + c];
         expect_reject("layernorm dinp without the mean terms", inp, n, wrong, ln_loss, &ctx);
         free(wrong);
     }
@@ -510,7 +520,8 @@ static void test_instancenorm_case(int B, int T, int C, int extras) {
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             double m = 0, v = 0;
-            for (int t = 0; t < T; t++) m += inp[((size_t)b * T + t) * C + c];
+            for (int t = 0; t < T; t++)
+                m += inp[((size_t)b * T + t) * C + c];
             m /= T;
             for (int t = 0; t < T; t++) {
                 double d = inp[((size_t)b * T + t) * C + c] - m;
@@ -572,22 +583,27 @@ static void test_gelu(void) {
                                 0.13250487534383712, 1.085231801078197,     0.0};
     const size_t nk = sizeof xs / sizeof xs[0];
     float got[16], want[16], ones[16], dgot[16];
-    for (size_t i = 0; i < nk; i++) ones[i] = 1.0f, dgot[i] = 0.0f, want[i] = (float)gv[i];
+    for (size_t i = 0; i < nk; i++)
+        ones[i] = 1.0f, dgot[i] = 0.0f, want[i] = (float)gv[i];
     gelu_forward(got, xs, nk);
     check_tensor("gelu known values (gelu(1)=0.84134474...)", got, want, nk, 1e-6, 1e-6);
     gelu_backward(dgot, xs, ones, nk);
-    for (size_t i = 0; i < nk; i++) want[i] = (float)dv[i];
+    for (size_t i = 0; i < nk; i++)
+        want[i] = (float)dv[i];
     check_tensor("gelu' known values", dgot, want, nk, 1e-6, 1e-6);
 
     // Dense sweep vs double erf (would catch the tanh approximation: |diff| up to ~5e-4).
     const size_t n = 4001;
     float *x = fnew(n), *y = fnew(n), *w = fnew(n), *g = fnew(n), *one = fnew(n);
-    for (size_t i = 0; i < n; i++) x[i] = -8.0f + 16.0f * (float)i / (float)(n - 1), one[i] = 1;
+    for (size_t i = 0; i < n; i++)
+        x[i] = -8.0f + 16.0f * (float)i / (float)(n - 1), one[i] = 1;
     gelu_forward(y, x, n);
-    for (size_t i = 0; i < n; i++) w[i] = (float)gelu_d(x[i]);
+    for (size_t i = 0; i < n; i++)
+        w[i] = (float)gelu_d(x[i]);
     check_tensor("gelu fwd sweep [-8,8] vs double erf", y, w, n, 2e-6, 1e-5);
     gelu_backward(g, x, one, n);
-    for (size_t i = 0; i < n; i++) w[i] = (float)gelu_grad_d(x[i]);
+    for (size_t i = 0; i < n; i++)
+        w[i] = (float)gelu_grad_d(x[i]);
     check_tensor("gelu bwd sweep [-8,8] vs exact derivative", g, w, n, 2e-6, 1e-5);
     free(x), free(y), free(w), free(g), free(one);
 
@@ -603,7 +619,8 @@ static void test_gelu(void) {
     GeluCtx ctx = {out, inp, r, m};
     fd_check("gelu dinp", inp, m, d1, gelu_loss, &ctx);
     // Negative control: gradient 10% too large.
-    for (size_t i = 0; i < m; i++) d[i] = 1.1f * d1[i];
+    for (size_t i = 0; i < m; i++)
+        d[i] = 1.1f * d1[i];
     expect_reject("gelu dinp * 1.1", inp, m, d, gelu_loss, &ctx);
     free(inp), free(out), free(r), free(d), free(d1);
 }
@@ -625,7 +642,8 @@ static void test_residual(void) {
     float *da = fnew(n), *db = fnew(n);
     fill(a, n, 1, 0), fill(b, n, 1, 0), fill(r, n, 1, 0);
     residual_forward(out, a, b, n);
-    for (size_t i = 0; i < n; i++) want[i] = a[i] + b[i];
+    for (size_t i = 0; i < n; i++)
+        want[i] = a[i] + b[i];
     check_tensor("residual fwd", out, want, n, 0, 0);
     residual_backward(da, db, r, n);
     float *da1 = fcopy(da, n), *db1 = fcopy(db, n);
@@ -656,14 +674,19 @@ static void test_softmax(void) {
         size_t n = (size_t)N * C;
         float *inp = fnew(n), *out = fnew(n), *want = fnew(n);
         fill(inp, n, 3, 0);
-        for (int c = 0; c < C; c++) inp[3 * C + c] = 100.0f + 4.0f * rnd();
-        for (int c = 0; c < C; c++) inp[4 * C + c] = -100.0f + 4.0f * rnd();
+        for (int c = 0; c < C; c++)
+            inp[3 * C + c] = 100.0f + 4.0f * rnd();
+        for (int c = 0; c < C; c++)
+            inp[4 * C + c] = -100.0f + 4.0f * rnd();
         softmax_forward(out, inp, N, C);
         for (int i = 0; i < N; i++) {
             double mx = -INFINITY, s = 0;
-            for (int c = 0; c < C; c++) mx = fmax(mx, inp[i * C + c]);
-            for (int c = 0; c < C; c++) s += exp(inp[i * C + c] - mx);
-            for (int c = 0; c < C; c++) want[i * C + c] = (float)(exp(inp[i * C + c] - mx) / s);
+            for (int c = 0; c < C; c++)
+                mx = fmax(mx, inp[i * C + c]);
+            for (int c = 0; c < C; c++)
+                s += exp(inp[i * C + c] - mx);
+            for (int c = 0; c < C; c++)
+                want[i * C + c] = (float)(exp(inp[i * C + c] - mx) / s);
         }
         check_tensor("softmax fwd (incl. rows at +-100)", out, want, n, 1e-6, 1e-5);
         free(inp), free(out), free(want);
@@ -688,7 +711,8 @@ static void test_softmax(void) {
 
 static double mask_diff_frac(const float *a, const float *b, size_t n) {
     size_t d = 0;
-    for (size_t i = 0; i < n; i++) d += (a[i] != 0) != (b[i] != 0);
+    for (size_t i = 0; i < n; i++)
+        d += (a[i] != 0) != (b[i] != 0);
     return (double)d / (double)n;
 }
 
@@ -731,8 +755,10 @@ static void test_dropout_stats(void) {
     const size_t tot = (size_t)B * n;
     const float p = 0.25f;
     float *inp = fnew(tot), *out = fnew(tot), *out2 = fnew(tot);
-    for (size_t i = 0; i < n; i++) inp[i] = 1.0f + 0.5f * rnd();             // nonzero
-    for (int b = 1; b < B; b++) memcpy(inp + b * n, inp, n * sizeof(float)); // identical rows
+    for (size_t i = 0; i < n; i++)
+        inp[i] = 1.0f + 0.5f * rnd(); // nonzero
+    for (int b = 1; b < B; b++)
+        memcpy(inp + b * n, inp, n * sizeof(float)); // identical rows
     DropKey k = {.seed = 42, .step = 3, .site = 1, .sample_ids = NULL};
     dropout_forward(out, inp, B, n, p, k);
 
@@ -886,7 +912,8 @@ static void test_branch_add(void) {
         k.step = step;
         branch_add_forward(out, x, br, g, B, T, C, 0.0f, pp, k);
         nkeep = 0;
-        for (int b = 0; b < B; b++) nkeep += out[b * per] != x[b * per];
+        for (int b = 0; b < B; b++)
+            nkeep += out[b * per] != x[b * per];
         if (nkeep > 0 && nkeep < B) break;
     }
     char lab[200];
@@ -901,7 +928,8 @@ static void test_branch_add(void) {
     int struct_ok = 1, path_idx0 = 1;
     for (int b = 0; b < B; b++) {
         int kept_b = 0;
-        for (size_t i = 0; i < per; i++) kept_b |= out[b * per + i] != x[b * per + i];
+        for (size_t i = 0; i < per; i++)
+            kept_b |= out[b * per + i] != x[b * per + i];
         int pred = rng_uniform(rng_key(k.seed, k.step, (uint64_t)b, k.site + 1), 0) >= pp;
         if (pred != kept_b) path_idx0 = 0;
         for (size_t i = 0; i < per; i++) {
@@ -916,7 +944,8 @@ static void test_branch_add(void) {
 
     // Simple case: no dropout, gamma NULL: exactly x + branch.
     branch_add_forward(out, x, br, NULL, B, T, C, 0.0f, 0.0f, k);
-    for (size_t i = 0; i < n; i++) want[i] = x[i] + br[i];
+    for (size_t i = 0; i < n; i++)
+        want[i] = x[i] + br[i];
     check_tensor("branch_add fwd p=0 gamma=NULL == x + branch", out, want, n, 0, 1e-7);
 
     // Rank independence: sample 5 at row 0 vs row 3 (same data in that row).
@@ -1005,7 +1034,8 @@ static void attention_ref(float *out, float *att, const float *qkv, const uint8_
                 for (int j = 0; j < T; j++) {
                     const float *kk = qkv + ((size_t)b * T + j) * 3 * C + C + h * hs;
                     double s = 0;
-                    for (int d = 0; d < hs; d++) s += (double)q[d] * kk[d];
+                    for (int d = 0; d < hs; d++)
+                        s += (double)q[d] * kk[d];
                     s *= scale;
                     if (bias) s += bias[((size_t)h * T + i) * T + j];
                     if (pad && pad[b * T + j]) s = -INFINITY;
@@ -1013,7 +1043,8 @@ static void attention_ref(float *out, float *att, const float *qkv, const uint8_
                     if (s > mx) mx = s;
                 }
                 double z = 0;
-                for (int j = 0; j < T; j++) z += (P[j] = isinf(P[j]) ? 0.0 : exp(P[j] - mx));
+                for (int j = 0; j < T; j++)
+                    z += (P[j] = isinf(P[j]) ? 0.0 : exp(P[j] - mx));
                 for (int j = 0; j < T; j++) {
                     P[j] /= z;
                     att[(((size_t)b * NH + h) * T + i) * T + j] = (float)P[j];
@@ -1048,7 +1079,8 @@ static void test_attention_case(int B, int T, int C, int NH, int use_pad, int us
         if (!pad) exit(2);
         // sample 0: no padding; sample 1: last two keys; sample 2+: only key 0 is real.
         for (int b = 1; b < B; b++)
-            for (int t = (b == 1 ? T - 2 : 1); t < T; t++) pad[b * T + t] = 1;
+            for (int t = (b == 1 ? T - 2 : 1); t < T; t++)
+                pad[b * T + t] = 1;
     }
     DropKey k = {.seed = 1234, .step = 7, .site = 3, .sample_ids = ids};
     char tag[96], lab[200];
@@ -1101,7 +1133,8 @@ static void test_attention_rank_independence(void) {
     fill(qkv, B * rowq, 1, 0), fill(bias, (size_t)NH * T * T, 1, 0);
     const int64_t ids1[3] = {20, 21, 22}, ids2[3] = {22, 20, 21};
     const int perm[3] = {2, 0, 1}; // row r of batch 2 holds row perm[r] of batch 1
-    for (int b = 0; b < B; b++) memcpy(qkv2 + b * rowq, qkv + perm[b] * rowq, rowq * sizeof(float));
+    for (int b = 0; b < B; b++)
+        memcpy(qkv2 + b * rowq, qkv + perm[b] * rowq, rowq * sizeof(float));
     DropKey k = {.seed = 5, .step = 11, .site = 2, .sample_ids = ids1};
     attention_forward(o1, a1, scr, qkv, NULL, bias, B, T, C, NH, 0.3f, k);
     k.sample_ids = ids2;
@@ -1161,7 +1194,8 @@ static void test_conv_case(int B, int L, int Cin, int Cout, int K, int stride, i
     float *out = fnew(no), *want = fnew(no), *r = fnew(no), *cols = fnew(ncols + COLS_GUARD);
     fill(inp, ni, 1, 0), fill(W, nw, 0.5f, 0), fill(r, no, 1, 0);
     if (bias) fill(bias, Cout, 1, 0);
-    for (int i = 0; i < COLS_GUARD; i++) cols[ncols + i] = 4242.0f;
+    for (int i = 0; i < COLS_GUARD; i++)
+        cols[ncols + i] = 4242.0f;
 
     conv1d_forward(out, cols, inp, W, bias, B, L, Cin, Cout, K, stride, pad, groups);
     for (int b = 0; b < B; b++)
@@ -1208,7 +1242,8 @@ static void test_conv_case(int B, int L, int Cin, int Cout, int K, int stride, i
         free(dW_only);
     }
     int guard_ok = 1;
-    for (int i = 0; i < COLS_GUARD; i++) guard_ok &= cols[ncols + i] == 4242.0f;
+    for (int i = 0; i < COLS_GUARD; i++)
+        guard_ok &= cols[ncols + i] == 4242.0f;
     snprintf(lab, sizeof lab, "%s cols stays within conv1d_cols_size()=%zu", tag, ncols);
     check_record(guard_ok, lab);
 
@@ -1257,7 +1292,8 @@ static void test_embedding(void) {
         fill(table, nt, 1, 0), fill(r, no, 1, 0);
         embedding_forward(out, ids, table, N, V, C);
         for (int n = 0; n < N; n++)
-            for (int c = 0; c < C; c++) want[n * C + c] = table[ids[n] * C + c];
+            for (int c = 0; c < C; c++)
+                want[n * C + c] = table[ids[n] * C + c];
         check_tensor("embedding fwd", out, want, no, 0, 0);
         embedding_backward(dt, ids, r, N, C);
         float *dt1 = fcopy(dt, nt);
@@ -1272,14 +1308,17 @@ static void test_embedding(void) {
         const int N = 300, V = 7, C = 64;
         int32_t *ids = malloc(N * sizeof(int32_t));
         if (!ids) exit(2);
-        for (int n = 0; n < N; n++) ids[n] = (int32_t)(splitmix(&g_rng) % V);
+        for (int n = 0; n < N; n++)
+            ids[n] = (int32_t)(splitmix(&g_rng) % V);
         float *dout = fnew((size_t)N * C), *dt = fnew((size_t)V * C), *want = fnew((size_t)V * C);
         fill(dout, (size_t)N * C, 1, 0);
         double *acc = calloc((size_t)V * C, sizeof(double));
         if (!acc) exit(2);
         for (int n = 0; n < N; n++)
-            for (int c = 0; c < C; c++) acc[ids[n] * C + c] += dout[n * C + c];
-        for (int i = 0; i < V * C; i++) want[i] = (float)acc[i];
+            for (int c = 0; c < C; c++)
+                acc[ids[n] * C + c] += dout[n * C + c];
+        for (int i = 0; i < V * C; i++)
+            want[i] = (float)acc[i];
         embedding_backward(dt, ids, dout, N, C);
         check_tensor("embedding bwd N=300 V=7 C=64 scatter-add", dt, want, (size_t)V * C, 1e-5,
                      1e-5);

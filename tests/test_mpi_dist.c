@@ -13,13 +13,15 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--die-on-rank")) {
         if (g_dist.rank == atoi(argv[2])) die("deliberate failure on rank %d", g_dist.rank);
         float x = 1;
-        for (;;) dist_allreduce_sum_f32(&x, 1); /* would hang forever without the abort */
+        for (;;)
+            dist_allreduce_sum_f32(&x, 1); /* would hang forever without the abort */
     }
     int R = g_dist.world, r = g_dist.rank;
     enum { N = 1000 };
     float f[N];
     double d[N];
-    for (int i = 0; i < N; i++) f[i] = (float)(r + 1) * i, d[i] = 0.5 * (r + 1) + i;
+    for (int i = 0; i < N; i++)
+        f[i] = (float)(r + 1) * i, d[i] = 0.5 * (r + 1) + i;
     dist_allreduce_sum_f32(f, N);
     dist_allreduce_sum_f64(d, N);
     int ok_f = 1, ok_d = 1;

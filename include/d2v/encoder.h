@@ -47,11 +47,11 @@ void encoder_params_constrain(EncoderParams *p, const EncoderConfig *cfg);
 /// One forward/backward call's inputs besides x.
 typedef struct {
     int B, T;
-    const uint8_t *key_pad;     // (B, T) 1 = padding key, or NULL
-    const float *attn_bias;     // (NH, T, T) additive logit bias shared by all blocks, or NULL
-    int train;                  // dropout, layerdrop and drop path on
-    uint64_t seed, step;        // dropout keys: hash(seed, step, sample id, site)
-    const int64_t *sample_ids;  // (B) global sample index of each row, or NULL for 0..B-1
+    const uint8_t *key_pad;    // (B, T) 1 = padding key, or NULL
+    const float *attn_bias;    // (NH, T, T) additive logit bias shared by all blocks, or NULL
+    int train;                 // dropout, layerdrop and drop path on
+    uint64_t seed, step;       // dropout keys: hash(seed, step, sample id, site)
+    const int64_t *sample_ids; // (B) global sample index of each row, or NULL for 0..B-1
 } EncoderRun;
 
 /// Per-layer views of one block's activations (N = B*T).
@@ -74,15 +74,15 @@ typedef struct {
 typedef struct {
     EncoderConfig cfg;
     int Bmax, Tmax, keep_caches;
-    float *act_memory;      // forward activations (all layers when keep_caches, else one
-    size_t act_count;       //   layer of scratch plus the per-layer ffn_out and out)
-    float *grad_memory;     // backward scratch (keep_caches only)
+    float *act_memory;  // forward activations (all layers when keep_caches, else one
+    size_t act_count;   //   layer of scratch plus the per-layer ffn_out and out)
+    float *grad_memory; // backward scratch (keep_caches only)
     size_t grad_count;
-    float *att_scratch;     // per-thread T x T buffers for attention
+    float *att_scratch; // per-thread T x T buffers for attention
     size_t att_scratch_count;
     size_t field_offset[16], field_stride[16], field_size[16];
-    uint8_t *dropped;       // (L) blocks skipped by layerdrop in the last forward
-    int B, T;               // shape of the last forward
+    uint8_t *dropped; // (L) blocks skipped by layerdrop in the last forward
+    int B, T;         // shape of the last forward
 } Encoder;
 
 /// Size and allocate the activation arenas for batches up to Bmax x Tmax. keep_caches = 0 is the
@@ -105,8 +105,15 @@ void encoder_backward(Encoder *e, EncoderParams *grads, float *dx, float *dattn_
                       const float *dout);
 
 /// Per-kernel wall time of encoder forward/backward calls, for `make bench`.
-enum { PROF_LINEAR, PROF_ATTENTION, PROF_LAYERNORM, PROF_GELU, PROF_RESIDUAL, PROF_MEMORY,
-       PROF_NUM };
+enum {
+    PROF_LINEAR,
+    PROF_ATTENTION,
+    PROF_LAYERNORM,
+    PROF_GELU,
+    PROF_RESIDUAL,
+    PROF_MEMORY,
+    PROF_NUM
+};
 extern const char *const encoder_prof_names[PROF_NUM];
 extern double encoder_prof_seconds[PROF_NUM];
 extern int encoder_prof_on;

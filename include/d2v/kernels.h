@@ -96,8 +96,8 @@ void dropout_backward(float *dinp, const float *dout, int B, size_t n_per_sample
 void branch_add_forward(float *out, const float *x, const float *branch, const float *gamma, int B,
                         int T, int C, float p_drop, float p_path, DropKey k);
 void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *dout,
-                         const float *branch, const float *gamma, int B, int T, int C,
-                         float p_drop, float p_path, DropKey k);
+                         const float *branch, const float *gamma, int B, int T, int C, float p_drop,
+                         float p_path, DropKey k);
 
 /* ---- Attention ------------------------------------------------------------------------------- */
 

@@ -11,15 +11,15 @@
 
 Dist g_dist = {0, 1, 0};
 
-#define MPI_CHECK(call)                                                            \
-    do {                                                                           \
-        int rc_ = (call);                                                          \
-        if (rc_ != MPI_SUCCESS) {                                                  \
-            char s_[MPI_MAX_ERROR_STRING];                                         \
-            int n_ = 0;                                                            \
-            MPI_Error_string(rc_, s_, &n_);                                        \
-            die("MPI call %s failed: %s", #call, s_);                              \
-        }                                                                          \
+#define MPI_CHECK(call)                                                                            \
+    do {                                                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_ != MPI_SUCCESS) {                                                                  \
+            char s_[MPI_MAX_ERROR_STRING];                                                         \
+            int n_ = 0;                                                                            \
+            MPI_Error_string(rc_, s_, &n_);                                                        \
+            die("MPI call %s failed: %s", #call, s_);                                              \
+        }                                                                                          \
     } while (0)
 
 void dist_init(int *argc, char ***argv) {
@@ -53,7 +53,8 @@ void dist_allreduce_sum_f32(float *buf, size_t n) {
     if (!g_dist.initialized || g_dist.world == 1) return;
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t m = n - off < CHUNK ? n - off : CHUNK;
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+        MPI_CHECK(
+            MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
     }
 }
 
@@ -61,7 +62,8 @@ void dist_allreduce_sum_f64(double *buf, size_t n) {
     if (!g_dist.initialized || g_dist.world == 1) return;
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t m = n - off < CHUNK ? n - off : CHUNK;
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+        MPI_CHECK(
+            MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
     }
 }
 

@@ -34,7 +34,8 @@ static void head_forward(float *out, float *att, float *pd, const float *qkv,
     for (int i = 0; i < T; i++) {
         float *row = s + (size_t)i * T;
         if (bh)
-            for (int j = 0; j < T; j++) row[j] += bh[(size_t)i * T + j];
+            for (int j = 0; j < T; j++)
+                row[j] += bh[(size_t)i * T + j];
         if (pad)
             for (int j = 0; j < T; j++)
                 if (pad[j]) row[j] = -INFINITY;
@@ -67,12 +68,16 @@ SIMD_CLONES static void softmax_grad_row_inplace(float *d, const float *p, int T
     int j = 0;
     for (; j + LANES <= T; j += LANES)
 #pragma omp simd
-        for (int l = 0; l < LANES; l++) dl[l] += p[j + l] * d[j + l];
+        for (int l = 0; l < LANES; l++)
+            dl[l] += p[j + l] * d[j + l];
     float dot = 0;
-    for (int l = 0; l < LANES; l++) dot += dl[l];
-    for (; j < T; j++) dot += p[j] * d[j];
+    for (int l = 0; l < LANES; l++)
+        dot += dl[l];
+    for (; j < T; j++)
+        dot += p[j] * d[j];
 #pragma omp simd
-    for (j = 0; j < T; j++) d[j] = p[j] * (d[j] - dot);
+    for (j = 0; j < T; j++)
+        d[j] = p[j] * (d[j] - dot);
 }
 
 static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const float *dout,
@@ -92,12 +97,14 @@ static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const
         pused = pd;
     }
     gemm_rowmajor(1, 0, T, hs, T, 1.0f, pused, T, dy, C, 1.0f, dv, (int)C3, 1); /* dV += P^T dY */
-    gemm_rowmajor(0, 1, T, T, hs, 1.0f, dy, C, v, (int)C3, 0.0f, dp, T, 1);    /* dP = dY V^T */
+    gemm_rowmajor(0, 1, T, T, hs, 1.0f, dy, C, v, (int)C3, 0.0f, dp, T, 1);     /* dP = dY V^T */
     if (p_drop > 0) drop_probs(dp, dp, b, h, T, p_drop, k); /* through the same mask */
-    for (size_t i = 0; i < (size_t)T; i++) softmax_grad_row_inplace(dp + i * T, p + i * T, T);
+    for (size_t i = 0; i < (size_t)T; i++)
+        softmax_grad_row_inplace(dp + i * T, p + i * T, T);
     if (dbias) {
         float *db = dbias + (size_t)h * T * T;
-        for (size_t i = 0; i < (size_t)T * T; i++) db[i] += dp[i];
+        for (size_t i = 0; i < (size_t)T * T; i++)
+            db[i] += dp[i];
     }
     gemm_rowmajor(0, 0, T, hs, T, scale, dp, T, kk, (int)C3, 1.0f, dq, (int)C3, 1); /* dQ */
     gemm_rowmajor(1, 0, T, hs, T, scale, dp, T, q, (int)C3, 1.0f, dk, (int)C3, 1);  /* dK */
@@ -110,7 +117,8 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
         /* Heads in parallel, samples in sequence: each dbias[h] has a single writer. */
 #pragma omp parallel for schedule(dynamic)
         for (int h = 0; h < NH; h++) {
-            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dp = pd + (size_t)T * T;
+            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T,
+                  *dp = pd + (size_t)T * T;
             for (int b = 0; b < B; b++)
                 head_backward(dqkv, dbias, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
         }
@@ -119,7 +127,8 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dp = pd + (size_t)T * T;
+            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T,
+                  *dp = pd + (size_t)T * T;
             head_backward(dqkv, NULL, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
         }
 }

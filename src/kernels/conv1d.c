@@ -25,7 +25,8 @@ static void im2col(float *cols, const float *inp, int B, int L, int Cin, int K, 
                     int l = t * stride - pad + k;
                     const float *src = inp + ((size_t)b * L + l) * Cin + (size_t)g * Cg;
                     int inside = l >= 0 && l < L;
-                    for (int ci = 0; ci < Cg; ci++) dst[ci * K + k] = inside ? src[ci] : 0.0f;
+                    for (int ci = 0; ci < Cg; ci++)
+                        dst[ci * K + k] = inside ? src[ci] : 0.0f;
                 }
             }
 }
@@ -43,7 +44,8 @@ static void col2im_add(float *dinp, const float *cols, int B, int L, int Cin, in
                     int l = t * stride - pad + k;
                     if (l < 0 || l >= L) continue;
                     float *dst = dinp + ((size_t)b * L + l) * Cin + (size_t)g * Cg;
-                    for (int ci = 0; ci < Cg; ci++) dst[ci] += src[ci * K + k];
+                    for (int ci = 0; ci < Cg; ci++)
+                        dst[ci] += src[ci * K + k];
                 }
             }
 }
@@ -65,12 +67,13 @@ void conv1d_forward(float *out, float *cols, const float *inp, const float *W, c
     if (bias) {
 #pragma omp parallel for
         for (size_t n = 0; n < N; n++)
-            for (int o = 0; o < Cout; o++) out[n * Cout + o] = bias[o];
+            for (int o = 0; o < Cout; o++)
+                out[n * Cout + o] = bias[o];
     }
     for (int g = 0; g < groups; g++)
         gemm_rowmajor(0, 1, (int)N, Og, row, 1.0f, cols + (size_t)g * N * row, row,
-                      W + (size_t)g * Og * row, row, bias ? 1.0f : 0.0f, out + (size_t)g * Og,
-                      Cout, 0);
+                      W + (size_t)g * Og * row, row, bias ? 1.0f : 0.0f, out + (size_t)g * Og, Cout,
+                      0);
 }
 
 void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const float *dout,
@@ -84,7 +87,8 @@ void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const fl
 #pragma omp parallel for
         for (int o = 0; o < Cout; o++) {
             double s = 0;
-            for (size_t n = 0; n < N; n++) s += dout[n * Cout + o];
+            for (size_t n = 0; n < N; n++)
+                s += dout[n * Cout + o];
             dbias[o] += (float)s;
         }
     }

@@ -84,8 +84,8 @@ void branch_add_forward(float *out, const float *x, const float *branch, const f
 }
 
 void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *dout,
-                         const float *branch, const float *gamma, int B, int T, int C,
-                         float p_drop, float p_path, DropKey k) {
+                         const float *branch, const float *gamma, int B, int T, int C, float p_drop,
+                         float p_path, DropKey k) {
     float dscale = p_drop > 0 ? 1.0f / (1.0f - p_drop) : 1.0f;
     if (dx || dbranch) {
 #pragma omp parallel for collapse(2)

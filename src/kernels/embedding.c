@@ -13,7 +13,8 @@ void embedding_forward(float *out, const int32_t *ids, const float *table, int N
     for (int n = 0; n < N; n++) {
         const float *src = table + (size_t)ids[n] * C;
         float *dst = out + (size_t)n * C;
-        for (int c = 0; c < C; c++) dst[c] = src[c];
+        for (int c = 0; c < C; c++)
+            dst[c] = src[c];
     }
 }
 
@@ -26,7 +27,8 @@ void embedding_backward(float *dtable, const int32_t *ids, const float *dout, in
         for (int n = 0; n < N; n++) {
             const float *src = dout + (size_t)n * C;
             float *dst = dtable + (size_t)ids[n] * C;
-            for (int c = c0; c < c1; c++) dst[c] += src[c];
+            for (int c = c0; c < c1; c++)
+                dst[c] += src[c];
         }
     }
 }

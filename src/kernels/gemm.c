@@ -32,13 +32,16 @@ static void choose_arch(void) {
 static void verify_gemm(void) {
     enum { M = 37, N = 29, K = 41 };
     static float A[M * K], B[K * N], C[M * N];
-    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 7 % 13) - 6) / 7.0f;
-    for (int i = 0; i < K * N; i++) B[i] = (float)((i * 5 % 11) - 5) / 5.0f;
+    for (int i = 0; i < M * K; i++)
+        A[i] = (float)((i * 7 % 13) - 6) / 7.0f;
+    for (int i = 0; i < K * N; i++)
+        B[i] = (float)((i * 5 % 11) - 5) / 5.0f;
     gemm_rowmajor(0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N, 0);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)A[i * K + k] * B[k * N + j];
+            for (int k = 0; k < K; k++)
+                s += (double)A[i * K + k] * B[k * N + j];
             if (fabs(s - C[i * N + j]) > 1e-4 * (1 + fabs(s)))
                 die("BLIS kernel set '%s' computes a wrong sgemm on this CPU; set BLIS_ARCH_TYPE "
                     "to another id (e.g. 3 = haswell)",

@@ -6,7 +6,8 @@ void linear_forward(float *out, const float *inp, const float *W, const float *b
     if (bias) {
 #pragma omp parallel for
         for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] = bias[o];
+            for (int o = 0; o < OC; o++)
+                out[(size_t)n * OC + o] = bias[o];
     }
     gemm_rowmajor(0, 1, N, OC, C, 1.0f, inp, C, W, C, bias ? 1.0f : 0.0f, out, OC, 0);
 }
@@ -19,7 +20,8 @@ void linear_backward(float *dinp, float *dW, float *dbias, const float *dout, co
 #pragma omp parallel for
         for (int o = 0; o < OC; o++) {
             double s = 0;
-            for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
+            for (int n = 0; n < N; n++)
+                s += dout[(size_t)n * OC + o];
             dbias[o] += (float)s;
         }
     }

@@ -12,18 +12,24 @@ SIMD_CLONES static void row_mean_rstd(const float *x, int C, float eps, float *m
     int c = 0;
     for (; c + LANES <= C; c += LANES)
 #pragma omp simd
-        for (int j = 0; j < LANES; j++) acc[j] += x[c + j];
+        for (int j = 0; j < LANES; j++)
+            acc[j] += x[c + j];
     double m = 0;
-    for (int j = 0; j < LANES; j++) m += acc[j], acc[j] = 0;
-    for (; c < C; c++) m += x[c];
+    for (int j = 0; j < LANES; j++)
+        m += acc[j], acc[j] = 0;
+    for (; c < C; c++)
+        m += x[c];
     m /= C;
     float mf = (float)m;
     for (c = 0; c + LANES <= C; c += LANES)
 #pragma omp simd
-        for (int j = 0; j < LANES; j++) acc[j] += (x[c + j] - mf) * (x[c + j] - mf);
+        for (int j = 0; j < LANES; j++)
+            acc[j] += (x[c + j] - mf) * (x[c + j] - mf);
     double v = 0;
-    for (int j = 0; j < LANES; j++) v += acc[j];
-    for (; c < C; c++) v += (x[c] - mf) * (x[c] - mf);
+    for (int j = 0; j < LANES; j++)
+        v += acc[j];
+    for (; c < C; c++)
+        v += (x[c] - mf) * (x[c] - mf);
     v /= C;
     *mean = mf;
     *rstd = (float)(1.0 / sqrt(v + eps));
@@ -33,10 +39,12 @@ SIMD_CLONES static void row_normalize(float *y, const float *x, const float *w, 
                                       int C, float m, float s) {
     if (w) {
 #pragma omp simd
-        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - m) * s * w[c] + b[c];
     } else {
 #pragma omp simd
-        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s;
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - m) * s;
     }
 }
 
@@ -65,7 +73,8 @@ SIMD_CLONES static void row_layernorm_backward(float *dx, const float *x, const 
             agh[j] += g * (x[c + j] - m) * s;
         }
     double sum_g = 0, sum_gh = 0;
-    for (int j = 0; j < LANES; j++) sum_g += ag[j], sum_gh += agh[j];
+    for (int j = 0; j < LANES; j++)
+        sum_g += ag[j], sum_gh += agh[j];
     for (; c < C; c++) {
         float g = w ? dy[c] * w[c] : dy[c];
         sum_g += g;
@@ -113,7 +122,8 @@ void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp
         /* two passes per channel with double sums: biased variance, as F.instance_norm */
         for (int c = 0; c < C; c++) {
             double m = 0, v = 0;
-            for (int t = 0; t < T; t++) m += x[(size_t)t * C + c];
+            for (int t = 0; t < T; t++)
+                m += x[(size_t)t * C + c];
             m /= T;
             for (int t = 0; t < T; t++) {
                 double d = x[(size_t)t * C + c] - m;

@@ -43,7 +43,8 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
 }
 
 void residual_backward(float *da, float *db, const float *dout, size_t n) {
@@ -60,32 +61,42 @@ void residual_backward(float *da, float *db, const float *dout, size_t n) {
 
 SIMD_CLONES void softmax_row(float *y, const float *x, int C) {
     float mxl[LANES], sl[LANES];
-    for (int j = 0; j < LANES; j++) mxl[j] = -INFINITY, sl[j] = 0.0f;
+    for (int j = 0; j < LANES; j++)
+        mxl[j] = -INFINITY, sl[j] = 0.0f;
     int c = 0;
     for (; c + LANES <= C; c += LANES)
 #pragma omp simd
-        for (int j = 0; j < LANES; j++) mxl[j] = x[c + j] > mxl[j] ? x[c + j] : mxl[j];
+        for (int j = 0; j < LANES; j++)
+            mxl[j] = x[c + j] > mxl[j] ? x[c + j] : mxl[j];
     float mx = -INFINITY;
-    for (int j = 0; j < LANES; j++) mx = mxl[j] > mx ? mxl[j] : mx;
-    for (; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+    for (int j = 0; j < LANES; j++)
+        mx = mxl[j] > mx ? mxl[j] : mx;
+    for (; c < C; c++)
+        mx = x[c] > mx ? x[c] : mx;
     if (mx == -INFINITY) { /* every entry masked: a zero row rather than NaN */
-        for (c = 0; c < C; c++) y[c] = 0.0f;
+        for (c = 0; c < C; c++)
+            y[c] = 0.0f;
         return;
     }
     for (c = 0; c + LANES <= C; c += LANES)
 #pragma omp simd
-        for (int j = 0; j < LANES; j++) sl[j] += (y[c + j] = exp_approx(x[c + j] - mx));
+        for (int j = 0; j < LANES; j++)
+            sl[j] += (y[c + j] = exp_approx(x[c + j] - mx));
     float s = 0;
-    for (int j = 0; j < LANES; j++) s += sl[j];
-    for (; c < C; c++) s += (y[c] = exp_approx(x[c] - mx));
+    for (int j = 0; j < LANES; j++)
+        s += sl[j];
+    for (; c < C; c++)
+        s += (y[c] = exp_approx(x[c] - mx));
     float inv = 1.0f / s;
 #pragma omp simd
-    for (c = 0; c < C; c++) y[c] *= inv;
+    for (c = 0; c < C; c++)
+        y[c] *= inv;
 }
 
 void softmax_forward(float *out, const float *inp, int N, int C) {
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) softmax_row(out + (size_t)n * C, inp + (size_t)n * C, C);
+    for (int n = 0; n < N; n++)
+        softmax_row(out + (size_t)n * C, inp + (size_t)n * C, C);
 }
 
 SIMD_CLONES void softmax_backward_row(float *dx, const float *y, const float *dy, int C) {
@@ -93,12 +104,16 @@ SIMD_CLONES void softmax_backward_row(float *dx, const float *y, const float *dy
     int c = 0;
     for (; c + LANES <= C; c += LANES)
 #pragma omp simd
-        for (int j = 0; j < LANES; j++) dl[j] += y[c + j] * dy[c + j];
+        for (int j = 0; j < LANES; j++)
+            dl[j] += y[c + j] * dy[c + j];
     float dot = 0;
-    for (int j = 0; j < LANES; j++) dot += dl[j];
-    for (; c < C; c++) dot += y[c] * dy[c];
+    for (int j = 0; j < LANES; j++)
+        dot += dl[j];
+    for (; c < C; c++)
+        dot += y[c] * dy[c];
 #pragma omp simd
-    for (c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - dot);
+    for (c = 0; c < C; c++)
+        dx[c] += y[c] * (dy[c] - dot);
 }
 
 void softmax_backward(float *dinp, const float *out, const float *dout, int N, int C) {

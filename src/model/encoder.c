@@ -12,16 +12,16 @@
 
 /* ---- profiling (off unless the benchmark turns it on) ---- */
 
-const char *const encoder_prof_names[PROF_NUM] = {"linear (GEMM)", "attention", "layernorm",
-                                                  "gelu", "residual+dropout", "zero/copy"};
+const char *const encoder_prof_names[PROF_NUM] = {"linear (GEMM)", "attention",        "layernorm",
+                                                  "gelu",          "residual+dropout", "zero/copy"};
 double encoder_prof_seconds[PROF_NUM];
 int encoder_prof_on;
 
-#define TIMED(cat, call)                                                                       \
-    do {                                                                                       \
-        double t0_ = encoder_prof_on ? now_seconds() : 0;                                      \
-        call;                                                                                  \
-        if (encoder_prof_on) encoder_prof_seconds[cat] += now_seconds() - t0_;                 \
+#define TIMED(cat, call)                                                                           \
+    do {                                                                                           \
+        double t0_ = encoder_prof_on ? now_seconds() : 0;                                          \
+        call;                                                                                      \
+        if (encoder_prof_on) encoder_prof_seconds[cat] += now_seconds() - t0_;                     \
     } while (0)
 
 /* ---- parameters ------------------------------------------------------------------------------ */
@@ -29,16 +29,16 @@ int encoder_prof_on;
 void encoder_param_sizes(size_t s[ENCODER_NUM_PARAMS], const EncoderConfig *cfg) {
     size_t L = cfg->L, C = cfg->C, F = cfg->F;
     size_t ls = cfg->layer_scale_init > 0 ? L * C : 0;
-    size_t v[ENCODER_NUM_PARAMS] = {L * C,     L * C,     L * 3 * C * C, L * 3 * C, L * C * C,
-                                    L * C,     L * C,     L * C,         L * F * C, L * F,
-                                    L * C * F, L * C,     ls,            ls};
+    size_t v[ENCODER_NUM_PARAMS] = {L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
+                                    L * C, L * C, L * F * C,     L * F,     L * C * F, L * C,
+                                    ls,    ls};
     memcpy(s, v, sizeof v);
 }
 
 size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfig *cfg) {
     size_t sizes[ENCODER_NUM_PARAMS];
     encoder_param_sizes(sizes, cfg);
-    float **ptrs[ENCODER_NUM_PARAMS] = {&p->ln1_w, &p->ln1_b, &p->qkv_w,  &p->qkv_b, &p->proj_w,
+    float **ptrs[ENCODER_NUM_PARAMS] = {&p->ln1_w,  &p->ln1_b, &p->qkv_w,  &p->qkv_b, &p->proj_w,
                                         &p->proj_b, &p->ln2_w, &p->ln2_b,  &p->fc1_w, &p->fc1_b,
                                         &p->fc2_w,  &p->fc2_b, &p->gamma1, &p->gamma2};
     size_t n = 0;
@@ -51,11 +51,13 @@ size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfi
 
 static void fill_normal(float *x, size_t n, float std, uint64_t seed, uint64_t tensor) {
     uint64_t key = rng_key(seed, 0x1417, tensor, 0);
-    for (size_t i = 0; i < n; i++) x[i] = std * rng_normal(key, i);
+    for (size_t i = 0; i < n; i++)
+        x[i] = std * rng_normal(key, i);
 }
 
 static void fill(float *x, size_t n, float v) {
-    for (size_t i = 0; i < n; i++) x[i] = v;
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
 }
 
 void encoder_params_init(EncoderParams *p, const EncoderConfig *cfg, uint64_t seed) {
@@ -68,7 +70,9 @@ void encoder_params_init(EncoderParams *p, const EncoderConfig *cfg, uint64_t se
     fill(p->ln2_w, s[6], 1.0f), fill(p->ln2_b, s[7], 0.0f);
     fill_normal(p->fc1_w, s[8], 0.02f, seed, 8), fill(p->fc1_b, s[9], 0.0f);
     fill_normal(p->fc2_w, s[10], 0.02f, seed, 10), fill(p->fc2_b, s[11], 0.0f);
-    if (s[12]) fill(p->gamma1, s[12], cfg->layer_scale_init), fill(p->gamma2, s[13], cfg->layer_scale_init);
+    if (s[12])
+        fill(p->gamma1, s[12], cfg->layer_scale_init),
+            fill(p->gamma2, s[13], cfg->layer_scale_init);
     encoder_params_constrain(p, cfg);
 }
 
@@ -81,8 +85,23 @@ void encoder_params_constrain(EncoderParams *p, const EncoderConfig *cfg) {
 /* ---- activation arena ------------------------------------------------------------------------ */
 
 enum {
-    A_LN1, A_LN1_MEAN, A_LN1_RSTD, A_QKV, A_ATT, A_ATTY, A_ATTPROJ, A_RES1,
-    A_LN2, A_LN2_MEAN, A_LN2_RSTD, A_FCH, A_FCG, A_FFN, A_FFN_OUT, A_RES2, A_NUM
+    A_LN1,
+    A_LN1_MEAN,
+    A_LN1_RSTD,
+    A_QKV,
+    A_ATT,
+    A_ATTY,
+    A_ATTPROJ,
+    A_RES1,
+    A_LN2,
+    A_LN2_MEAN,
+    A_LN2_RSTD,
+    A_FCH,
+    A_FCG,
+    A_FFN,
+    A_FFN_OUT,
+    A_RES2,
+    A_NUM
 };
 enum { G_OUT, G_IN, G_A, G_B, G_C, G_QKV, G_F1, G_F2, G_NUM };
 
@@ -93,13 +112,15 @@ enum { SITE_ATT = 0, SITE_BR1 = 2, SITE_ACT = 4, SITE_BR2 = 6, SITE_LAYERDROP = 
 void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int keep_caches) {
     memset(e, 0, sizeof *e);
     if (cfg->L <= 0 || cfg->C <= 0 || cfg->NH <= 0 || cfg->F <= 0 || cfg->C % cfg->NH)
-        die("encoder: bad shape L=%d C=%d NH=%d F=%d (C must be a multiple of NH)", cfg->L,
-            cfg->C, cfg->NH, cfg->F);
+        die("encoder: bad shape L=%d C=%d NH=%d F=%d (C must be a multiple of NH)", cfg->L, cfg->C,
+            cfg->NH, cfg->F);
     e->cfg = *cfg, e->Bmax = Bmax, e->Tmax = Tmax, e->keep_caches = keep_caches;
     size_t N = (size_t)Bmax * Tmax, C = cfg->C, F = cfg->F, L = cfg->L;
     int ls = cfg->layer_scale_init > 0;
-    size_t size[A_NUM] = {N * C, N, N, 3 * N * C, (size_t)Bmax * cfg->NH * Tmax * Tmax, N * C,
-                          N * C, N * C, N * C, N, N, N * F, N * F, N * C, ls ? N * C : 0, N * C};
+    size_t size[A_NUM] = {N * C, N,     N,     3 * N * C, (size_t)Bmax * cfg->NH * Tmax * Tmax,
+                          N * C, N * C, N * C, N * C,     N,
+                          N,     N * F, N * F, N * C,     ls ? N * C : 0,
+                          N * C};
     /* Without caches every field is one shared layer of scratch, except the two per-block
      * outputs the teacher targets are built from. */
     int kept_out = cfg->pre_ln ? A_RES2 : A_LN2, kept_ffn = ls ? A_FFN_OUT : A_FFN;
@@ -140,9 +161,10 @@ BlockActs encoder_block(const Encoder *e, int l) {
     float *f[A_NUM];
     for (int i = 0; i < A_NUM; i++)
         f[i] = e->act_memory + e->field_offset[i] + (size_t)l * e->field_stride[i];
-    BlockActs a = {f[A_LN1], f[A_LN1_MEAN], f[A_LN1_RSTD], f[A_QKV], f[A_ATT], f[A_ATTY],
-                   f[A_ATTPROJ], f[A_RES1], f[A_LN2], f[A_LN2_MEAN], f[A_LN2_RSTD], f[A_FCH],
-                   f[A_FCG], f[A_FFN], f[A_FFN], f[A_RES2], NULL};
+    BlockActs a = {f[A_LN1],      f[A_LN1_MEAN], f[A_LN1_RSTD], f[A_QKV], f[A_ATT],
+                   f[A_ATTY],     f[A_ATTPROJ],  f[A_RES1],     f[A_LN2], f[A_LN2_MEAN],
+                   f[A_LN2_RSTD], f[A_FCH],      f[A_FCG],      f[A_FFN], f[A_FFN],
+                   f[A_RES2],     NULL};
     if (e->field_size[A_FFN_OUT]) a.ffn_out = f[A_FFN_OUT];
     a.out = e->cfg.pre_ln ? a.res2 : a.ln2;
     return a;
@@ -160,10 +182,18 @@ typedef struct {
 
 static LayerParams layer_params(const EncoderParams *p, const EncoderConfig *c, int l) {
     size_t C = c->C, F = c->F;
-    LayerParams lp = {p->ln1_w + l * C,         p->ln1_b + l * C,     p->qkv_w + l * 3 * C * C,
-                      p->qkv_b + l * 3 * C,     p->proj_w + l * C * C, p->proj_b + l * C,
-                      p->ln2_w + l * C,         p->ln2_b + l * C,     p->fc1_w + l * F * C,
-                      p->fc1_b + l * F,         p->fc2_w + l * C * F, p->fc2_b + l * C,
+    LayerParams lp = {p->ln1_w + l * C,
+                      p->ln1_b + l * C,
+                      p->qkv_w + l * 3 * C * C,
+                      p->qkv_b + l * 3 * C,
+                      p->proj_w + l * C * C,
+                      p->proj_b + l * C,
+                      p->ln2_w + l * C,
+                      p->ln2_b + l * C,
+                      p->fc1_w + l * F * C,
+                      p->fc1_b + l * F,
+                      p->fc2_w + l * C * F,
+                      p->fc2_b + l * C,
                       p->gamma1 ? p->gamma1 + l * C : NULL,
                       p->gamma2 ? p->gamma2 + l * C : NULL};
     return lp;
@@ -185,28 +215,32 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
     float pd = r->train ? c->resid_dropout : 0, pp = r->train ? drop_path_at(c, l) : 0;
     const float *h;
     if (c->pre_ln) {
-        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, in, w.ln1_w, w.ln1_b, N, C, c->ln_eps));
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, in, w.ln1_w, w.ln1_b,
+                                                N, C, c->ln_eps));
         TIMED(PROF_LINEAR, linear_forward(a.qkv, a.ln1, w.qkv_w, w.qkv_b, N, C, 3 * C));
     } else {
         TIMED(PROF_LINEAR, linear_forward(a.qkv, in, w.qkv_w, w.qkv_b, N, C, 3 * C));
     }
-    TIMED(PROF_ATTENTION, attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
-                      c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
+    TIMED(PROF_ATTENTION,
+          attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
+                            c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
     TIMED(PROF_LINEAR, linear_forward(a.attproj, a.atty, w.proj_w, w.proj_b, N, C, C));
     TIMED(PROF_RESIDUAL, branch_add_forward(a.res1, in, a.attproj, w.gamma1, B, T, C, pd, pp,
-                       drop_key(r, SITE(l, SITE_BR1))));
+                                            drop_key(r, SITE(l, SITE_BR1))));
     if (c->pre_ln) {
-        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w.ln2_w, w.ln2_b, N, C, c->ln_eps));
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w.ln2_w,
+                                                w.ln2_b, N, C, c->ln_eps));
         h = a.ln2;
     } else {
-        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w.ln1_w, w.ln1_b, N, C, c->ln_eps));
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w.ln1_w,
+                                                w.ln1_b, N, C, c->ln_eps));
         h = a.ln1;
     }
     TIMED(PROF_LINEAR, linear_forward(a.fch, h, w.fc1_w, w.fc1_b, N, C, F));
     TIMED(PROF_GELU, gelu_forward(a.fcg, a.fch, (size_t)N * F));
     if (r->train && c->act_dropout > 0)
         TIMED(PROF_RESIDUAL, dropout_forward(a.fcg, a.fcg, B, (size_t)T * F, c->act_dropout,
-                        drop_key(r, SITE(l, SITE_ACT))));
+                                             drop_key(r, SITE(l, SITE_ACT))));
     TIMED(PROF_LINEAR, linear_forward(a.ffn, a.fcg, w.fc2_w, w.fc2_b, N, F, C));
     if (a.ffn_out != a.ffn) { /* the target tensor includes the layer scale (BEiT "fc") */
 #pragma omp parallel for
@@ -216,9 +250,10 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
     }
     const float *base = c->pre_ln ? a.res1 : a.ln1;
     TIMED(PROF_RESIDUAL, branch_add_forward(a.res2, base, a.ffn, w.gamma2, B, T, C, pd, pp,
-                       drop_key(r, SITE(l, SITE_BR2))));
+                                            drop_key(r, SITE(l, SITE_BR2))));
     if (!c->pre_ln)
-        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w, w.ln2_b, N, C, c->ln_eps));
+        TIMED(PROF_LAYERNORM, layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w,
+                                                w.ln2_b, N, C, c->ln_eps));
 }
 
 static int layer_dropped(const EncoderConfig *c, const EncoderRun *r, int l) {
@@ -266,8 +301,8 @@ static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
 
 /* gin = dL/d(in) from gout = dL/d(out); both (N, C); g holds the other scratch buffers. */
 static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGrads dw,
-                           float *g[G_NUM], float *dattn_bias, const float *in,
-                           const EncoderRun *r, int l) {
+                           float *g[G_NUM], float *dattn_bias, const float *in, const EncoderRun *r,
+                           int l) {
     const EncoderConfig *c = &e->cfg;
     int B = r->B, T = r->T, N = B * T, C = c->C, F = c->F;
     size_t NC = (size_t)N * C, NF = (size_t)N * F;
@@ -281,22 +316,23 @@ static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGr
         dbase = g[G_A];
     } else {
         TIMED(PROF_MEMORY, zero(g[G_A], NC));
-        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, gout, a.res2, w.ln2_w, a.ln2_mean,
-                           a.ln2_rstd, N, C));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, gout, a.res2, w.ln2_w,
+                                                 a.ln2_mean, a.ln2_rstd, N, C));
         gres2 = g[G_A];
         TIMED(PROF_MEMORY, zero(g[G_B], NC));
         dbase = g[G_B];
     }
     TIMED(PROF_MEMORY, zero(g[G_C], NC));
-    TIMED(PROF_RESIDUAL, branch_add_backward(dbase, g[G_C], dw.gamma2, gres2, a.ffn, w.gamma2, B, T, C, pd, pp,
-                        drop_key(r, SITE(l, SITE_BR2))));
+    TIMED(PROF_RESIDUAL, branch_add_backward(dbase, g[G_C], dw.gamma2, gres2, a.ffn, w.gamma2, B, T,
+                                             C, pd, pp, drop_key(r, SITE(l, SITE_BR2))));
     TIMED(PROF_MEMORY, zero(g[G_F1], NF));
-    TIMED(PROF_LINEAR, linear_backward(g[G_F1], dw.fc2_w, dw.fc2_b, g[G_C], a.fcg, w.fc2_w, N, F, C));
+    TIMED(PROF_LINEAR,
+          linear_backward(g[G_F1], dw.fc2_w, dw.fc2_b, g[G_C], a.fcg, w.fc2_w, N, F, C));
     float *dfch;
     if (r->train && c->act_dropout > 0) {
         TIMED(PROF_MEMORY, zero(g[G_F2], NF));
         TIMED(PROF_RESIDUAL, dropout_backward(g[G_F2], g[G_F1], B, (size_t)T * F, c->act_dropout,
-                         drop_key(r, SITE(l, SITE_ACT))));
+                                              drop_key(r, SITE(l, SITE_ACT))));
         TIMED(PROF_MEMORY, zero(g[G_F1], NF));
         TIMED(PROF_GELU, gelu_backward(g[G_F1], a.fch, g[G_F2], NF));
         dfch = g[G_F1];
@@ -308,33 +344,39 @@ static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGr
     float *dres1;
     if (c->pre_ln) {
         TIMED(PROF_MEMORY, zero(g[G_B], NC));
-        TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln2, w.fc1_w, N, C, F));
-        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, g[G_B], a.res1, w.ln2_w, a.ln2_mean,
-                           a.ln2_rstd, N, C));
+        TIMED(PROF_LINEAR,
+              linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln2, w.fc1_w, N, C, F));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln2_w, dw.ln2_b, g[G_B], a.res1,
+                                                 w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C));
         dres1 = g[G_A];
     } else {
-        TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln1, w.fc1_w, N, C, F));
+        TIMED(PROF_LINEAR,
+              linear_backward(g[G_B], dw.fc1_w, dw.fc1_b, dfch, a.ln1, w.fc1_w, N, C, F));
         TIMED(PROF_MEMORY, zero(g[G_A], NC));
-        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln1_w, dw.ln1_b, g[G_B], a.res1, w.ln1_w, a.ln1_mean,
-                           a.ln1_rstd, N, C));
+        TIMED(PROF_LAYERNORM, layernorm_backward(g[G_A], dw.ln1_w, dw.ln1_b, g[G_B], a.res1,
+                                                 w.ln1_w, a.ln1_mean, a.ln1_rstd, N, C));
         dres1 = g[G_A];
     }
     TIMED(PROF_MEMORY, zero(gin, NC));
     TIMED(PROF_MEMORY, zero(g[G_C], NC));
-    TIMED(PROF_RESIDUAL, branch_add_backward(gin, g[G_C], dw.gamma1, dres1, a.attproj, w.gamma1, B, T, C, pd, pp,
-                        drop_key(r, SITE(l, SITE_BR1))));
+    TIMED(PROF_RESIDUAL, branch_add_backward(gin, g[G_C], dw.gamma1, dres1, a.attproj, w.gamma1, B,
+                                             T, C, pd, pp, drop_key(r, SITE(l, SITE_BR1))));
     TIMED(PROF_MEMORY, zero(g[G_B], NC));
-    TIMED(PROF_LINEAR, linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C));
+    TIMED(PROF_LINEAR,
+          linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C));
     TIMED(PROF_MEMORY, zero(g[G_QKV], 3 * NC));
-    TIMED(PROF_ATTENTION, attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att, B, T, C, c->NH,
-                       r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
+    TIMED(PROF_ATTENTION, attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv,
+                                             a.att, B, T, C, c->NH, r->train ? c->attn_dropout : 0,
+                                             drop_key(r, SITE(l, SITE_ATT))));
     if (c->pre_ln) {
         TIMED(PROF_MEMORY, zero(g[G_A], NC));
-        TIMED(PROF_LINEAR, linear_backward(g[G_A], dw.qkv_w, dw.qkv_b, g[G_QKV], a.ln1, w.qkv_w, N, C, 3 * C));
-        TIMED(PROF_LAYERNORM, layernorm_backward(gin, dw.ln1_w, dw.ln1_b, g[G_A], in, w.ln1_w, a.ln1_mean, a.ln1_rstd,
-                           N, C));
+        TIMED(PROF_LINEAR,
+              linear_backward(g[G_A], dw.qkv_w, dw.qkv_b, g[G_QKV], a.ln1, w.qkv_w, N, C, 3 * C));
+        TIMED(PROF_LAYERNORM, layernorm_backward(gin, dw.ln1_w, dw.ln1_b, g[G_A], in, w.ln1_w,
+                                                 a.ln1_mean, a.ln1_rstd, N, C));
     } else {
-        TIMED(PROF_LINEAR, linear_backward(gin, dw.qkv_w, dw.qkv_b, g[G_QKV], in, w.qkv_w, N, C, 3 * C));
+        TIMED(PROF_LINEAR,
+              linear_backward(gin, dw.qkv_w, dw.qkv_b, g[G_QKV], in, w.qkv_w, N, C, 3 * C));
     }
 }
 
@@ -344,10 +386,12 @@ void encoder_backward(Encoder *e, EncoderParams *grads, float *dx, float *dattn_
     if (!e->keep_caches) die("encoder: backward called on a forward-only (teacher) encoder");
     if (r->B != e->B || r->T != e->T) die("encoder: backward shape differs from the forward's");
     size_t N = (size_t)r->B * r->T, NC = N * e->cfg.C, NF = N * e->cfg.F;
-    size_t NCmax = (size_t)e->Bmax * e->Tmax * e->cfg.C, NFmax = (size_t)e->Bmax * e->Tmax * e->cfg.F;
+    size_t NCmax = (size_t)e->Bmax * e->Tmax * e->cfg.C,
+           NFmax = (size_t)e->Bmax * e->Tmax * e->cfg.F;
     float *g[G_NUM], *m = e->grad_memory;
     size_t sizes[G_NUM] = {NCmax, NCmax, NCmax, NCmax, NCmax, 3 * NCmax, NFmax, NFmax};
-    for (int i = 0; i < G_NUM; i++) g[i] = m, m += sizes[i];
+    for (int i = 0; i < G_NUM; i++)
+        g[i] = m, m += sizes[i];
     (void)NF;
     TIMED(PROF_MEMORY, memcpy(g[G_OUT], dout, NC * sizeof(float)));
     for (int l = e->cfg.L - 1; l >= 0; l--) {
