@@ -49,22 +49,22 @@ void dist_abort(int code) {
 /* Open MPI 4.1 has no large-count calls: chunk below INT_MAX elements. */
 #define CHUNK ((size_t)1 << 30)
 
-void dist_allreduce_sum_f32(float *buf, size_t n) {
+static void allreduce_sum(void *buf, size_t n, MPI_Datatype type, size_t elem_size) {
     if (!g_dist.initialized || g_dist.world == 1) return;
+    char *p = buf;
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t m = n - off < CHUNK ? n - off : CHUNK;
-        MPI_CHECK(
-            MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + off * elem_size, (int)m, type, MPI_SUM,
+                                MPI_COMM_WORLD));
     }
 }
 
+void dist_allreduce_sum_f32(float *buf, size_t n) {
+    allreduce_sum(buf, n, MPI_FLOAT, sizeof(float));
+}
+
 void dist_allreduce_sum_f64(double *buf, size_t n) {
-    if (!g_dist.initialized || g_dist.world == 1) return;
-    for (size_t off = 0; off < n; off += CHUNK) {
-        size_t m = n - off < CHUNK ? n - off : CHUNK;
-        MPI_CHECK(
-            MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
-    }
+    allreduce_sum(buf, n, MPI_DOUBLE, sizeof(double));
 }
 
 void dist_bcast_bytes(void *buf, size_t n) {

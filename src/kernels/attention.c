@@ -63,20 +63,9 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
 
 /* d <- p * (d - <p, d>): softmax backward for one row, overwriting the incoming gradient. */
 SIMD_CLONES static void softmax_grad_row_inplace(float *d, const float *p, int T) {
-    enum { LANES = 16 }; /* explicit partial sums: see softmax_row in pointwise.c */
-    float dl[LANES] = {0};
-    int j = 0;
-    for (; j + LANES <= T; j += LANES)
+    float dot = dot_lanes(p, d, T);
 #pragma omp simd
-        for (int l = 0; l < LANES; l++)
-            dl[l] += p[j + l] * d[j + l];
-    float dot = 0;
-    for (int l = 0; l < LANES; l++)
-        dot += dl[l];
-    for (; j < T; j++)
-        dot += p[j] * d[j];
-#pragma omp simd
-    for (j = 0; j < T; j++)
+    for (int j = 0; j < T; j++)
         d[j] = p[j] * (d[j] - dot);
 }
 

@@ -6,7 +6,7 @@
 
 /* Row statistics with 16 float partial sums per pass (vectorised in every clone; see
  * softmax_row), finished in double. Two passes: mean, then biased variance as nn.LayerNorm. */
-#define LANES 16
+#define LANES VMATH_LANES
 SIMD_CLONES static void row_mean_rstd(const float *x, int C, float eps, float *mean, float *rstd) {
     float acc[LANES] = {0};
     int c = 0;

@@ -55,9 +55,9 @@ void residual_backward(float *da, float *db, const float *dout, size_t n) {
     }
 }
 
-/* Reductions keep 16 explicit partial sums: GCC 12 cannot vectorise `omp simd reduction` inside
- * target_clones functions, but vectorises this lane-per-index form in every clone. */
-#define LANES 16
+/* Reductions keep explicit per-lane partial sums (see dot_lanes in vmath.h): GCC 12 cannot
+ * vectorise `omp simd reduction` inside target_clones functions. */
+#define LANES VMATH_LANES
 
 SIMD_CLONES void softmax_row(float *y, const float *x, int C) {
     float mxl[LANES], sl[LANES];
@@ -100,19 +100,9 @@ void softmax_forward(float *out, const float *inp, int N, int C) {
 }
 
 SIMD_CLONES void softmax_backward_row(float *dx, const float *y, const float *dy, int C) {
-    float dl[LANES] = {0};
-    int c = 0;
-    for (; c + LANES <= C; c += LANES)
+    float dot = dot_lanes(y, dy, C);
 #pragma omp simd
-        for (int j = 0; j < LANES; j++)
-            dl[j] += y[c + j] * dy[c + j];
-    float dot = 0;
-    for (int j = 0; j < LANES; j++)
-        dot += dl[j];
-    for (; c < C; c++)
-        dot += y[c] * dy[c];
-#pragma omp simd
-    for (c = 0; c < C; c++)
+    for (int c = 0; c < C; c++)
         dx[c] += y[c] * (dy[c] - dot);
 }
 
