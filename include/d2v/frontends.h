@@ -1,0 +1,190 @@
+/* frontends.h: the modality input encoders that feed the transformer: text token embedding,
+ * ViT patch embedding, and the wav2vec 2.0 conv feature extractor with the convolutional
+ * positional encoder (spec §1). Parameters live in caller-owned arenas (layout functions as for
+ * the encoder); activations are allocated once at init for the largest batch. */
+#ifndef D2V_FRONTENDS_H
+#define D2V_FRONTENDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "d2v/kernels.h"
+
+/* ---- text ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    int V, C;          // vocabulary size, model width
+    int max_positions; // 512: longest sequence (positions table has max_positions + pad_id + 1)
+    int pad_id;        // <pad> (1 in RoBERTa's dictionary)
+    float ln_eps;      // embedding layer norm eps (1e-5)
+    float dropout;     // after the embedding layer norm (0.1)
+} TextEmbedConfig;
+
+#define TEXT_EMBED_NUM_PARAMS 4
+typedef struct {
+    float *tok;         // (V, C)
+    float *pos;         // (max_positions + pad_id + 1, C) learned positions, fairseq numbering
+    float *ln_w, *ln_b; // (C)
+} TextEmbedParams;
+
+size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c);
+/// init_bert_params: N(0, 0.02) with the pad rows zeroed; LN (1, 0).
+void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64_t seed);
+
+typedef struct {
+    TextEmbedConfig cfg;
+    int Bmax, Tmax, B, T;
+    int32_t *tokens;    // (B, T) copy of the input ids
+    int32_t *pos_ids;   // (B, T) position row per token: cumsum(tok != pad) + pad_id, pad at pads
+    uint8_t *pad;       // (B, T) 1 = padding (the encoder's key padding mask)
+    float *sum;         // (B, T, C) token + position embedding (layer norm input)
+    float *mean, *rstd; // (B, T)
+    float *out;         // (B, T, C) LN -> dropout -> zeroed at padding
+    float *dbuf[2];     // (B, T, C) backward scratch
+} TextEmbed;
+
+void text_embed_init(TextEmbed *t, const TextEmbedConfig *c, int Bmax, int Tmax);
+void text_embed_free(TextEmbed *t);
+/// x = zero_pad(dropout(LN(tok[ids] + pos[positions]))) into t->out (fairseq
+/// TransformerEncoder.forward_embedding with no_scale_embedding, layernorm_embedding).
+/// train = 0 turns dropout off; k keys the dropout (site k.site).
+void text_embed_forward(TextEmbed *t, const TextEmbedParams *p, const int32_t *tokens, int B, int T,
+                        int train, DropKey k);
+/// Accumulates parameter gradients from dout (B, T, C).
+void text_embed_backward(TextEmbed *t, TextEmbedParams *g, const TextEmbedParams *p,
+                         const float *dout, int train, DropKey k);
+
+/* ---- image ----------------------------------------------------------------------------------- */
+
+enum { IMAGE_POS_NONE = 0, IMAGE_POS_LEARNED = 1, IMAGE_POS_SINCOS = 2 };
+
+typedef struct {
+    int H, W, Cin; // image size (multiples of P) and channels (1 or 3)
+    int P, C;      // patch size, model width
+    int cls;       // 1: prepend a learned cls token
+    int pos;       // IMAGE_POS_*: learned absolute over cls + patches (BEiT abs_pos_emb), fixed
+                   // 2-D sin-cos over the patches only (MAE / data2vec 2.0), or none
+} ImageEmbedConfig;
+
+#define IMAGE_EMBED_NUM_PARAMS 5
+typedef struct {
+    float *patch_w;    // (C, Cin, P, P) Conv2d weight
+    float *patch_b;    // (C)
+    float *cls;        // (C) or empty
+    float *mask_token; // (C)
+    float *pos;        // (cls + Np, C) when IMAGE_POS_LEARNED, else empty
+} ImageEmbedParams;
+
+size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c);
+/// Patch weights xavier-uniform over the (C, Cin*P*P) view, bias 0, cls/mask/pos N(0, 0.02).
+void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uint64_t seed);
+int image_embed_num_patches(const ImageEmbedConfig *c);
+/// Tokens per image: patches plus the cls token when enabled.
+int image_embed_tokens(const ImageEmbedConfig *c);
+/// Fixed 2-D sin-cos table (Np, C), C a multiple of 4: first C/2 dims encode the patch column,
+/// second C/2 the row; each half is [sin(pos w_k), cos(pos w_k)], w_k = 10000^(-k/(C/4)).
+void image_sincos_table(float *table, int gh, int gw, int C);
+
+typedef struct {
+    ImageEmbedConfig cfg;
+    int Bmax, B;
+    float *cols;   // (B*Np, Cin*P*P) im2col of the last input
+    float *sincos; // (Np, C) fixed table when IMAGE_POS_SINCOS
+    uint8_t *mask; // (B, Np) copy of the last mask (all zero when none)
+    float *out;    // (B, tokens, C)
+    float *dpatch; // (B*Np, C) backward scratch
+} ImageEmbed;
+
+void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax);
+void image_embed_free(ImageEmbed *e);
+/// img (B, H, W, Cin) normalised floats; mask (B, Np) 1 = replace that patch embedding by the
+/// mask token (BEiT: before cls and positions), or NULL. Output in e->out.
+void image_embed_forward(ImageEmbed *e, const ImageEmbedParams *p, const float *img,
+                         const uint8_t *mask, int B);
+void image_embed_backward(ImageEmbed *e, ImageEmbedParams *g, const float *dout);
+
+/* ---- speech ---------------------------------------------------------------------------------- */
+
+#define SPEECH_MAX_CONV 16
+typedef struct {
+    int n_conv;                        // 7
+    int conv_dim[SPEECH_MAX_CONV];     // 512 each
+    int conv_k[SPEECH_MAX_CONV];       // 10, 3, 3, 3, 3, 2, 2
+    int conv_s[SPEECH_MAX_CONV];       // 5, 2, 2, 2, 2, 2, 2
+    int C;                             // model width (768)
+    int pos_layers, pos_k, pos_groups; // 5, 19, 16: convolutional positional encoder
+    float ln_eps;                      // 1e-5 everywhere
+} SpeechEmbedConfig;
+
+/// Parameter tensors: per conv layer i weight (dim_i, dim_{i-1}, k_i) + LN (dim_i) x2; feature
+/// LN (D) x2; projection (C, D) + (C); mask embedding (C); per pos-conv layer weight
+/// (C, C/groups, k) + bias (C); encoder LN (C) x2.
+typedef struct {
+    float *conv_w[SPEECH_MAX_CONV], *conv_ln_w[SPEECH_MAX_CONV], *conv_ln_b[SPEECH_MAX_CONV];
+    float *feat_ln_w, *feat_ln_b;
+    float *proj_w, *proj_b;
+    float *mask_emb;
+    float *pos_w[SPEECH_MAX_CONV], *pos_b[SPEECH_MAX_CONV];
+    float *enc_ln_w, *enc_ln_b;
+} SpeechEmbedParams;
+
+size_t speech_embed_params_layout(SpeechEmbedParams *p, float *memory, const SpeechEmbedConfig *c);
+/// Conv weights kaiming-normal (fan_in), LNs (1, 0), projection and pos convs PyTorch default
+/// (uniform +-1/sqrt(fan_in)), mask embedding U[0, 1) (wav2vec2).
+void speech_embed_params_init(SpeechEmbedParams *p, const SpeechEmbedConfig *c, uint64_t seed);
+/// Frames produced from S samples: floor((L - k)/s + 1) per conv layer (0 if too short).
+int speech_num_frames(const SpeechEmbedConfig *c, int S);
+
+typedef struct {
+    SpeechEmbedConfig cfg;
+    int Bmax, Smax, Tmax, B, S, T;
+    int Lin[SPEECH_MAX_CONV + 1];     // sequence length entering conv layer i (Lin[n_conv] = T)
+    float *wav;                       // (B, S) copy of the input waveform
+    float *conv_out[SPEECH_MAX_CONV]; // (B, L_{i+1}, dim_i) conv output (LN input)
+    float *conv_ln[SPEECH_MAX_CONV];  // (B, L_{i+1}, dim_i) LN output (GELU input)
+    float *conv_mean[SPEECH_MAX_CONV], *conv_rstd[SPEECH_MAX_CONV];
+    float *conv_act[SPEECH_MAX_CONV];       // (B, L_{i+1}, dim_i) GELU output (next layer's input)
+    float *feat_ln, *feat_mean, *feat_rstd; // (B, T, D), (B, T) x2
+    float *features;                        // (B, T, C) projected features: the teacher's input
+    float *cols;                            // im2col scratch (largest layer)
+    float *dbuf[2];                         // backward scratch (largest activation) x2
+} SpeechFeatures;
+
+/// Stage 1, shared by student and teacher (spec: feature extractor not EMA'd): waveform (B, S)
+/// -> conv stack (conv, LN over channels, GELU) -> LN -> projection, into f->features.
+void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bmax, int Smax);
+void speech_features_free(SpeechFeatures *f);
+void speech_features_forward(SpeechFeatures *f, const SpeechEmbedParams *p, const float *wav, int B,
+                             int S);
+/// dfeatures (B, T, C) -> parameter gradients of stage 1.
+void speech_features_backward(SpeechFeatures *f, SpeechEmbedParams *g, const SpeechEmbedParams *p,
+                              const float *dfeatures);
+
+typedef struct {
+    SpeechEmbedConfig cfg;
+    int Bmax, Tmax, B, T, keep_caches;
+    float *masked;                   // (B, T, C) features with masked frames = mask_emb
+    uint8_t *mask;                   // (B, T)
+    float *pos_out[SPEECH_MAX_CONV]; // (B, T, C) conv output of pos layer j (pre-LN)
+    float *pos_ln[SPEECH_MAX_CONV];  // (B, T, C) parameter-less LN output (GELU input)
+    float *pos_mean[SPEECH_MAX_CONV], *pos_rstd[SPEECH_MAX_CONV];
+    float *pos_act[SPEECH_MAX_CONV]; // (B, T, C) GELU output
+    float *sum;                      // (B, T, C) masked + pos_conv(masked)
+    float *ln_mean, *ln_rstd;        // (B, T)
+    float *out;                      // (B, T, C) encoder LN output: the transformer input
+    float *cols;                     // im2col scratch
+    float *dbuf[3];                  // backward scratch
+} SpeechContext;
+
+/// Stage 2: mask embedding at masked frames, x + pos_conv(x), layer norm (wav2vec2 post-LN
+/// encoder's input). keep_caches = 0: forward-only (the teacher, which sees no mask).
+void speech_context_init(SpeechContext *s, const SpeechEmbedConfig *c, int Bmax, int Tmax,
+                         int keep_caches);
+void speech_context_free(SpeechContext *s);
+void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const float *features,
+                            const uint8_t *mask, int B, int T);
+/// Accumulates into parameter gradients and dfeatures (B, T, C).
+void speech_context_backward(SpeechContext *s, SpeechEmbedParams *g, const SpeechEmbedParams *p,
+                             const float *dout, float *dfeatures);
+
+#endif

@@ -1,0 +1,167 @@
+/* image_embed.c: the ViT image input encoder (spec §1.2): a P x P stride-P patch convolution as
+ * im2col + GEMM, BEiT's mask token replacing masked patch embeddings, an optional cls token, and
+ * learned absolute (BEiT) or fixed 2-D sin-cos (MAE, data2vec 2.0) positions. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "d2v/frontends.h"
+#include "d2v/util.h"
+
+int image_embed_num_patches(const ImageEmbedConfig *c) { return (c->H / c->P) * (c->W / c->P); }
+int image_embed_tokens(const ImageEmbedConfig *c) { return image_embed_num_patches(c) + !!c->cls; }
+
+size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c) {
+    size_t C = c->C, K = (size_t)c->Cin * c->P * c->P;
+    size_t sizes[IMAGE_EMBED_NUM_PARAMS] = {
+        C * K, C, c->cls ? C : 0, C,
+        c->pos == IMAGE_POS_LEARNED ? (size_t)image_embed_tokens(c) * C : 0};
+    float **ptrs[IMAGE_EMBED_NUM_PARAMS] = {&p->patch_w, &p->patch_b, &p->cls, &p->mask_token,
+                                            &p->pos};
+    size_t n = 0;
+    for (int i = 0; i < IMAGE_EMBED_NUM_PARAMS; i++) {
+        if (memory) *ptrs[i] = sizes[i] ? memory + n : NULL;
+        n += sizes[i];
+    }
+    return n;
+}
+
+void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uint64_t seed) {
+    size_t C = c->C, K = (size_t)c->Cin * c->P * c->P;
+    /* MAE/data2vec 2.0: xavier_uniform on the flattened (C, Cin*P*P) patch weight */
+    float a = sqrtf(6.0f / (float)(C + K));
+    uint64_t key = rng_key(seed, 0x1a6e, 0, 0);
+    for (size_t i = 0; i < C * K; i++)
+        p->patch_w[i] = a * (2.0f * rng_uniform(key, i) - 1.0f);
+    memset(p->patch_b, 0, C * sizeof(float));
+    key = rng_key(seed, 0x1a6e, 1, 0);
+    for (size_t i = 0; i < C; i++)
+        p->mask_token[i] = 0.02f * rng_normal(key, i);
+    if (p->cls) {
+        key = rng_key(seed, 0x1a6e, 2, 0);
+        for (size_t i = 0; i < C; i++)
+            p->cls[i] = 0.02f * rng_normal(key, i);
+    }
+    if (p->pos) {
+        key = rng_key(seed, 0x1a6e, 3, 0);
+        for (size_t i = 0; i < (size_t)image_embed_tokens(c) * C; i++)
+            p->pos[i] = 0.02f * rng_normal(key, i);
+    }
+}
+
+void image_sincos_table(float *table, int gh, int gw, int C) {
+    int q = C / 4; /* per axis: q frequencies, sin then cos */
+    for (int r = 0; r < gh; r++)
+        for (int col = 0; col < gw; col++) {
+            float *row = table + ((size_t)r * gw + col) * C;
+            for (int k = 0; k < q; k++) {
+                double w = pow(10000.0, -(double)k / q);
+                row[k] = (float)sin(col * w), row[q + k] = (float)cos(col * w);
+                row[2 * q + k] = (float)sin(r * w), row[3 * q + k] = (float)cos(r * w);
+            }
+        }
+}
+
+void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax) {
+    memset(e, 0, sizeof *e);
+    if (c->P <= 0 || c->H % c->P || c->W % c->P || c->H <= 0 || c->W <= 0)
+        die("image embedding: image %dx%d is not a multiple of the patch size %d", c->H, c->W,
+            c->P);
+    if (c->Cin != 1 && c->Cin != 3) die("image embedding: %d channels (1 or 3 supported)", c->Cin);
+    if (c->pos == IMAGE_POS_SINCOS && c->C % 4)
+        die("image embedding: sin-cos positions need a width divisible by 4 (got %d)", c->C);
+    e->cfg = *c, e->Bmax = Bmax;
+    size_t Np = image_embed_num_patches(c), K = (size_t)c->Cin * c->P * c->P;
+    e->cols = xalloc(Bmax * Np * K * sizeof(float), "image im2col");
+    e->mask = xalloc(Bmax * Np, "image mask");
+    e->out = xalloc((size_t)Bmax * image_embed_tokens(c) * c->C * sizeof(float), "image tokens");
+    e->dpatch = xalloc(Bmax * Np * c->C * sizeof(float), "image backward scratch");
+    if (c->pos == IMAGE_POS_SINCOS) {
+        e->sincos = xalloc(Np * c->C * sizeof(float), "sin-cos positions");
+        image_sincos_table(e->sincos, c->H / c->P, c->W / c->P, c->C);
+    }
+}
+
+void image_embed_free(ImageEmbed *e) {
+    free(e->cols), free(e->mask), free(e->out), free(e->dpatch), free(e->sincos);
+    memset(e, 0, sizeof *e);
+}
+
+/* cols[b*Np + p][ci*P*P + py*P + px] = img[b, gy*P + py, gx*P + px, ci]: Conv2d weight order. */
+static void patch_im2col(float *cols, const float *img, int B, const ImageEmbedConfig *c) {
+    int P = c->P, gh = c->H / P, gw = c->W / P, Cin = c->Cin, K = Cin * P * P;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int gy = 0; gy < gh; gy++)
+            for (int gx = 0; gx < gw; gx++) {
+                float *dst = cols + (((size_t)b * gh + gy) * gw + gx) * K;
+                for (int py = 0; py < P; py++)
+                    for (int px = 0; px < P; px++) {
+                        const float *src =
+                            img + (((size_t)b * c->H + gy * P + py) * c->W + gx * P + px) * Cin;
+                        for (int ci = 0; ci < Cin; ci++)
+                            dst[ci * P * P + py * P + px] = src[ci];
+                    }
+            }
+}
+
+void image_embed_forward(ImageEmbed *e, const ImageEmbedParams *p, const float *img,
+                         const uint8_t *mask, int B) {
+    const ImageEmbedConfig *c = &e->cfg;
+    if (B > e->Bmax) die("image embedding: batch %d exceeds the arena sized for %d", B, e->Bmax);
+    e->B = B;
+    int Np = image_embed_num_patches(c), tok = image_embed_tokens(c), C = c->C, off = !!c->cls;
+    int K = c->Cin * c->P * c->P;
+    if (mask)
+        memcpy(e->mask, mask, (size_t)B * Np);
+    else
+        memset(e->mask, 0, (size_t)B * Np);
+    patch_im2col(e->cols, img, B, c);
+    for (int b = 0; b < B; b++)
+        linear_forward(e->out + ((size_t)b * tok + off) * C, e->cols + (size_t)b * Np * K,
+                       p->patch_w, p->patch_b, Np, K, C);
+#pragma omp parallel for
+    for (int b = 0; b < B; b++) {
+        float *x = e->out + (size_t)b * tok * C;
+        if (c->cls) memcpy(x, p->cls, C * sizeof(float));
+        for (int i = 0; i < Np; i++) {
+            float *row = x + (size_t)(off + i) * C;
+            if (e->mask[(size_t)b * Np + i]) memcpy(row, p->mask_token, C * sizeof(float));
+            if (c->pos == IMAGE_POS_SINCOS)
+                for (int j = 0; j < C; j++)
+                    row[j] += e->sincos[(size_t)i * C + j];
+        }
+        if (c->pos == IMAGE_POS_LEARNED)
+            for (size_t j = 0; j < (size_t)tok * C; j++)
+                x[j] += p->pos[j];
+    }
+}
+
+void image_embed_backward(ImageEmbed *e, ImageEmbedParams *g, const float *dout) {
+    const ImageEmbedConfig *c = &e->cfg;
+    int B = e->B, Np = image_embed_num_patches(c), tok = image_embed_tokens(c), C = c->C;
+    int off = !!c->cls, K = c->Cin * c->P * c->P;
+    /* Small per-token reductions over the batch: threads split channels. */
+#pragma omp parallel for
+    for (int j = 0; j < C; j++) {
+        for (int b = 0; b < B; b++) {
+            const float *d = dout + (size_t)b * tok * C;
+            if (g->pos)
+                for (int i = 0; i < tok; i++)
+                    g->pos[(size_t)i * C + j] += d[(size_t)i * C + j];
+            if (g->cls) g->cls[j] += d[j];
+            for (int i = 0; i < Np; i++)
+                if (e->mask[(size_t)b * Np + i]) g->mask_token[j] += d[(size_t)(off + i) * C + j];
+        }
+    }
+#pragma omp parallel for
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < Np; i++) {
+            float *dst = e->dpatch + ((size_t)b * Np + i) * C;
+            if (e->mask[(size_t)b * Np + i])
+                memset(dst, 0, C * sizeof(float));
+            else
+                memcpy(dst, dout + ((size_t)b * tok + off + i) * C, C * sizeof(float));
+        }
+    linear_backward(NULL, g->patch_w, g->patch_b, e->dpatch, e->cols, NULL, B * Np, K, C);
+}
