@@ -21,11 +21,11 @@ LDLIBS  := $(shell pkg-config --libs hdf5 libconfig 2>/dev/null) -lblis -lm
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c)
+LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
-BENCH   := $(BUILD)/bench/bench_encoder
+BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends
 BINS    := $(BUILD)/bin/d2v-info
 
 .PHONY: all deps deps-test test fixtures bench clean

@@ -5,6 +5,8 @@ build=${1:-build/release}
 for t in 1 2; do
     echo "== d2v encoder, $t thread(s)"
     OMP_NUM_THREADS=$t BLIS_NUM_THREADS=$t "$build/bench/bench_encoder" "$t"
+    echo "== d2v modality front-ends, $t thread(s)"
+    OMP_NUM_THREADS=$t BLIS_NUM_THREADS=$t "$build/bench/bench_frontends" "$t"
     if /usr/bin/python3 -c "import torch" 2>/dev/null; then
         echo "== PyTorch reference, $t thread(s)"
         OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"

@@ -62,9 +62,9 @@ int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, Mas
 
 /* ---- speech: wav2vec 2.0 compute_mask_indices (spec §3.1) ------------------------------------ */
 typedef struct {
-    float mask_prob;   // 0.65
-    int mask_length;   // 10
-    int min_masks;     // 1
+    float mask_prob;        // 0.65
+    int mask_length;        // 10
+    int min_masks;          // 1
     int require_same_masks; // 1: thin every row to the batch's smallest masked count
     float mask_dropout;     // 0: extra fraction of masked positions dropped at random
 } SpanMaskConfig;
