@@ -4,6 +4,7 @@ MODE    ?= release
 BUILD   := build/$(MODE)
 BLIS_INC ?= /usr/include/x86_64-linux-gnu/blis-openmp
 PYTHON  := /usr/bin/python3
+PKGS    := hdf5 libconfig sndfile samplerate json-c libpng zlib
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
 ifeq ($(CI),true)
@@ -16,12 +17,12 @@ OPT_release := -O2 -g
 OPT_debug   := -O0 -g
 OPT_asan    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L $(OPT_$(MODE)) $(WARN) -fopenmp -MMD -MP \
-           -Iinclude -isystem $(BLIS_INC) $(shell pkg-config --cflags hdf5 libconfig 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs hdf5 libconfig 2>/dev/null) -lblis -lm
+           -Iinclude -isystem $(BLIS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ljpeg -lblis -lm -pthread
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c)
+LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))

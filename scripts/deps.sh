@@ -2,7 +2,7 @@
 # Installs the Debian packages d2v needs, only those missing; a no-op when all are present.
 # Usage: scripts/deps.sh [--test]   (--test adds the PyTorch reference stack for tests/ref)
 set -eu
-pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config"
+pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev"
 if [ "${1:-}" = "--test" ]; then
     pkgs="$pkgs python3-torch python3-h5py python3-numpy"
 fi

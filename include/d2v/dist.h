@@ -3,6 +3,7 @@
 #define D2V_DIST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     int rank;
@@ -24,6 +25,8 @@ void dist_allreduce_sum_f32(float *buf, size_t n);
 void dist_allreduce_sum_f64(double *buf, size_t n);
 /// Broadcast n bytes from rank 0.
 void dist_bcast_bytes(void *buf, size_t n);
+/// Gather one int64 from every rank into all[world] on every rank.
+void dist_allgather_i64(int64_t mine, int64_t *all);
 void dist_barrier(void);
 
 #endif

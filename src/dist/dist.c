@@ -76,6 +76,14 @@ void dist_bcast_bytes(void *buf, size_t n) {
     }
 }
 
+void dist_allgather_i64(int64_t mine, int64_t *all) {
+    if (!g_dist.initialized || g_dist.world == 1) {
+        all[0] = mine;
+        return;
+    }
+    MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, MPI_COMM_WORLD));
+}
+
 void dist_barrier(void) {
     if (g_dist.initialized && g_dist.world > 1) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
 }
