@@ -151,7 +151,7 @@ void h5_append_close(H5Append *a) {
 hid_t h5_open_ro(const char *path, char *err, size_t errlen) {
     h5io_init();
     if (access(path, R_OK) != 0) return fail(err, errlen, "%s: no such file or not readable", path);
-    htri_t is = H5Fis_accessible(path, H5P_DEFAULT);
+    htri_t is = H5Fis_hdf5(path);
     if (is <= 0) return fail(err, errlen, "%s: not an HDF5 file (or truncated)", path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return fail(err, errlen, "%s: cannot open as HDF5 (truncated or corrupt?)", path);
