@@ -27,7 +27,9 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends
-BINS    := $(BUILD)/bin/d2v-info
+BINS    := $(BUILD)/bin/d2v-info $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
+PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
+PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps deps-test test fixtures bench clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
@@ -43,12 +45,15 @@ $(BUILD)/%.o: %.c
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
-$(BUILD)/tests/%: tests/%.c $(LIB) tests/check.h
+$(BUILD)/tests/%: tests/%.c $(PREP_OBJ) $(LIB) tests/check.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+	$(CC) $(CFLAGS) -Idata-prep $< $(PREP_OBJ) $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 $(BUILD)/bin/d2v-%: src/tools/d2v_%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+$(BUILD)/bin/d2v-prep-%: data-prep/prep_%.c $(PREP_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Idata-prep $< $(PREP_OBJ) $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
@@ -71,4 +76,4 @@ bench: deps
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(BINS:=.d)
+-include $(LIB_OBJ:.o=.d) $(PREP_OBJ:.o=.d) $(TESTS:=.d) $(BINS:=.d)

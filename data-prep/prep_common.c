@@ -1,0 +1,212 @@
+/* prep_common.c: rank blocks, shard names and index files, folder-tree listing and bad-input
+ * accounting for the dataset tools (see docs/datasets.md for the file layout). */
+#define _POSIX_C_SOURCE 200809L
+#include "prep_common.h"
+
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "d2v/dist.h"
+#include "d2v/util.h"
+
+void prep_rank_block(size_t n, int rank, int world, size_t *lo, size_t *hi) {
+    *lo = n * (size_t)rank / (size_t)world;
+    *hi = n * (size_t)(rank + 1) / (size_t)world;
+}
+
+static void strip_h5(char *stem, size_t len, const char *path) {
+    snprintf(stem, len, "%s", path);
+    size_t n = strlen(stem);
+    if (n > 3 && strcmp(stem + n - 3, ".h5") == 0) stem[n - 3] = '\0';
+}
+
+void prep_shard_path(char *buf, size_t buflen, const char *out, int rank, int world) {
+    if (world == 1) {
+        snprintf(buf, buflen, "%s", out);
+        return;
+    }
+    char stem[PATH_MAX];
+    strip_h5(stem, sizeof stem, out);
+    if (snprintf(buf, buflen, "%s.shard-%05d-of-%05d.h5", stem, rank, world) >= (int)buflen)
+        die("%s: output path too long", out);
+}
+
+static const char *base_name(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* Copy every root attribute of shard 0 except the ones an index sets itself. */
+static herr_t copy_attr(hid_t src, const char *name, const H5A_info_t *info, void *dst_v) {
+    (void)info;
+    if (!strcmp(name, "kind") || !strcmp(name, "num_samples") || !strcmp(name, "created_by") ||
+        !strcmp(name, "format_version") || !strcmp(name, "modality"))
+        return 0;
+    hid_t dst = *(hid_t *)dst_v;
+    hid_t a = H5Aopen(src, name, H5P_DEFAULT), t = H5Aget_type(a), s = H5Aget_space(a);
+    size_t n = H5Tget_size(t) *
+               (size_t)(H5Sget_simple_extent_npoints(s) > 0 ? H5Sget_simple_extent_npoints(s) : 1);
+    void *buf = xalloc(n, "attribute copy");
+    hid_t b = H5Acreate2(dst, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    if (H5Aread(a, t, buf) < 0 || b < 0 || H5Awrite(b, t, buf) < 0)
+        die("index: cannot copy attribute %s", name);
+    free(buf);
+    H5Aclose(b), H5Sclose(s), H5Tclose(t), H5Aclose(a);
+    return 0;
+}
+
+void prep_write_index(const char *out, const char *modality, const char *created_by,
+                      int64_t count) {
+    int world = g_dist.world;
+    int64_t *counts = xalloc(sizeof(int64_t) * world, "shard counts");
+    dist_allgather_i64(count, counts);
+    if (world > 1 && g_dist.rank == 0) {
+        char **names = xalloc(sizeof(char *) * world, "shard names");
+        int64_t total = 0;
+        for (int r = 0; r < world; r++) {
+            char path[PATH_MAX];
+            prep_shard_path(path, sizeof path, out, r, world);
+            names[r] = strdup(base_name(path));
+            total += counts[r];
+        }
+        char first[PATH_MAX], err[512];
+        prep_shard_path(first, sizeof first, out, 0, world);
+        hid_t src = h5_open_ro(first, err, sizeof err);
+        if (src < 0) die("%s", err);
+        H5Out o;
+        h5out_create(&o, out);
+        h5_write_root_attrs(o.file, modality, "index", total, created_by);
+        hsize_t idx = 0;
+        H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_attr, &o.file);
+        H5Fclose(src);
+        h5_write_strings(o.file, "shards", (const char *const *)names, (size_t)world);
+        hsize_t dims[1] = {(hsize_t)world};
+        h5_write(o.file, "shard_samples", H5T_NATIVE_INT64, 1, dims, NULL, counts);
+        h5out_commit(&o);
+        for (int r = 0; r < world; r++)
+            free(names[r]);
+        free(names);
+        printf("wrote %s: %lld samples in %d shards\n", out, (long long)total, world);
+    }
+    free(counts);
+    dist_barrier();
+}
+
+/* ---- folder trees ---- */
+
+static int has_ext(const char *name, const char *const *exts) {
+    size_t n = strlen(name);
+    for (int i = 0; exts[i]; i++) {
+        size_t e = strlen(exts[i]);
+        if (n > e && strcasecmp(name + n - e, exts[i]) == 0) return 1;
+    }
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorted entries of a directory; dirs = 1 for sub-directories, 0 for regular files. */
+static char **list_dir(const char *dir, int dirs, const char *const *exts, size_t *n) {
+    DIR *d = opendir(dir);
+    *n = 0;
+    if (!d) return NULL;
+    size_t cap = 64;
+    char **v = malloc(cap * sizeof(char *));
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) != 0) continue;
+        if (dirs ? !S_ISDIR(st.st_mode) : (!S_ISREG(st.st_mode) || !has_ext(e->d_name, exts)))
+            continue;
+        if (*n == cap) v = realloc(v, (cap *= 2) * sizeof(char *));
+        v[(*n)++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(v, *n, sizeof(char *), cmp_str);
+    return v;
+}
+
+static void tree_add(PrepTree *t, size_t *cap, const char *path, int32_t label) {
+    if (t->n == *cap) {
+        *cap = *cap ? 2 * *cap : 256;
+        t->paths = realloc(t->paths, *cap * sizeof(char *));
+        t->label = realloc(t->label, *cap * sizeof(int32_t));
+        if (!t->paths || !t->label) die("out of memory listing input files");
+    }
+    t->paths[t->n] = strdup(path);
+    t->label[t->n++] = label;
+}
+
+int prep_list_tree(PrepTree *t, const char *root, const char *const *exts, char *err,
+                   size_t errlen) {
+    memset(t, 0, sizeof *t);
+    struct stat st;
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a readable directory", root);
+        return -1;
+    }
+    size_t cap = 0, nf = 0;
+    char **top = list_dir(root, 0, exts, &nf);
+    for (size_t i = 0; i < nf; i++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", root, top[i]);
+        tree_add(t, &cap, p, -1);
+        free(top[i]);
+    }
+    free(top);
+    t->classes = list_dir(root, 1, exts, &t->n_classes);
+    for (size_t c = 0; c < t->n_classes; c++) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s/%s", root, t->classes[c]);
+        char **files = list_dir(dir, 0, exts, &nf);
+        for (size_t i = 0; i < nf; i++) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+            tree_add(t, &cap, p, (int32_t)c);
+            free(files[i]);
+        }
+        free(files);
+    }
+    return 0;
+}
+
+void prep_tree_free(PrepTree *t) {
+    for (size_t i = 0; i < t->n; i++)
+        free(t->paths[i]);
+    for (size_t i = 0; i < t->n_classes; i++)
+        free(t->classes[i]);
+    free(t->paths), free(t->label), free(t->classes);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- bad inputs ---- */
+
+void prep_bad_input(PrepErrors *e, const char *path, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (e->strict) die("%s: %s (--strict)", path, msg);
+    fprintf(stderr, "d2v: skipping %s: %s\n", path, msg);
+    e->skipped++;
+}
+
+long prep_report_skipped(PrepErrors *e) {
+    double n = (double)e->skipped;
+    dist_allreduce_sum_f64(&n, 1);
+    if (n > 0)
+        log0("skipped %ld bad input(s) (see the messages above; --strict stops instead)\n",
+             (long)n);
+    return (long)n;
+}
