@@ -171,7 +171,8 @@ int prep_list_tree(PrepTree *t, const char *root, const char *const *exts, char 
         char **files = list_dir(dir, 0, exts, &nf);
         for (size_t i = 0; i < nf; i++) {
             char p[PATH_MAX];
-            snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+            if (snprintf(p, sizeof p, "%s/%s", dir, files[i]) >= (int)sizeof p)
+                die("%s/%s: path too long", dir, files[i]);
             tree_add(t, &cap, p, (int32_t)c);
             free(files[i]);
         }
