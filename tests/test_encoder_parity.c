@@ -1,12 +1,12 @@
 /* test_encoder_parity.c: the C encoder (post-LN and pre-LN + layer scale) matches the PyTorch
  * reference's outputs and gradients. */
-#include <hdf5.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "fixture.h"
 #include "d2v/encoder.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
@@ -20,70 +20,6 @@ static const char *const PARAM_NAMES[ENCODER_NUM_PARAMS] = {
 
 /* Worst normalised error max|got - want| / max|want| seen over all outputs / all gradients. */
 static double worst_out_ = 0, worst_grad_ = 0;
-
-/* ---- fixture loading ---------------------------------------------------------------------------
- */
-
-typedef struct {
-    hid_t file, group;
-    const char *path, *name;
-} Fixture;
-
-static void h5_fail(const Fixture *fx, const char *what, const char *item) {
-    H5Eprint2(H5E_DEFAULT, stderr);
-    die("fixture %s: group \"%s\": %s \"%s\" (regenerate with `make "
-        "build/fixtures/encoder_ref.h5`)",
-        fx->path, fx->name, what, item);
-}
-
-/* Read dataset `name` of the open group, requiring exactly the shape dims[0..ndims). Returns a
- * malloc'd buffer of elem bytes per element, read as the in-memory type `mtype`. */
-static void *load(const Fixture *fx, const char *name, hid_t mtype, size_t elem, int ndims,
-                  const hsize_t *dims) {
-    if (H5Lexists(fx->group, name, H5P_DEFAULT) <= 0) h5_fail(fx, "missing dataset", name);
-    hid_t d = H5Dopen2(fx->group, name, H5P_DEFAULT);
-    if (d < 0) h5_fail(fx, "cannot open dataset", name);
-    hid_t s = H5Dget_space(d);
-    hsize_t got[H5S_MAX_RANK];
-    int nd = s < 0 ? -1 : H5Sget_simple_extent_ndims(s);
-    if (nd < 0 || nd > H5S_MAX_RANK || H5Sget_simple_extent_dims(s, got, NULL) < 0)
-        h5_fail(fx, "cannot read the shape of dataset", name);
-    int same = nd == ndims;
-    for (int i = 0; same && i < nd; i++)
-        same = got[i] == dims[i];
-    if (!same) {
-        char want_s[128] = "", got_s[128] = "";
-        for (int i = 0; i < ndims; i++)
-            snprintf(want_s + strlen(want_s), sizeof want_s - strlen(want_s), "%s%llu",
-                     i ? "," : "", (unsigned long long)dims[i]);
-        for (int i = 0; i < nd; i++)
-            snprintf(got_s + strlen(got_s), sizeof got_s - strlen(got_s), "%s%llu", i ? "," : "",
-                     (unsigned long long)got[i]);
-        die("fixture %s: group \"%s\": dataset \"%s\" has shape (%s), expected (%s)", fx->path,
-            fx->name, name, got_s, want_s);
-    }
-    size_t n = 1;
-    for (int i = 0; i < ndims; i++)
-        n *= (size_t)dims[i];
-    void *buf = xalloc(n * elem + 1, name);
-    if (H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
-        h5_fail(fx, "cannot read dataset", name);
-    H5Sclose(s), H5Dclose(d);
-    return buf;
-}
-
-static float *load_f32(const Fixture *fx, const char *name, int ndims, const hsize_t *dims) {
-    return load(fx, name, H5T_NATIVE_FLOAT, sizeof(float), ndims, dims);
-}
-
-static double load_attr(const Fixture *fx, const char *name) {
-    if (H5Aexists(fx->group, name) <= 0) h5_fail(fx, "missing attribute", name);
-    hid_t a = H5Aopen(fx->group, name, H5P_DEFAULT);
-    double v = 0;
-    if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) h5_fail(fx, "cannot read attribute", name);
-    H5Aclose(a);
-    return v;
-}
 
 /* Shape of parameter i in EncoderParams order (stacked over layers, PyTorch (out, in)). */
 static int param_shape(int i, const EncoderConfig *c, hsize_t dims[3]) {
@@ -123,28 +59,11 @@ static float **param_ptrs(EncoderParams *p, float *out[ENCODER_NUM_PARAMS]) {
 
 /* ---- comparisons ----------------------------------------------------------------------------- */
 
-static double max_abs(const float *x, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)x[i]) > m) m = fabs((double)x[i]);
-    return m;
-}
-
 /* Compare with atol = tol * max|want| and rtol = tol; quiet only computes. */
 static int compare(const char *group, const char *label, const float *got, const float *want,
                    size_t n, double tol, int quiet) {
-    char buf[160];
-    snprintf(buf, sizeof buf, "%s %s", group, label);
-    double scale = max_abs(want, n);
-    if (!quiet) {
-        double d = 0;
-        for (size_t i = 0; i < n; i++)
-            if (fabs((double)got[i] - want[i]) > d) d = fabs((double)got[i] - want[i]);
-        double rel = d / (scale > 0 ? scale : 1);
-        double *worst = tol >= GRAD_TOL ? &worst_grad_ : &worst_out_;
-        if (rel > *worst) *worst = rel;
-    }
-    return check_tensor_q(buf, got, want, n, tol * (scale > 0 ? scale : 1), tol, quiet);
+    double *worst = tol >= GRAD_TOL ? &worst_grad_ : &worst_out_;
+    return fx_compare(group, label, got, want, n, tol, worst, quiet);
 }
 
 /* Everything one group of the fixture holds. */
@@ -162,24 +81,24 @@ typedef struct {
 static void load_case(Case *k, const Fixture *fx) {
     memset(k, 0, sizeof *k);
     EncoderConfig *c = &k->cfg;
-    c->L = (int)load_attr(fx, "L"), c->C = (int)load_attr(fx, "C");
-    c->NH = (int)load_attr(fx, "NH"), c->F = (int)load_attr(fx, "F");
-    c->pre_ln = (int)load_attr(fx, "pre_ln");
-    c->layer_scale_init = load_attr(fx, "layer_scale") != 0 ? 0.1f : 0.0f;
+    c->L = (int)fx_attr(fx, "L"), c->C = (int)fx_attr(fx, "C");
+    c->NH = (int)fx_attr(fx, "NH"), c->F = (int)fx_attr(fx, "F");
+    c->pre_ln = (int)fx_attr(fx, "pre_ln");
+    c->layer_scale_init = fx_attr(fx, "layer_scale") != 0 ? 0.1f : 0.0f;
     c->k_bias = 1;
-    c->ln_eps = (float)load_attr(fx, "eps");
-    k->B = (int)load_attr(fx, "B"), k->T = (int)load_attr(fx, "T");
+    c->ln_eps = (float)fx_attr(fx, "eps");
+    k->B = (int)fx_attr(fx, "B"), k->T = (int)fx_attr(fx, "T");
     hsize_t L = c->L, C = c->C, NH = c->NH, B = k->B, T = k->T;
     hsize_t btc[3] = {B, T, C}, lbtc[4] = {L, B, T, C}, htt[3] = {NH, T, T}, bt[2] = {B, T};
-    k->x = load_f32(fx, "x", 3, btc);
-    k->R = load_f32(fx, "R", 3, btc);
-    k->out = load_f32(fx, "out", 3, btc);
-    k->dx = load_f32(fx, "dx", 3, btc);
-    k->ffn_out = load_f32(fx, "ffn_out", 4, lbtc);
-    k->block_out = load_f32(fx, "block_out", 4, lbtc);
-    k->attn_bias = load_f32(fx, "attn_bias", 3, htt);
-    k->d_attn_bias = load_f32(fx, "d_attn_bias", 3, htt);
-    k->key_pad = load(fx, "key_pad", H5T_NATIVE_UINT8, 1, 2, bt);
+    k->x = fx_load_f32(fx, "x", 3, btc);
+    k->R = fx_load_f32(fx, "R", 3, btc);
+    k->out = fx_load_f32(fx, "out", 3, btc);
+    k->dx = fx_load_f32(fx, "dx", 3, btc);
+    k->ffn_out = fx_load_f32(fx, "ffn_out", 4, lbtc);
+    k->block_out = fx_load_f32(fx, "block_out", 4, lbtc);
+    k->attn_bias = fx_load_f32(fx, "attn_bias", 3, htt);
+    k->d_attn_bias = fx_load_f32(fx, "d_attn_bias", 3, htt);
+    k->key_pad = fx_load_u8(fx, "key_pad", 2, bt);
 
     EncoderParams counter;
     k->nparams = encoder_params_layout(&counter, NULL, c);
@@ -194,7 +113,7 @@ static void load_case(Case *k, const Fixture *fx) {
         if (!k->sizes[i]) continue;
         hsize_t dims[3];
         int nd = param_shape(i, c, dims);
-        float *v = load_f32(fx, PARAM_NAMES[i], nd, dims);
+        float *v = fx_load_f32(fx, PARAM_NAMES[i], nd, dims);
         memcpy(dst[i], v, k->sizes[i] * sizeof(float));
         free(v);
     }
@@ -254,7 +173,7 @@ static int compare_grads(const Fixture *fx, Case *k, const float *dx, const floa
         hsize_t dims[3];
         int nd = param_shape(i, &k->cfg, dims);
         snprintf(name, sizeof name, "grad_%s", PARAM_NAMES[i]);
-        float *want = load_f32(fx, name, nd, dims);
+        float *want = fx_load_f32(fx, name, nd, dims);
         ok &= compare(fx->name, name, got[i], want, k->sizes[i], GRAD_TOL, quiet);
         free(want);
     }
@@ -265,10 +184,7 @@ static int compare_grads(const Fixture *fx, Case *k, const float *dx, const floa
  */
 
 static void test_group(hid_t file, const char *path, const char *name, int want_pre_ln) {
-    Fixture fx = {file, -1, path, name};
-    if (H5Lexists(file, name, H5P_DEFAULT) <= 0) h5_fail(&fx, "missing group", name);
-    fx.group = H5Gopen2(file, name, H5P_DEFAULT);
-    if (fx.group < 0) h5_fail(&fx, "cannot open group", name);
+    Fixture fx = fx_group(file, path, name);
     printf("-- %s\n", name);
     Case k;
     load_case(&k, &fx);
@@ -318,7 +234,7 @@ static void test_group(hid_t file, const char *path, const char *name, int want_
                 dmax = fabs((double)encoder_output(&e)[i] - k.out[i]);
         printf("     negative control (fc1_w[%d][0][0] += 1e-2): max|d out| %.1e (atol %.1e), "
                "forward %s, grads %s\n",
-               l, dmax, OUT_TOL * max_abs(k.out, NC), fwd_ok ? "MATCH (bad)" : "differ",
+               l, dmax, OUT_TOL * fx_max_abs(k.out, NC), fwd_ok ? "MATCH (bad)" : "differ",
                grad_ok ? "MATCH (bad)" : "differ");
         CHECK(!fwd_ok);
         CHECK(!grad_ok);
@@ -333,19 +249,13 @@ static void test_group(hid_t file, const char *path, const char *name, int want_
     free(saved), free(dx), free(dbias);
     encoder_free(&e);
     free_case(&k);
-    H5Gclose(fx.group);
+    fx_close(&fx);
 }
 
 int main(int argc, char **argv) {
     gemm_init(0);
     const char *path = argc > 1 ? argv[1] : "build/fixtures/encoder_ref.h5";
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we report failures ourselves, naming the item */
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file < 0) {
-        H5Eprint2(H5E_DEFAULT, stderr);
-        die("cannot open fixture %s (build it with `make %s`)", path,
-            "build/fixtures/encoder_ref.h5");
-    }
+    hid_t file = fx_open(path);
     test_group(file, path, "post_ln", 0);
     test_group(file, path, "pre_ln", 1);
     H5Fclose(file);

@@ -13,6 +13,10 @@
 
 /// Silence HDF5's own error-stack printing (d2v reports one line per failure instead).
 void h5io_init(void);
+/// Debian's serial HDF5 is not thread-safe: every HDF5 call made while a prefetching loader runs
+/// (the loader's thread, checkpoint writes) must hold this lock.
+void h5_lock(void);
+void h5_unlock(void);
 
 /* ---- writing ----------------------------------------------------------------------------------
  */

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/h5io.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,10 @@
 #include "d2v/util.h"
 
 void h5io_init(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+static pthread_mutex_t g_h5_mutex = PTHREAD_MUTEX_INITIALIZER;
+void h5_lock(void) { pthread_mutex_lock(&g_h5_mutex); }
+void h5_unlock(void) { pthread_mutex_unlock(&g_h5_mutex); }
 
 static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t n, const char *fmt, ...) {

@@ -1,0 +1,351 @@
+/* loader.c: the per-rank batch loader. Every rank draws the same permutation per epoch from one
+ * seed and takes its slice of each global batch, so shards are disjoint and cover the data, and
+ * the cursor (epoch, global position) means the same on any rank count. Batches are assembled per
+ * modality (text blocks, augmented images, cropped speech) by a background thread. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "d2v/dataset.h"
+#include "d2v/h5io.h"
+#include "d2v/masking.h"
+#include "d2v/util.h"
+
+enum { STREAM_SHUFFLE = 0x5f1, STREAM_AUGMENT = 0x5f2, STREAM_CROP = 0x5f3 };
+
+typedef struct { /* a text block: tokens from (doc, off) of the doc + eos stream */
+    int64_t doc, off;
+} TextBlock;
+
+struct Loader {
+    Dataset *d;
+    LoaderConfig c;
+    int rank, world;
+    int64_t n;         // loader samples per epoch (eligible samples or text blocks)
+    int64_t *items;    // (n) dataset index per item (NULL: identity); text: block index
+    TextBlock *blocks; // text blocks
+    int64_t *perm;     // (n) order of the producer's epoch
+    int64_t perm_epoch;
+    LoaderCursor produce;            // next batch the producer builds
+    LoaderCursor consume;            // next batch handed out
+    int n_slots, head, count, taken; // ring of prepared batches
+    Batch *slots;
+    uint8_t *pixels; // scratch: one image
+    float *crop;     // scratch: one image crop / utterance
+    int stop, failed;
+    char err[512];
+    pthread_t thread;
+    int threaded;
+    pthread_mutex_t mu;
+    pthread_cond_t can_fill, can_take;
+};
+
+/* ---- items, blocks and permutations ---- */
+
+static void build_text_blocks(Loader *l) {
+    const Dataset *d = l->d;
+    int64_t per = l->c.text_T - 1, cap = 1024, n = 0; /* tokens per block after bos */
+    l->blocks = malloc(cap * sizeof(TextBlock));
+    if (l->c.text_stream) { /* one stream of doc + eos: a block starts every `per` tokens */
+        int64_t pos = 0, doc = 0, start = 0;
+        for (; doc < d->num_samples; doc++) {
+            int64_t len = dataset_sample_len(d, doc) + 1;
+            while (start < pos + len) {
+                if (n == cap) l->blocks = realloc(l->blocks, (cap *= 2) * sizeof(TextBlock));
+                l->blocks[n++] = (TextBlock){doc, start - pos};
+                start += per;
+            }
+            pos += len;
+        }
+    } else { /* blocks never cross documents; long documents split */
+        for (int64_t doc = 0; doc < d->num_samples; doc++) {
+            int64_t len = dataset_sample_len(d, doc) + 1;
+            for (int64_t off = 0; off < len; off += per) {
+                if (n == cap) l->blocks = realloc(l->blocks, (cap *= 2) * sizeof(TextBlock));
+                l->blocks[n++] = (TextBlock){doc, off};
+            }
+        }
+    }
+    l->n = n;
+}
+
+static void make_perm(Loader *l, int64_t epoch) {
+    for (int64_t i = 0; i < l->n; i++)
+        l->perm[i] = i;
+    if (l->c.shuffle) { /* Fisher-Yates from a stream every rank derives alike */
+        MaskRng r = mask_rng(l->c.seed, (uint64_t)epoch, UINT64_MAX, STREAM_SHUFFLE);
+        for (int64_t i = l->n - 1; i > 0; i--) {
+            int64_t j = mask_rng_int(&r, 0, i), t = l->perm[i];
+            l->perm[i] = l->perm[j], l->perm[j] = t;
+        }
+    }
+    l->perm_epoch = epoch;
+}
+
+/* ---- one row per modality ---- */
+
+static int fill_text(Loader *l, int64_t block, int32_t *row) {
+    const Dataset *d = l->d;
+    int T = l->c.text_T;
+    row[0] = d->bos_id;
+    int filled = 1;
+    int64_t doc = l->blocks[block].doc, off = l->blocks[block].off;
+    while (filled < T && doc < d->num_samples) {
+        int64_t len = dataset_sample_len(d, doc);
+        if (off < len) {
+            int64_t take = len - off < T - filled ? len - off : T - filled;
+            if (dataset_read_tokens(d, doc, off, take, row + filled, l->err, sizeof l->err) < 0)
+                return -1;
+            filled += (int)take, off += take;
+        }
+        if (filled < T && off == len) row[filled++] = d->eos_id, off++;
+        if (off > len) {
+            if (!l->c.text_stream) break;
+            doc++, off = 0;
+        }
+    }
+    for (int i = filled; i < T; i++)
+        row[i] = d->pad_id;
+    return 0;
+}
+
+/* Bilinear sample of channel ch at (y, x) in a H x W x C uint8 image (edge-clamped). */
+static float bilinear(const uint8_t *img, int H, int W, int C, int ch, float y, float x) {
+    y = y < 0 ? 0 : (y > H - 1 ? H - 1 : y);
+    x = x < 0 ? 0 : (x > W - 1 ? W - 1 : x);
+    int y0 = (int)y, x0 = (int)x, y1 = y0 + 1 < H ? y0 + 1 : y0, x1 = x0 + 1 < W ? x0 + 1 : x0;
+    float fy = y - y0, fx = x - x0;
+    float a = img[((size_t)y0 * W + x0) * C + ch], b = img[((size_t)y0 * W + x1) * C + ch];
+    float c = img[((size_t)y1 * W + x0) * C + ch], e = img[((size_t)y1 * W + x1) * C + ch];
+    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + e * fx) * fy;
+}
+
+static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
+    const Dataset *d = l->d;
+    const LoaderConfig *c = &l->c;
+    int H = d->H, W = d->W, C = d->C, oh = c->out_H ? c->out_H : H, ow = c->out_W ? c->out_W : W;
+    if (dataset_read_image(d, idx, l->pixels, l->err, sizeof l->err) < 0) return -1;
+    float top = 0, left = 0, ch = (float)H, cw = (float)W;
+    int flip = 0;
+    if (c->image_augment) { /* torchvision RandomResizedCrop, then RandomHorizontalFlip */
+        MaskRng r = mask_rng(c->seed, (uint64_t)epoch, (uint64_t)idx, STREAM_AUGMENT);
+        int found = 0;
+        double area = (double)H * W, lr0 = log(c->crop_ratio_min), lr1 = log(c->crop_ratio_max);
+        for (int attempt = 0; attempt < 10 && !found; attempt++) {
+            double target = area * (c->crop_scale_min +
+                                    (c->crop_scale_max - c->crop_scale_min) * mask_rng_uniform(&r));
+            double ratio = exp(lr0 + (lr1 - lr0) * mask_rng_uniform(&r));
+            int w = (int)lround(sqrt(target * ratio)), h = (int)lround(sqrt(target / ratio));
+            if (w > 0 && h > 0 && w <= W && h <= H) {
+                top = (float)mask_rng_int(&r, 0, H - h), left = (float)mask_rng_int(&r, 0, W - w);
+                ch = (float)h, cw = (float)w, found = 1;
+            }
+        }
+        flip = mask_rng_uniform(&r) < c->flip_prob;
+    }
+    for (int y = 0; y < oh; y++)
+        for (int x = 0; x < ow; x++) {
+            /* pixel centres of the output grid mapped into the crop (align_corners = False) */
+            float sy = top + (y + 0.5f) * ch / oh - 0.5f;
+            float sx = left + ((flip ? ow - 1 - x : x) + 0.5f) * cw / ow - 0.5f;
+            for (int k = 0; k < C; k++) {
+                float v = bilinear(l->pixels, H, W, C, k, sy, sx) / 255.0f;
+                out[((size_t)y * ow + x) * C + k] = (v - c->mean[k]) / c->std[k];
+            }
+        }
+    return 0;
+}
+
+static int fill_speech(Loader *l, int64_t idx, int64_t epoch, int S, float *out) {
+    int64_t len = dataset_sample_len(l->d, idx);
+    MaskRng r = mask_rng(l->c.seed, (uint64_t)epoch, (uint64_t)idx, STREAM_CROP);
+    int64_t start = mask_rng_int(&r, 0, len - S); /* fairseq crop_to_max_size */
+    if (dataset_read_audio(l->d, idx, start, S, out, l->err, sizeof l->err) < 0) return -1;
+    if (l->c.speech_normalize) { /* F.layer_norm(wav, wav.shape): eps 1e-5 */
+        double m = 0, v = 0;
+        for (int i = 0; i < S; i++)
+            m += out[i];
+        m /= S;
+        for (int i = 0; i < S; i++)
+            v += (out[i] - m) * (out[i] - m);
+        float s = (float)(1.0 / sqrt(v / S + 1e-5));
+        for (int i = 0; i < S; i++)
+            out[i] = (float)(out[i] - m) * s;
+    }
+    return 0;
+}
+
+/* Build the batch at the producer cursor into slot b; advance the cursor. */
+static int produce(Loader *l, Batch *b) {
+    int64_t global = (int64_t)l->c.batch_size * l->world;
+    if (l->produce.position + global > l->n) l->produce.epoch++, l->produce.position = 0;
+    if (l->perm_epoch != l->produce.epoch) make_perm(l, l->produce.epoch);
+    int64_t base = l->produce.position + (int64_t)l->rank * l->c.batch_size;
+    b->B = l->c.batch_size, b->epoch = l->produce.epoch;
+    for (int i = 0; i < b->B; i++) {
+        int64_t item = l->perm[base + i];
+        b->ids[i] = l->items ? l->items[item] : item;
+    }
+    int rc = 0;
+    h5_lock();
+    if (l->d->modality == D2V_TEXT) {
+        for (int i = 0; i < b->B && rc == 0; i++)
+            rc = fill_text(l, b->ids[i], b->tokens + (size_t)i * b->T);
+    } else if (l->d->modality == D2V_IMAGE) {
+        size_t per = (size_t)b->H * b->W * b->C;
+        for (int i = 0; i < b->B && rc == 0; i++)
+            rc = fill_image(l, b->ids[i], b->epoch, b->images + i * per);
+    } else {
+        int64_t shortest = l->c.speech_max_samples;
+        for (int i = 0; i < b->B; i++) {
+            int64_t len = dataset_sample_len(l->d, b->ids[i]);
+            if (len < shortest) shortest = len;
+        }
+        b->S = (int)shortest;
+        for (int i = 0; i < b->B && rc == 0; i++)
+            rc = fill_speech(l, b->ids[i], b->epoch, b->S, b->audio + (size_t)i * b->S);
+    }
+    h5_unlock();
+    if (l->d->modality != D2V_TEXT)
+        for (int i = 0; i < b->B; i++)
+            b->labels[i] = l->d->labels ? l->d->labels[b->ids[i]] : -1;
+    l->produce.position += global;
+    return rc;
+}
+
+static void *worker(void *arg) {
+    Loader *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        /* one slot stays with the consumer until its next call */
+        if (l->count + l->taken >= l->n_slots || l->failed) {
+            pthread_cond_wait(&l->can_fill, &l->mu);
+            continue;
+        }
+        Batch *b = &l->slots[(l->head + l->count) % l->n_slots];
+        pthread_mutex_unlock(&l->mu);
+        int rc = produce(l, b);
+        pthread_mutex_lock(&l->mu);
+        if (rc < 0)
+            l->failed = 1;
+        else
+            l->count++;
+        pthread_cond_signal(&l->can_take);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+/* ---- public ---- */
+
+static void alloc_batch(Loader *l, Batch *b) {
+    const LoaderConfig *c = &l->c;
+    int B = c->batch_size;
+    b->ids = xalloc(sizeof(int64_t) * B, "batch ids");
+    b->labels = xalloc(sizeof(int32_t) * B, "batch labels");
+    if (l->d->modality == D2V_TEXT) {
+        b->T = c->text_T;
+        b->tokens = xalloc(sizeof(int32_t) * B * b->T, "text batch");
+    } else if (l->d->modality == D2V_IMAGE) {
+        b->H = c->out_H ? c->out_H : l->d->H, b->W = c->out_W ? c->out_W : l->d->W;
+        b->C = l->d->C;
+        b->images = xalloc(sizeof(float) * B * b->H * b->W * b->C, "image batch");
+    } else {
+        b->audio = xalloc(sizeof(float) * B * c->speech_max_samples, "speech batch");
+    }
+}
+
+Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, LoaderCursor start) {
+    Loader *l = xalloc(sizeof *l, "loader");
+    l->d = d, l->c = *c, l->rank = rank, l->world = world;
+    if (c->batch_size <= 0 || world <= 0 || rank < 0 || rank >= world)
+        die("loader: batch size %d on rank %d of %d", c->batch_size, rank, world);
+    if (d->modality == D2V_TEXT) {
+        if (c->text_T < 2) die("loader: text block length %d (at least 2)", c->text_T);
+        build_text_blocks(l);
+    } else if (d->modality == D2V_SPEECH) {
+        if (c->speech_max_samples <= 0) die("loader: speech_max_samples must be positive");
+        l->items = xalloc(sizeof(int64_t) * d->num_samples, "loader items");
+        for (int64_t i = 0; i < d->num_samples; i++)
+            if (dataset_sample_len(d, i) >= (c->speech_min_samples > 0 ? c->speech_min_samples : 1))
+                l->items[l->n++] = i;
+    } else {
+        for (int k = 0; k < d->C; k++)
+            if (!(c->std[k] > 0)) die("loader: image std[%d] must be positive", k);
+        l->n = d->num_samples;
+    }
+    int64_t global = (int64_t)c->batch_size * world;
+    if (l->n < global)
+        die("%s: %lld usable samples cannot fill one global batch of %lld (%d ranks x %d)", d->path,
+            (long long)l->n, (long long)global, world, c->batch_size);
+    l->perm = xalloc(sizeof(int64_t) * l->n, "loader permutation");
+    l->perm_epoch = -1;
+    l->produce = l->consume = start;
+    l->n_slots = c->prefetch > 0 ? c->prefetch + 1 : 1;
+    l->slots = xalloc(sizeof(Batch) * l->n_slots, "loader slots");
+    for (int i = 0; i < l->n_slots; i++)
+        alloc_batch(l, &l->slots[i]);
+    if (d->modality == D2V_IMAGE) l->pixels = xalloc((size_t)d->H * d->W * d->C, "image scratch");
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->can_fill, NULL), pthread_cond_init(&l->can_take, NULL);
+    if (c->prefetch > 0) {
+        if (pthread_create(&l->thread, NULL, worker, l) != 0) die("loader: cannot start thread");
+        l->threaded = 1;
+    }
+    return l;
+}
+
+void loader_destroy(Loader *l) {
+    if (!l) return;
+    if (l->threaded) {
+        pthread_mutex_lock(&l->mu);
+        l->stop = 1;
+        pthread_cond_broadcast(&l->can_fill);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->thread, NULL);
+    }
+    for (int i = 0; i < l->n_slots; i++) {
+        Batch *b = &l->slots[i];
+        free(b->ids), free(b->labels), free(b->tokens), free(b->images), free(b->audio);
+    }
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->can_fill), pthread_cond_destroy(&l->can_take);
+    free(l->slots), free(l->perm), free(l->items), free(l->blocks), free(l->pixels), free(l);
+}
+
+const Batch *loader_next(Loader *l) {
+    Batch *b;
+    if (!l->threaded) {
+        b = &l->slots[0];
+        if (produce(l, b) < 0) die("%s", l->err);
+    } else {
+        pthread_mutex_lock(&l->mu);
+        if (l->taken) { /* the previous batch goes back to the ring */
+            l->head = (l->head + 1) % l->n_slots, l->taken = 0;
+            pthread_cond_signal(&l->can_fill);
+        }
+        while (l->count == 0 && !l->failed)
+            pthread_cond_wait(&l->can_take, &l->mu);
+        if (l->count == 0 && l->failed) {
+            pthread_mutex_unlock(&l->mu);
+            die("%s", l->err);
+        }
+        b = &l->slots[l->head];
+        l->count--, l->taken = 1;
+        pthread_mutex_unlock(&l->mu);
+    }
+    int64_t global = (int64_t)l->c.batch_size * l->world;
+    if (l->consume.position + global > l->n) l->consume.epoch++, l->consume.position = 0;
+    l->consume.position += global;
+    return b;
+}
+
+LoaderCursor loader_cursor(const Loader *l) {
+    LoaderCursor c = l->consume;
+    if (c.position + (int64_t)l->c.batch_size * l->world > l->n) c.epoch++, c.position = 0;
+    return c;
+}
+
+int64_t loader_epoch_samples(const Loader *l) { return l->n; }
