@@ -184,7 +184,8 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
     if (H5Tget_class(t) == H5T_STRING) {
         if (H5Tis_variable_str(t) > 0) {
             char *s = NULL;
-            hid_t mt = vlen_string_type();
+            hid_t mt = vlen_string_type(); /* HDF5 converts between no two character sets */
+            H5Tset_cset(mt, H5Tget_cset(t));
             if (H5Aread(a, mt, &s) >= 0 && s) {
                 snprintf(buf, buflen, "%s", s);
                 H5free_memory(s);
@@ -196,6 +197,7 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
             char *s = calloc(n + 1, 1);
             hid_t mt = H5Tcopy(H5T_C_S1);
             H5Tset_size(mt, n + 1);
+            H5Tset_cset(mt, H5Tget_cset(t));
             if (s && H5Aread(a, mt, s) >= 0) snprintf(buf, buflen, "%s", s), ok = 1;
             H5Tclose(mt), free(s);
         }
@@ -260,7 +262,9 @@ char **h5_read_strings(hid_t loc, const char *path, const char *name, size_t *n,
         return NULL;
     }
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
-    hid_t t = vlen_string_type();
+    hid_t t = vlen_string_type(), ft = H5Dget_type(d);
+    H5Tset_cset(t, H5Tget_cset(ft));
+    H5Tclose(ft);
     char **tmp = calloc(dims[0] ? dims[0] : 1, sizeof(char *));
     char **out = calloc(dims[0] ? dims[0] : 1, sizeof(char *));
     if (!tmp || !out || (dims[0] && H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, tmp) < 0)) {

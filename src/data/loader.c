@@ -224,7 +224,7 @@ static void *worker(void *arg) {
             pthread_cond_wait(&l->can_fill, &l->mu);
             continue;
         }
-        Batch *b = &l->slots[(l->head + l->count) % l->n_slots];
+        Batch *b = &l->slots[(l->head + l->taken + l->count) % l->n_slots];
         pthread_mutex_unlock(&l->mu);
         int rc = produce(l, b);
         pthread_mutex_lock(&l->mu);

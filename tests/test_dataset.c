@@ -1,0 +1,406 @@
+/* test_dataset.c: the HDF5 dataset reader and batch loader on small files written here: layout
+ * validation errors (each naming the file), disjoint and covering rank shards for 1-4 ranks,
+ * resuming from a cursor on another rank count, text blocks, image augmentation, speech crops,
+ * and prefetching giving the same batches as synchronous loading. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "d2v/dataset.h"
+#include "d2v/h5io.h"
+#include "d2v/util.h"
+
+static char dir[256];
+
+static const char *tmp(const char *name) {
+    static char buf[4][512];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+/* Images: n images of 4x6x1 whose pixel (y, x) = (i * 7 + y * 6 + x) % 251; label i % 3. */
+static void write_images(const char *path, int n, int version) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "image", "shard", n, "test");
+    if (version != 1)
+        H5Adelete(o.file, "format_version"), h5_attr_i32(o.file, "format_version", version);
+    h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6),
+        h5_attr_i32(o.file, "channels", 1);
+    uint8_t *px = malloc((size_t)n * 24);
+    int32_t *lab = malloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) {
+        lab[i] = i % 3;
+        for (int j = 0; j < 24; j++)
+            px[i * 24 + j] = (uint8_t)((i * 7 + j) % 251);
+    }
+    hsize_t dims[4] = {(hsize_t)n, 4, 6, 1}, chunk[4] = {1, 4, 6, 1}, ld[1] = {(hsize_t)n};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, chunk, px);
+    h5_write(o.file, "labels", H5T_NATIVE_INT32, 1, ld, NULL, lab);
+    const char *names[3] = {"a", "b", "c"};
+    h5_write_strings(o.file, "label_names", names, 3);
+    h5out_commit(&o);
+    free(px), free(lab);
+}
+
+/* Text: document d has d % 5 + 1 tokens valued 100 * d + k. Vocab 1000, bos 0 pad 1 eos 2. */
+static void write_text(const char *path, int ndoc) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "text", "shard", ndoc, "test");
+    const char *a[6] = {"vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id"};
+    int32_t v[6] = {100000, 0, 2, 1, 3, 4};
+    for (int i = 0; i < 6; i++)
+        h5_attr_i32(o.file, a[i], v[i]);
+    int64_t *off = malloc(sizeof(int64_t) * (ndoc + 1));
+    int32_t *tok = malloc(sizeof(int32_t) * ndoc * 5);
+    off[0] = 0;
+    for (int d = 0; d < ndoc; d++) {
+        int len = d % 5 + 1;
+        for (int k = 0; k < len; k++)
+            tok[off[d] + k] = 100 * d + k + 5;
+        off[d + 1] = off[d] + len;
+    }
+    hsize_t nt[1] = {(hsize_t)off[ndoc]}, no[1] = {(hsize_t)ndoc + 1};
+    h5_write(o.file, "tokens", H5T_NATIVE_INT32, 1, nt, NULL, tok);
+    h5_write(o.file, "doc_offsets", H5T_NATIVE_INT64, 1, no, NULL, off);
+    h5out_commit(&o);
+    free(off), free(tok);
+}
+
+/* Speech: utterance u has 50 + 10 u int16 samples valued 100 * u + t. */
+static void write_speech(const char *path, int n) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "speech", "shard", n, "test");
+    h5_attr_i32(o.file, "sample_rate", 16000);
+    h5_attr_str(o.file, "sample_format", "int16");
+    int64_t *off = malloc(sizeof(int64_t) * (n + 1));
+    off[0] = 0;
+    for (int u = 0; u < n; u++)
+        off[u + 1] = off[u] + 50 + 10 * u;
+    int16_t *a = malloc(sizeof(int16_t) * off[n]);
+    for (int u = 0; u < n; u++)
+        for (int64_t t = 0; t < off[u + 1] - off[u]; t++)
+            a[off[u] + t] = (int16_t)(100 * u + t);
+    hsize_t na[1] = {(hsize_t)off[n]}, no[1] = {(hsize_t)n + 1};
+    h5_write(o.file, "audio", H5T_NATIVE_INT16, 1, na, NULL, a);
+    h5_write(o.file, "offsets", H5T_NATIVE_INT64, 1, no, NULL, off);
+    h5out_commit(&o);
+    free(off), free(a);
+}
+
+static int open_err(const char *path, int modality, const char *want) {
+    Dataset d;
+    char err[512] = "";
+    int rc = dataset_open(&d, path, modality, err, sizeof err);
+    if (rc == 0) dataset_close(&d);
+    int ok = rc < 0 && strstr(err, path) && strstr(err, want) && !strchr(err, '\n');
+    printf("     %s\n", err);
+    return ok;
+}
+
+static void test_validation(void) {
+    printf("-- validation at open\n");
+    CHECK(open_err(tmp("missing.h5"), -1, "no such file"));
+    FILE *f = fopen(tmp("garbage.h5"), "w");
+    fputs("not hdf5 at all", f), fclose(f);
+    CHECK(open_err(tmp("garbage.h5"), -1, "not an HDF5 file"));
+    write_images(tmp("v2.h5"), 5, 2);
+    CHECK(open_err(tmp("v2.h5"), -1, "format_version 2"));
+    write_images(tmp("img.h5"), 5, 1);
+    CHECK(open_err(tmp("img.h5"), D2V_TEXT, "expected text"));
+    /* truncated: the first half of a valid file */
+    FILE *in = fopen(tmp("img.h5"), "rb");
+    fseek(in, 0, SEEK_END);
+    long sz = ftell(in);
+    rewind(in);
+    char *buf = malloc(sz);
+    CHECK(fread(buf, 1, sz, in) == (size_t)sz);
+    fclose(in);
+    FILE *out = fopen(tmp("trunc.h5"), "wb");
+    fwrite(buf, 1, sz / 2, out), fclose(out), free(buf);
+    CHECK(open_err(tmp("trunc.h5"), -1, "trunc"));
+    /* mis-shaped images: attribute says 4x6, data is 4x6 but height attr wrong */
+    H5Out o;
+    h5out_create(&o, tmp("shape.h5"));
+    h5_write_root_attrs(o.file, "image", "shard", 2, "test");
+    h5_attr_i32(o.file, "height", 5), h5_attr_i32(o.file, "width", 6),
+        h5_attr_i32(o.file, "channels", 1);
+    uint8_t px[48] = {0};
+    hsize_t dims[4] = {2, 4, 6, 1};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+    h5out_commit(&o);
+    CHECK(open_err(tmp("shape.h5"), -1, "'images' should be"));
+    /* speech whose offsets run past the audio */
+    h5out_create(&o, tmp("off.h5"));
+    h5_write_root_attrs(o.file, "speech", "shard", 2, "test");
+    h5_attr_i32(o.file, "sample_rate", 16000), h5_attr_str(o.file, "sample_format", "int16");
+    int16_t a[10] = {0};
+    int64_t off[3] = {0, 5, 12};
+    hsize_t na[1] = {10}, no[1] = {3};
+    h5_write(o.file, "audio", H5T_NATIVE_INT16, 1, na, NULL, a);
+    h5_write(o.file, "offsets", H5T_NATIVE_INT64, 1, no, NULL, off);
+    h5out_commit(&o);
+    CHECK(open_err(tmp("off.h5"), -1, "ends at 12"));
+    /* an aborted write leaves the existing file untouched and no temporary behind */
+    h5out_create(&o, tmp("img.h5"));
+    h5out_abort(&o);
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("img.h5"), D2V_IMAGE, err, sizeof err) == 0 && d.num_samples == 5);
+    dataset_close(&d);
+}
+
+/* An index over shards of the same images, split 3 / 4 / 6. */
+static void write_index(void) {
+    const int counts[3] = {3, 4, 6};
+    H5Out o;
+    char name[64];
+    const char *names[3];
+    static char keep[3][64];
+    int first = 0;
+    for (int s = 0; s < 3; s++) {
+        snprintf(name, sizeof name, "set.shard-%d.h5", s);
+        snprintf(keep[s], sizeof keep[s], "%s", name);
+        names[s] = keep[s];
+        h5out_create(&o, tmp(name));
+        h5_write_root_attrs(o.file, "image", "shard", counts[s], "test");
+        h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6);
+        h5_attr_i32(o.file, "channels", 1);
+        uint8_t px[6 * 24];
+        int32_t lab[6];
+        for (int i = 0; i < counts[s]; i++) {
+            lab[i] = (first + i) % 3;
+            for (int j = 0; j < 24; j++)
+                px[i * 24 + j] = (uint8_t)(((first + i) * 7 + j) % 251);
+        }
+        hsize_t dims[4] = {(hsize_t)counts[s], 4, 6, 1}, ld[1] = {(hsize_t)counts[s]};
+        h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+        h5_write(o.file, "labels", H5T_NATIVE_INT32, 1, ld, NULL, lab);
+        h5out_commit(&o);
+        first += counts[s];
+    }
+    h5out_create(&o, tmp("set.h5"));
+    h5_write_root_attrs(o.file, "image", "index", 13, "test");
+    h5_write_strings(o.file, "shards", names, 3);
+    int64_t c64[3] = {3, 4, 6};
+    hsize_t n3[1] = {3};
+    h5_write(o.file, "shard_samples", H5T_NATIVE_INT64, 1, n3, NULL, c64);
+    h5out_commit(&o);
+}
+
+static LoaderConfig image_cfg(int B, int augment, int prefetch) {
+    LoaderConfig c = {.modality = D2V_IMAGE,
+                      .batch_size = B,
+                      .seed = 7,
+                      .shuffle = 1,
+                      .image_augment = augment,
+                      .crop_scale_min = 0.3f,
+                      .crop_scale_max = 1.0f,
+                      .crop_ratio_min = 0.75f,
+                      .crop_ratio_max = 1.333f,
+                      .flip_prob = 0.5f,
+                      .mean = {0.5f, 0.5f, 0.5f},
+                      .std = {0.25f, 0.25f, 0.25f},
+                      .prefetch = prefetch};
+    return c;
+}
+
+static void test_index_and_sharding(void) {
+    printf("-- index of shards, rank slices, cursor\n");
+    write_index();
+    Dataset d;
+    char err[256];
+    if (dataset_open(&d, tmp("set.h5"), D2V_IMAGE, err, sizeof err) != 0) {
+        check_record(0, err);
+        return;
+    }
+    CHECK(d.num_samples == 13 && d.n_shards == 3);
+    /* sample 8 lives in shard 2 at local 1: its first pixel is (8 * 7) % 251 */
+    uint8_t px[24];
+    CHECK(dataset_read_image(&d, 8, px, err, sizeof err) == 0 && px[0] == 56 && px[23] == 79);
+    CHECK(d.labels && d.labels[8] == 2);
+    /* For each rank count, one epoch of every rank's batches: disjoint, and covering what fits. */
+    for (int world = 1; world <= 4; world++) {
+        int B = 2, seen[13] = {0}, dup = 0, total = 0;
+        int steps = (int)(13 / (B * world));
+        for (int r = 0; r < world; r++) {
+            LoaderCursor c0 = {0, 0};
+            LoaderConfig cfg = image_cfg(B, 0, 0);
+            Loader *l = loader_create(&d, &cfg, r, world, c0);
+            for (int s = 0; s < steps; s++) {
+                const Batch *b = loader_next(l);
+                for (int i = 0; i < b->B; i++)
+                    dup += seen[b->ids[i]]++, total++;
+            }
+            loader_destroy(l);
+        }
+        char label[96];
+        snprintf(label, sizeof label, "%d rank(s): %d samples in one epoch, none twice", world,
+                 total);
+        check_record(dup == 0 && total == steps * B * world, label);
+    }
+    /* The global order is the same for any rank count: rank r of W sees the slice r of each
+     * global batch of the 1-rank order. Then resume on 2 ranks from a 1-rank cursor. */
+    LoaderCursor c0 = {0, 0};
+    LoaderConfig one = image_cfg(4, 0, 0), two = image_cfg(2, 0, 0);
+    Loader *l1 = loader_create(&d, &one, 0, 1, c0);
+    int64_t ref[3][4];
+    for (int s = 0; s < 3; s++)
+        memcpy(ref[s], loader_next(l1)->ids, sizeof ref[s]);
+    Loader *a = loader_create(&d, &two, 0, 2, c0), *b = loader_create(&d, &two, 1, 2, c0);
+    int same = 1;
+    for (int s = 0; s < 3; s++) {
+        const Batch *ba = loader_next(a), *bb = loader_next(b);
+        same &= !memcmp(ba->ids, ref[s], 16) && !memcmp(bb->ids, ref[s] + 2, 16);
+    }
+    check_record(same, "2 ranks x 2 see the 1-rank x 4 order, split by rank");
+    LoaderCursor cur = loader_cursor(l1);
+    CHECK(cur.epoch == 1 && cur.position == 0); /* 13 samples: 3 batches of 4, then a new epoch */
+    int64_t next1[4];
+    memcpy(next1, loader_next(l1)->ids, sizeof next1);
+    Loader *r0 = loader_create(&d, &two, 0, 2, cur), *r1 = loader_create(&d, &two, 1, 2, cur);
+    const Batch *x0 = loader_next(r0), *x1 = loader_next(r1);
+    check_record(!memcmp(x0->ids, next1, 16) && !memcmp(x1->ids, next1 + 2, 16),
+                 "resuming from a 1-rank cursor on 2 ranks continues the same order");
+    CHECK(memcmp(next1, ref[0], 16) != 0); /* epoch 1 is shuffled differently */
+    loader_destroy(l1), loader_destroy(a), loader_destroy(b), loader_destroy(r0),
+        loader_destroy(r1);
+    dataset_close(&d);
+}
+
+static void test_images(void) {
+    printf("-- image batches\n");
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("img.h5"), D2V_IMAGE, err, sizeof err) == 0);
+    LoaderCursor c0 = {0, 0};
+    LoaderConfig cfg = image_cfg(5, 0, 0);
+    cfg.shuffle = 0;
+    Loader *l = loader_create(&d, &cfg, 0, 1, c0);
+    const Batch *b = loader_next(l);
+    float plain[5 * 24];
+    memcpy(plain, b->images, sizeof plain);
+    int exact = 1;
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 24; j++) {
+            float want = (((i * 7 + j) % 251) / 255.0f - 0.5f) / 0.25f;
+            exact &= fabsf(b->images[i * 24 + j] - want) < 1e-5f;
+        }
+    check_record(exact && b->labels[4] == 1, "no augmentation: exact normalised pixels, labels");
+    loader_destroy(l);
+    /* augmentation: deterministic per (seed, epoch, sample), prefetch gives the same batches */
+    LoaderConfig aug = image_cfg(5, 1, 0), augp = image_cfg(5, 1, 2);
+    Loader *s = loader_create(&d, &aug, 0, 1, c0), *p = loader_create(&d, &augp, 0, 1, c0);
+    int equal = 1, differs = 0;
+    for (int k = 0; k < 4; k++) {
+        const Batch *bs = loader_next(s), *bp = loader_next(p);
+        equal &= !memcmp(bs->ids, bp->ids, 5 * 8) && !memcmp(bs->images, bp->images, 5 * 24 * 4);
+        for (int i = 0; i < 5 * 24; i++)
+            differs |= fabsf(bs->images[i] - plain[i]) > 1e-3f;
+    }
+    check_record(equal, "prefetch thread gives the same augmented batches as synchronous");
+    check_record(differs, "augmentation changes pixels");
+    loader_destroy(s), loader_destroy(p);
+    dataset_close(&d);
+}
+
+static void test_text(void) {
+    printf("-- text blocks\n");
+    write_text(tmp("text.h5"), 10);
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("text.h5"), D2V_TEXT, err, sizeof err) == 0);
+    LoaderCursor c0 = {0, 0};
+    LoaderConfig c = {.modality = D2V_TEXT, .batch_size = 1, .seed = 1, .shuffle = 0, .text_T = 4};
+    Loader *l = loader_create(&d, &c, 0, 1, c0);
+    /* doc mode, T = 4 (3 tokens per block after bos): doc 0 = [5] + eos -> 1 block;
+     * doc 1 = [105, 106] + eos -> 1 block; doc 2 = [205, 206, 207] + eos -> 2 blocks */
+    int32_t want[4][4] = {{0, 5, 2, 1}, {0, 105, 106, 2}, {0, 205, 206, 207}, {0, 2, 1, 1}};
+    int ok = 1;
+    for (int k = 0; k < 4; k++)
+        ok &= !memcmp(loader_next(l)->tokens, want[k], 16);
+    check_record(ok, "document mode: bos, eos at document ends, pads, long docs split");
+    loader_destroy(l);
+    c.text_stream = 1;
+    l = loader_create(&d, &c, 0, 1, c0);
+    int32_t want_s[3][4] = {{0, 5, 2, 105}, {0, 106, 2, 205}, {0, 206, 207, 2}};
+    ok = 1;
+    for (int k = 0; k < 3; k++)
+        ok &= !memcmp(loader_next(l)->tokens, want_s[k], 16);
+    check_record(ok, "stream mode: blocks run across documents");
+    loader_destroy(l);
+    dataset_close(&d);
+}
+
+static void test_speech(void) {
+    printf("-- speech crops\n");
+    write_speech(tmp("speech.h5"), 6);
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("speech.h5"), D2V_SPEECH, err, sizeof err) == 0);
+    LoaderCursor c0 = {0, 0};
+    LoaderConfig c = {.modality = D2V_SPEECH,
+                      .batch_size = 3,
+                      .seed = 1,
+                      .shuffle = 1,
+                      .speech_max_samples = 1000,
+                      .speech_min_samples = 60,
+                      .speech_normalize = 0};
+    Loader *l = loader_create(&d, &c, 0, 1, c0);
+    CHECK(loader_epoch_samples(l) == 5); /* utterance 0 (50 samples) is below the minimum */
+    const Batch *b = loader_next(l);
+    int64_t shortest = 1 << 30;
+    for (int i = 0; i < 3; i++)
+        shortest = b->ids[i] && 50 + 10 * b->ids[i] < shortest ? 50 + 10 * b->ids[i] : shortest;
+    int ok = b->S == shortest;
+    for (int i = 0; i < 3; i++) { /* a contiguous crop of utterance ids[i] */
+        float v0 = b->audio[i * b->S] * 32768.0f;
+        int64_t start = (int64_t)lroundf(v0) - 100 * b->ids[i];
+        ok &= start >= 0 && start + b->S <= 50 + 10 * b->ids[i];
+        for (int t = 1; t < b->S; t++)
+            ok &= lroundf(b->audio[i * b->S + t] * 32768.0f) == 100 * b->ids[i] + start + t;
+    }
+    check_record(ok, "every row is a crop to the batch's shortest utterance");
+    loader_destroy(l);
+    c.speech_normalize = 1, c.speech_max_samples = 64;
+    l = loader_create(&d, &c, 0, 1, c0);
+    b = loader_next(l);
+    double m = 0, v = 0;
+    for (int t = 0; t < b->S; t++)
+        m += b->audio[t];
+    m /= b->S;
+    for (int t = 0; t < b->S; t++)
+        v += (b->audio[t] - m) * (b->audio[t] - m);
+    /* F.layer_norm with eps 1e-5: a crop of consecutive values t / 32768 has raw variance
+     * (S^2 - 1) / 12 / 32768^2, so the normalised variance is raw / (raw + eps). */
+    double raw = ((double)b->S * b->S - 1) / 12.0 / (32768.0 * 32768.0);
+    check_record(b->S <= 64 && b->S >= 60 && fabs(m) < 1e-5 &&
+                     fabs(v / b->S - raw / (raw + 1e-5)) < 1e-4,
+                 "max length caps the crop; rows normalised to zero mean, unit variance");
+    loader_destroy(l);
+    dataset_close(&d);
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/d2v-test-dataset-%ld", (long)getpid());
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    if (system(cmd) != 0) return 1;
+    test_validation();
+    test_index_and_sharding();
+    test_images();
+    test_text();
+    test_speech();
+    snprintf(cmd, sizeof cmd, "ls %s | grep -c '\\.tmp\\.' > /dev/null && exit 1; rm -rf %s", dir,
+             dir);
+    CHECK(system(cmd) == 0); /* no temporary file left behind */
+    return check_summary();
+}
