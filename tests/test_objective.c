@@ -1,0 +1,145 @@
+/* test_objective.c: the data2vec objective and optimiser pieces checked by hand: EMA decay
+ * schedule and update, target normalisations and top-K averaging, smooth-L1/L2 loss with its
+ * scale and gradient, variance statistics, AdamW, every LR schedule, and gradient clipping. */
+#include <math.h>
+#include <string.h>
+
+#include "check.h"
+#include "d2v/objective.h"
+#include "d2v/optim.h"
+
+#define NEAR(a, b, tol) (fabs((double)(a) - (double)(b)) <= (tol) * (1 + fabs((double)(b))))
+
+static void test_ema(void) {
+    printf("-- EMA\n");
+    CHECK(NEAR(ema_tau(0.999, 0.9999, 30000, 0), 0.999, 1e-12));
+    CHECK(NEAR(ema_tau(0.999, 0.9999, 30000, 15000), 0.99945, 1e-12));
+    CHECK(NEAR(ema_tau(0.999, 0.9999, 30000, 30000), 0.9999, 1e-12));
+    CHECK(NEAR(ema_tau(0.999, 0.9999, 30000, 10000000), 0.9999, 1e-12));
+    CHECK(NEAR(ema_tau(0.9998, 0.9998, 0, 5), 0.9998, 1e-12)); /* constant (vision) */
+    float t[3] = {1, 2, 3}, s[3] = {3, 2, 1};
+    ema_update(t, s, 3, 0.75); /* 0.75 t + 0.25 s */
+    CHECK(NEAR(t[0], 1.5, 1e-7) && NEAR(t[1], 2, 1e-7) && NEAR(t[2], 2.5, 1e-7));
+    ema_update(t, s, 3, 1.0); /* tau = 1: frozen */
+    CHECK(NEAR(t[0], 1.5, 1e-7));
+}
+
+static void test_targets(void) {
+    printf("-- targets\n");
+    enum { B = 1, T = 3, C = 2 };
+    /* two layers, instance norm over time per channel (eps ~0): channel 0 of layer 0 is (1, 2, 3) ->
+     * (-1.2247, 0, 1.2247) (biased variance 2/3, eps 0); channel 1 constant -> 0 */
+    float l0[B * T * C] = {1, 5, 2, 5, 3, 5}, l1[B * T * C] = {3, 0, 2, 1, 1, 2};
+    float *layers[2] = {l0, l1};
+    uint8_t sel[3] = {1, 0, 1};
+    float y[6], scratch[B * T * C + 2 * B * C];
+    int M = targets_build(y, layers, 2, B, T, C, TARGET_NORM_INSTANCE, 0, 1e-12f, sel, scratch);
+    double r = sqrt(1.5); /* 1 / sqrt(2/3) */
+    /* layer 1, channel 0 = (3, 2, 1) -> (+r, 0, -r); channel 1 = (0, 1, 2) -> (-r, 0, r) */
+    CHECK(M == 2);
+    CHECK(NEAR(y[0], (-r + r) / 2, 1e-6) && NEAR(y[1], (0 - r) / 2, 1e-6));
+    CHECK(NEAR(y[2], (r - r) / 2, 1e-6) && NEAR(y[3], (0 + r) / 2, 1e-6));
+    /* layer norm over C per row: (1, 5) -> (-1, 1); then a final LN leaves (-1, 1) */
+    M = targets_build(y, layers, 1, B, T, C, TARGET_NORM_LAYER, 1, 0.0f, sel, scratch);
+    CHECK(M == 2 && NEAR(y[0], -1, 1e-6) && NEAR(y[1], 1, 1e-6));
+    /* no normalisation: plain average of the selected rows */
+    M = targets_build(y, layers, 2, B, T, C, TARGET_NORM_NONE, 0, 0.0f, sel, scratch);
+    CHECK(NEAR(y[0], 2, 1e-7) && NEAR(y[1], 2.5, 1e-7) && NEAR(y[2], 2, 1e-7) &&
+          NEAR(y[3], 3.5, 1e-7));
+}
+
+static void test_loss(void) {
+    printf("-- loss\n");
+    float p[4] = {0, 1, 5, -3}, y[4] = {0.5, 0, 0, 0}, d[4];
+    /* smooth L1, beta 2: |d| = 0.5 -> 0.0625; 1 -> 0.25; 5 -> 4; 3 -> 2 */
+    double L = regression_loss(d, p, y, 2, 2, 2.0f, 1.0f, 1.0f);
+    CHECK(NEAR(L, 0.0625 + 0.25 + 4 + 2, 1e-9));
+    CHECK(NEAR(d[0], -0.25, 1e-7) && NEAR(d[1], 0.5, 1e-7) && NEAR(d[2], 1, 1e-7) &&
+          NEAR(d[3], -1, 1e-7));
+    /* L2 (beta 0) with scale 1/sqrt(C) and a gradient scale of 1/M */
+    L = regression_loss(d, p, y, 2, 2, 0.0f, (float)(1 / sqrt(2.0)), 0.5f);
+    CHECK(NEAR(L, (0.25 + 1 + 25 + 9) / sqrt(2.0), 1e-7));
+    CHECK(NEAR(d[2], 2 * 5 / sqrt(2.0) * 0.5, 1e-6));
+    /* gradient against a finite difference of the loss */
+    float q[4] = {0.3f, -0.7f, 2.5f, 0.1f};
+    regression_loss(d, q, y, 2, 2, 1.0f, 0.5f, 1.0f);
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        float h = 1e-3f, q0 = q[i];
+        q[i] = q0 + h;
+        double lp = regression_loss(NULL, q, y, 2, 2, 1.0f, 0.5f, 1.0f);
+        q[i] = q0 - h;
+        double lm = regression_loss(NULL, q, y, 2, 2, 1.0f, 0.5f, 1.0f);
+        q[i] = q0;
+        ok &= NEAR((lp - lm) / (2 * h), d[i], 1e-3);
+    }
+    check_record(ok, "loss gradient matches finite differences");
+}
+
+static void test_var(void) {
+    printf("-- variance statistics\n");
+    float x[6] = {1, 10, 2, 10, 3, 10}; /* channel 0: var 1; channel 1: 0 */
+    double st[5] = {0};
+    var_stats_accumulate(st, x, 2, 2); /* split over two "ranks" */
+    var_stats_accumulate(st, x + 4, 1, 2);
+    CHECK(NEAR(var_from_stats(st, 2), (sqrt(1 + 1e-6) + sqrt(1e-6)) / 2, 1e-9));
+}
+
+static void test_adamw(void) {
+    printf("-- AdamW\n");
+    float p[2] = {1.0f, -2.0f}, m[2] = {0}, v[2] = {0}, g[2] = {0.5f, -0.1f};
+    uint8_t decay[2] = {1, 0};
+    AdamW o = {0.9, 0.98, 1e-6, 0.1};
+    adamw_step(p, m, v, g, decay, 2, &o, 0.01, 1);
+    /* step 1: mhat = g, vhat = g^2 -> update = lr * g / (|g| + eps) = 0.01 * sign(g)
+     * (+ decay 0.01 * 0.1 * p on the first parameter only, applied to the pre-update value) */
+    CHECK(NEAR(p[0], 1.0 - 0.001 - 0.01 * 0.5 / (0.5 + 1e-6), 1e-6));
+    CHECK(NEAR(p[1], -2.0 + 0.01 * 0.1 / (0.1 + 1e-6), 1e-6));
+    CHECK(NEAR(m[0], 0.05, 1e-7) && NEAR(v[0], 0.02 * 0.25, 1e-7));
+    /* step 2 with the same gradient, by hand */
+    double m2 = 0.9 * 0.05 + 0.1 * 0.5, v2 = 0.98 * 0.005 + 0.02 * 0.25;
+    double want =
+        p[0] - 0.01 * 0.1 * p[0] - 0.01 * (m2 / (1 - 0.81)) / (sqrt(v2 / (1 - 0.98 * 0.98)) + 1e-6);
+    adamw_step(p, m, v, g, decay, 2, &o, 0.01, 2);
+    CHECK(NEAR(p[0], want, 1e-6));
+}
+
+static void test_schedules(void) {
+    printf("-- LR schedules\n");
+    LrSchedule c = {LR_COSINE, 1.0, 0.1, 10, 110, 0.0, 0, 0};
+    CHECK(NEAR(lr_at(&c, 0), 0, 1e-12) && NEAR(lr_at(&c, 5), 0.5, 1e-12));
+    CHECK(NEAR(lr_at(&c, 10), 1.0, 1e-12) && NEAR(lr_at(&c, 60), 0.55, 1e-12));
+    CHECK(NEAR(lr_at(&c, 110), 0.1, 1e-12) && NEAR(lr_at(&c, 500), 0.1, 1e-12));
+    LrSchedule l = {LR_LINEAR, 1.0, 0.0, 0, 100, 0.0, 0, 0};
+    CHECK(NEAR(lr_at(&l, 0), 1.0, 1e-12) && NEAR(lr_at(&l, 25), 0.75, 1e-12));
+    /* tri-stage 10% / 40% / 50% of 100 updates: warmup from 0.01 lr, hold, exponential decay to
+     * 0.01 lr (fairseq), then flat */
+    LrSchedule t = {LR_TRI_STAGE, 1.0, 0.01, 10, 100, 0.01, 0.4, 0.5};
+    CHECK(NEAR(lr_at(&t, 0), 0.01, 1e-12) && NEAR(lr_at(&t, 10), 1.0, 1e-12));
+    CHECK(NEAR(lr_at(&t, 49), 1.0, 1e-12) && NEAR(lr_at(&t, 50), 1.0, 1e-12));
+    CHECK(NEAR(lr_at(&t, 75), 0.1, 1e-9)); /* halfway through the decay: sqrt(0.01) */
+    CHECK(NEAR(lr_at(&t, 100), 0.01, 1e-12) && NEAR(lr_at(&t, 1000), 0.01, 1e-12));
+    LrSchedule k = {LR_CONSTANT, 0.3, 0, 0, 0, 0, 0, 0};
+    CHECK(NEAR(lr_at(&k, 12345), 0.3, 1e-12));
+}
+
+static void test_clip(void) {
+    printf("-- clipping\n");
+    float g[2] = {3, 4};
+    double n = grad_norm(g, 2);
+    CHECK(NEAR(n, 5, 1e-12));
+    CHECK(clip_grad_norm(g, 2, n, 10) == 1.0 && g[0] == 3); /* under the limit: untouched */
+    clip_grad_norm(g, 2, n, 1.0);
+    CHECK(NEAR(grad_norm(g, 2), 1.0, 1e-6) && NEAR(g[0] / g[1], 0.75, 1e-6));
+}
+
+int main(void) {
+    test_ema();
+    test_targets();
+    test_loss();
+    test_var();
+    test_adamw();
+    test_schedules();
+    test_clip();
+    return check_summary();
+}
