@@ -1,0 +1,72 @@
+/* config.h: the d2v-train configuration: one POD struct (broadcast to every rank as bytes),
+ * filled from a libconfig file plus --set overrides, with every key validated against a schema
+ * (unknown key, wrong type, out-of-range value: an error naming the file, line and key). */
+#ifndef D2V_CONFIG_H
+#define D2V_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "d2v/model.h"
+
+#define CFG_MAX_CONV 16
+
+typedef struct {
+    int modality;
+    /* model */
+    int layers, width, heads, ffn, pre_ln, k_bias, final_norm, head_layers;
+    double layer_scale, ln_eps, attn_dropout, act_dropout, dropout, layerdrop, drop_path;
+    double final_norm_eps;
+    /* front-ends */
+    int text_max_positions;
+    double text_dropout, text_ln_eps;
+    int image_height, image_width, image_channels, image_patch, image_cls, image_pos;
+    int speech_n_conv, speech_conv[CFG_MAX_CONV][3]; // (dim, kernel, stride) per layer
+    int speech_pos_layers, speech_pos_kernel, speech_pos_groups;
+    double speech_ln_eps;
+    /* masking */
+    double mask_text_prob, mask_text_leave, mask_text_random;
+    int mask_text_span, mask_text_loss_all;
+    int mask_image_patches, mask_image_min_patches, mask_image_max_patches;
+    double mask_image_min_aspect;
+    double mask_speech_prob, mask_speech_dropout;
+    int mask_speech_length, mask_speech_min_masks, mask_speech_same;
+    /* targets and loss */
+    int target_top_k, target_tensor, target_layer_norm, target_final_norm;
+    double target_eps, loss_beta, loss_scale;
+    /* EMA */
+    double ema_tau0, ema_tau_end;
+    int64_t ema_tau_steps;
+    int ema_frontend;
+    /* optimiser */
+    double lr, lr_min, warmup_init, beta1, beta2, adam_eps, weight_decay, clip;
+    double tri_hold, tri_decay;
+    int schedule, exempt_1d, update_freq;
+    int64_t warmup;
+    /* data */
+    char train_path[PATH_MAX];
+    int batch_size, text_block, text_stream, augment, prefetch;
+    int speech_max_samples, speech_min_samples, speech_normalize;
+    double crop_scale_min, crop_scale_max, flip_prob, mean[3], std[3];
+    /* run */
+    int64_t max_updates, collapse_after;
+    int log_every, skip_nonfinite, threads;
+    int64_t seed;
+    double min_target_var, min_pred_var;
+} TrainConfig;
+
+/// Defaults for every key (a data2vec base-like model; configs/ override what differs).
+void train_config_defaults(TrainConfig *c);
+/// Read `path` into c. 0, or -1 with "PATH:LINE: message" in err.
+int train_config_load(TrainConfig *c, const char *path, char *err, size_t errlen);
+/// Apply one "key=value" override (same validation). 0, or -1 with a message in err.
+int train_config_set(TrainConfig *c, const char *assignment, char *err, size_t errlen);
+/// Cross-key checks (heads divide width, top_k <= layers, ...). 0, or -1 with a message.
+int train_config_validate(const TrainConfig *c, char *err, size_t errlen);
+/// Write the resolved configuration in libconfig syntax (readable back by train_config_load).
+int train_config_write(const TrainConfig *c, const char *path);
+/// Build the model configuration (vocabulary and special ids from the dataset for text).
+void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *d);
+
+#endif
