@@ -17,10 +17,14 @@ void die_at(const char *file, int line, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fflush(stdout);
+    /* The source location is for developers (D2V_DEBUG=1); users get the message alone. */
+    char where[300] = "";
+    const char *dbg = getenv("D2V_DEBUG");
+    if (dbg && *dbg && *dbg != '0') snprintf(where, sizeof where, " (%s:%d)", file, line);
     if (g_dist.initialized && g_dist.world > 1)
-        fprintf(stderr, "d2v: error: [rank %d] %s (%s:%d)\n", g_dist.rank, msg, file, line);
+        fprintf(stderr, "d2v: error: [rank %d] %s%s\n", g_dist.rank, msg, where);
     else
-        fprintf(stderr, "d2v: error: %s (%s:%d)\n", msg, file, line);
+        fprintf(stderr, "d2v: error: %s%s\n", msg, where);
     fflush(stderr);
     dist_abort(1);
 }

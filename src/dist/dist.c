@@ -41,8 +41,10 @@ void dist_abort(int code) {
     int up = 0, down = 0;
     MPI_Initialized(&up);
     MPI_Finalized(&down);
-    /* One rank's fatal error must end the job, never leave the others waiting. */
-    if (up && !down) MPI_Abort(MPI_COMM_WORLD, code);
+    /* One rank's fatal error must end the job, never leave the others waiting. Alone, a
+     * clean finalize avoids mpirun's abort banner around the one-line message. */
+    if (up && !down && g_dist.world > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    if (up && !down) MPI_Finalize();
     exit(code);
 }
 
