@@ -14,23 +14,23 @@
 #include "d2v/masking.h"
 
 typedef struct {
-    int modality;            // D2V_TEXT / D2V_IMAGE / D2V_SPEECH
+    int modality; // D2V_TEXT / D2V_IMAGE / D2V_SPEECH
     TextEmbedConfig text;
     ImageEmbedConfig image;
     SpeechEmbedConfig speech;
     EncoderConfig enc;
-    int final_norm;          // student LN (affine) on the encoder output before the head (BEiT)
+    int final_norm; // student LN (affine) on the encoder output before the head (BEiT)
     float final_norm_eps;
-    int head_layers;         // 1: Linear(C, C); 2: Linear(C, 2C) -> GELU -> Linear(2C, C) (text)
+    int head_layers; // 1: Linear(C, C); 2: Linear(C, 2C) -> GELU -> Linear(2C, C) (text)
     /* targets (§4) */
-    int top_k;               // K blocks averaged
-    int target_ffn;          // 1: FFN branch before the last residual; 0: end of block (vision)
-    int target_norm;         // TARGET_NORM_* per layer
-    int target_final_norm;   // LN over C after averaging (vision)
+    int top_k;             // K blocks averaged
+    int target_ffn;        // 1: FFN branch before the last residual; 0: end of block (vision)
+    int target_norm;       // TARGET_NORM_* per layer
+    int target_final_norm; // LN over C after averaging (vision)
     float target_eps;
     /* loss (§5) */
-    float loss_beta;         // 0: L2; > 0: smooth L1 with this beta
-    float loss_scale;        // <= 0: 1 / sqrt(C)
+    float loss_beta;  // 0: L2; > 0: smooth L1 with this beta
+    float loss_scale; // <= 0: 1 / sqrt(C)
     /* teacher sharing (§6): EMA the front-end too (vision), or reuse the student's (text, speech:
      * speech still averages the encoder layer norm, and shares the positional convolution) */
     int ema_frontend;
@@ -67,11 +67,21 @@ int model_ema_ranges(ParamRange *r, const ModelConfig *c);
 void model_teacher_view(ModelParams *t, const ModelParams *student, float *teacher_memory,
                         const ModelConfig *c);
 
+/// One parameter tensor's place in the flat arena (for dumps, checkpoints and export).
+typedef struct {
+    char name[48]; // e.g. "enc.qkv_w", "speech.conv_w.3", "head_w1"
+    size_t offset, count;
+    int rank;
+    int64_t shape[4];
+} ParamInfo;
+/// Fill up to max entries in arena order; returns the number of tensors.
+int model_param_table(ParamInfo *out, int max, const ModelConfig *c);
+
 /// What one micro-batch produced.
 typedef struct {
-    double loss_sum;     // summed over masked positions and dims (times the loss scale)
-    int64_t masked;      // positions in the loss
-    double *pred_stats;  // (1 + 2C) variance sums of predictions (caller-owned)
+    double loss_sum;    // summed over masked positions and dims (times the loss scale)
+    int64_t masked;     // positions in the loss
+    double *pred_stats; // (1 + 2C) variance sums of predictions (caller-owned)
     double *target_stats;
 } MicroResult;
 
@@ -95,8 +105,8 @@ double model_act_mib(const Model *m);
 /// model_micro_step. Shapes: masks (B, T) uint8, targets/preds (M, C), student input tokens.
 typedef struct {
     int B, T, C, M;
-    const uint8_t *sel;       // (B, T) positions in the loss
-    const uint8_t *mask;      // (B, T) (image: (B, Np)) positions masked in the student input
+    const uint8_t *sel;            // (B, T) positions in the loss
+    const uint8_t *mask;           // (B, T) (image: (B, Np)) positions masked in the student input
     const int32_t *student_tokens; // text: (B, T) student input ids
     const float *targets, *preds;  // (M, C)
     float *const *teacher_layers;  // top_k x (B, T, C)

@@ -4,6 +4,7 @@
 #include "d2v/model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,6 +125,88 @@ void model_decay_mask(uint8_t *mask, const ModelConfig *c, int exempt_1d) {
         EXEMPT(p.speech.enc_ln_b, C);
     }
 #undef EXEMPT
+}
+
+typedef struct {
+    ParamInfo *out;
+    int n, max;
+    const float *base;
+} Table;
+
+static void add(Table *t, const char *name, const float *ptr, int rank, int64_t d0, int64_t d1,
+                int64_t d2, int64_t d3) {
+    if (!ptr) return; /* absent tensor (e.g. no layer scale) */
+    if (t->n == t->max) die("model: parameter table overflow (%d tensors)", t->max);
+    ParamInfo *p = &t->out[t->n++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->offset = (size_t)(ptr - t->base), p->rank = rank;
+    int64_t d[4] = {d0, d1, d2, d3};
+    p->count = 1;
+    for (int i = 0; i < 4; i++)
+        p->shape[i] = i < rank ? d[i] : 0, p->count *= i < rank ? d[i] : 1;
+}
+
+int model_param_table(ParamInfo *out, int max, const ModelConfig *c) {
+    ModelParams p;
+    float *base = (float *)(uintptr_t)64; /* offsets only, never dereferenced */
+    model_params_layout(&p, base, c);
+    Table t = {out, 0, max, base};
+    int64_t C = c->enc.C, L = c->enc.L, F = c->enc.F, H = head_hidden(c);
+    char name[48];
+    if (c->modality == D2V_TEXT) {
+        add(&t, "text.tok", p.text.tok, 2, c->text.V, C, 0, 0);
+        add(&t, "text.pos", p.text.pos, 2, c->text.max_positions + c->text.pad_id + 1, C, 0, 0);
+        add(&t, "text.ln_w", p.text.ln_w, 1, C, 0, 0, 0);
+        add(&t, "text.ln_b", p.text.ln_b, 1, C, 0, 0, 0);
+    } else if (c->modality == D2V_IMAGE) {
+        const ImageEmbedConfig *im = &c->image;
+        add(&t, "image.patch_w", p.image.patch_w, 4, C, im->Cin, im->P, im->P);
+        add(&t, "image.patch_b", p.image.patch_b, 1, C, 0, 0, 0);
+        add(&t, "image.cls", p.image.cls, 1, C, 0, 0, 0);
+        add(&t, "image.mask_token", p.image.mask_token, 1, C, 0, 0, 0);
+        add(&t, "image.pos", p.image.pos, 2, image_embed_tokens(im), C, 0, 0);
+    } else {
+        const SpeechEmbedConfig *sp = &c->speech;
+        for (int i = 0; i < sp->n_conv; i++) {
+            int in = i ? sp->conv_dim[i - 1] : 1;
+            snprintf(name, sizeof name, "speech.conv_w.%d", i);
+            add(&t, name, p.speech.conv_w[i], 3, sp->conv_dim[i], in, sp->conv_k[i], 0);
+            snprintf(name, sizeof name, "speech.conv_ln_w.%d", i);
+            add(&t, name, p.speech.conv_ln_w[i], 1, sp->conv_dim[i], 0, 0, 0);
+            snprintf(name, sizeof name, "speech.conv_ln_b.%d", i);
+            add(&t, name, p.speech.conv_ln_b[i], 1, sp->conv_dim[i], 0, 0, 0);
+        }
+        int64_t D = sp->conv_dim[sp->n_conv - 1];
+        add(&t, "speech.feat_ln_w", p.speech.feat_ln_w, 1, D, 0, 0, 0);
+        add(&t, "speech.feat_ln_b", p.speech.feat_ln_b, 1, D, 0, 0, 0);
+        add(&t, "speech.proj_w", p.speech.proj_w, 2, C, D, 0, 0);
+        add(&t, "speech.proj_b", p.speech.proj_b, 1, C, 0, 0, 0);
+        add(&t, "speech.mask_emb", p.speech.mask_emb, 1, C, 0, 0, 0);
+        for (int j = 0; j < sp->pos_layers; j++) {
+            snprintf(name, sizeof name, "speech.pos_w.%d", j);
+            add(&t, name, p.speech.pos_w[j], 3, C, C / sp->pos_groups, sp->pos_k, 0);
+            snprintf(name, sizeof name, "speech.pos_b.%d", j);
+            add(&t, name, p.speech.pos_b[j], 1, C, 0, 0, 0);
+        }
+        add(&t, "speech.enc_ln_w", p.speech.enc_ln_w, 1, C, 0, 0, 0);
+        add(&t, "speech.enc_ln_b", p.speech.enc_ln_b, 1, C, 0, 0, 0);
+    }
+    const EncoderParams *e = &p.enc;
+    add(&t, "enc.ln1_w", e->ln1_w, 2, L, C, 0, 0), add(&t, "enc.ln1_b", e->ln1_b, 2, L, C, 0, 0);
+    add(&t, "enc.qkv_w", e->qkv_w, 3, L, 3 * C, C, 0);
+    add(&t, "enc.qkv_b", e->qkv_b, 2, L, 3 * C, 0, 0);
+    add(&t, "enc.proj_w", e->proj_w, 3, L, C, C, 0);
+    add(&t, "enc.proj_b", e->proj_b, 2, L, C, 0, 0);
+    add(&t, "enc.ln2_w", e->ln2_w, 2, L, C, 0, 0), add(&t, "enc.ln2_b", e->ln2_b, 2, L, C, 0, 0);
+    add(&t, "enc.fc1_w", e->fc1_w, 3, L, F, C, 0), add(&t, "enc.fc1_b", e->fc1_b, 2, L, F, 0, 0);
+    add(&t, "enc.fc2_w", e->fc2_w, 3, L, C, F, 0), add(&t, "enc.fc2_b", e->fc2_b, 2, L, C, 0, 0);
+    add(&t, "enc.gamma1", e->gamma1, 2, L, C, 0, 0);
+    add(&t, "enc.gamma2", e->gamma2, 2, L, C, 0, 0);
+    add(&t, "final_ln_w", p.final_ln_w, 1, C, 0, 0, 0);
+    add(&t, "final_ln_b", p.final_ln_b, 1, C, 0, 0, 0);
+    add(&t, "head_w1", p.head_w1, 2, H, C, 0, 0), add(&t, "head_b1", p.head_b1, 1, H, 0, 0, 0);
+    add(&t, "head_w2", p.head_w2, 2, C, H, 0, 0), add(&t, "head_b2", p.head_b2, 1, C, 0, 0, 0);
+    return t.n;
 }
 
 int model_ema_ranges(ParamRange *r, const ModelConfig *c) {

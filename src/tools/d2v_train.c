@@ -21,18 +21,20 @@
 #include "d2v/util.h"
 
 static void usage(void) {
-    printf("usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--dump-step FILE]\n"
+    printf("usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--dump-step FILE "
+           "[--dump-updates N]]\n"
            "  CONFIG          libconfig file (see configs/); every key is validated\n"
            "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
            "  --run-dir DIR   where config.resolved.cfg and metrics.jsonl go (default runs/NAME)\n"
            "  --dump-step F   after the first update, write everything needed to check it to F\n"
+           "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
            "Launch with mpirun -n N; threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n");
 }
 
 typedef struct {
     const char *config, *run_dir, *dump;
     const char *sets[64];
-    int n_sets;
+    int n_sets, dump_updates;
 } Args;
 
 static void parse_args(Args *a, int argc, char **argv) {
@@ -49,6 +51,9 @@ static void parse_args(Args *a, int argc, char **argv) {
             a->run_dir = argv[++i];
         } else if (!strcmp(argv[i], "--dump-step") && i + 1 < argc) {
             a->dump = argv[++i];
+        } else if (!strcmp(argv[i], "--dump-updates") && i + 1 < argc) {
+            a->dump_updates = atoi(argv[++i]);
+            if (a->dump_updates < 1) die("--dump-updates needs a positive count");
         } else if (argv[i][0] == '-' || a->config) {
             die("unexpected argument '%s' (see d2v-train --help)", argv[i]);
         } else {
@@ -56,6 +61,7 @@ static void parse_args(Args *a, int argc, char **argv) {
         }
     }
     if (!a->config) die("no config file given (see d2v-train --help)");
+    if (!a->dump_updates) a->dump_updates = 1;
 }
 
 /* Rank 0 reads and checks the configuration; every rank gets the same bytes. */
@@ -130,6 +136,19 @@ static void dump_step(const char *path, const Model *m, const Batch *b, const Mo
         snprintf(name, sizeof name, "teacher_layer_%d", mc->enc.L - mc->top_k + k);
         h5_write(o.file, name, H5T_NATIVE_FLOAT, 3, tl, NULL, t.teacher_layers[k]);
     }
+    ParamInfo table[512];
+    int nt = model_param_table(table, 512, mc);
+    const char *names[512];
+    int64_t offsets[512], shapes[512][4];
+    for (int i = 0; i < nt; i++) {
+        names[i] = table[i].name, offsets[i] = (int64_t)table[i].offset;
+        for (int j = 0; j < 4; j++)
+            shapes[i][j] = j < table[i].rank ? table[i].shape[j] : -1;
+    }
+    h5_write_strings(o.file, "param_names", names, (size_t)nt);
+    hsize_t ntd[1] = {(hsize_t)nt}, nsd[2] = {(hsize_t)nt, 4};
+    h5_write(o.file, "param_offsets", H5T_NATIVE_INT64, 1, ntd, NULL, offsets);
+    h5_write(o.file, "param_shapes", H5T_NATIVE_INT64, 2, nsd, NULL, shapes);
     hsize_t p[1] = {np};
     h5_write(o.file, "params_before", H5T_NATIVE_FLOAT, 1, p, NULL, params_before);
     h5_write(o.file, "teacher_before", H5T_NATIVE_FLOAT, 1, p, NULL, teacher_before);
@@ -148,6 +167,8 @@ int main(int argc, char **argv) {
     parse_args(&a, argc, argv);
     TrainConfig cfg;
     configure(&cfg, &a);
+    if (a.dump && cfg.update_freq != 1)
+        die("--dump-step records one micro-batch per update: set optim.update_freq = 1");
     const char *arch = gemm_init(cfg.threads);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 
@@ -250,7 +271,8 @@ int main(int argc, char **argv) {
         if (n > 0)
             for (int r = 0; r < n_ema; r++)
                 ema_update(teacher + ema[r].offset, params + ema[r].offset, ema[r].count, tau);
-        if (dump_p && n == 0) memcpy(dump_p, params, np * 4), memcpy(dump_t, teacher, np * 4);
+        int dumping = a.dump && n < a.dump_updates;
+        if (dumping) memcpy(dump_p, params, np * 4), memcpy(dump_t, teacher, np * 4);
         memset(grads, 0, np * 4);
         memset(stats, 0, sizeof(double) * (2 + 2 * (1 + 2 * (size_t)C)));
         const Batch *b = NULL;
@@ -289,15 +311,24 @@ int main(int argc, char **argv) {
         adamw_step(params, adam_m, adam_v, grads, decay, np, &opt, lr, n + 1 - skipped);
         double tvar = var_from_stats(stats + 2 + 1 + 2 * C, C);
         double pvar = var_from_stats(stats + 2, C);
-        if (a.dump && n == 0) {
-            /* the teacher after this update's EMA is the one update 1 will use */
+        if (dumping) {
+            /* the teacher after the EMA that follows this update: the one update n+1 uses */
             float *t_after = xalloc(np * 4, "dump teacher");
             memcpy(t_after, teacher, np * 4);
-            double tau1 = ema_tau(cfg.ema_tau0, cfg.ema_tau_end, cfg.ema_tau_steps, 1);
+            double tau1 = ema_tau(cfg.ema_tau0, cfg.ema_tau_end, cfg.ema_tau_steps, n + 1);
             for (int r = 0; r < n_ema; r++)
                 ema_update(t_after + ema[r].offset, params + ema[r].offset, ema[r].count, tau1);
+            char dpath[PATH_MAX + 16];
+            if (a.dump_updates == 1)
+                snprintf(dpath, sizeof dpath, "%s", a.dump);
+            else {
+                size_t len = strlen(a.dump);
+                int h5 = len > 3 && !strcmp(a.dump + len - 3, ".h5");
+                snprintf(dpath, sizeof dpath, "%.*s_%04lld.h5", (int)(h5 ? len - 3 : len), a.dump,
+                         (long long)n);
+            }
             if (g_dist.rank == 0)
-                dump_step(a.dump, model, b, &mc, dump_p, dump_t, params, t_after, grads, np, loss,
+                dump_step(dpath, model, b, &mc, dump_p, dump_t, params, t_after, grads, np, loss,
                           tau, lr);
             free(t_after);
         }
