@@ -97,16 +97,18 @@ typedef struct {
 
 /* --dump-step: one HDF5 file with the batch, masks, targets, predictions, and the parameters,
  * gradients and teacher before and after the update (dataset names in docs/dump-step.md). */
-static void dump_step(const char *path, const Model *m, const Batch *b, const ModelConfig *mc,
-                      const float *params_before, const float *teacher_before,
-                      const float *params_after, const float *teacher_after, const float *grads,
-                      size_t np, double loss, double tau, double lr) {
+static void dump_step(const char *path, const char *config_text, const Model *m, const Batch *b,
+                      const ModelConfig *mc, const float *params_before,
+                      const float *teacher_before, const float *params_after,
+                      const float *teacher_after, const float *grads, size_t np, double loss,
+                      double tau, double lr) {
     ModelTrace t = model_trace(m);
     H5Out o;
     h5_lock();
     h5out_create(&o, path);
     h5_attr_str(o.file, "modality", d2v_modality_names[mc->modality]);
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
+    h5_attr_str(o.file, "config", config_text); /* the resolved configuration */
     hsize_t one[1] = {1};
     h5_write(o.file, "loss", H5T_NATIVE_DOUBLE, 1, one, NULL, &loss);
     h5_write(o.file, "tau", H5T_NATIVE_DOUBLE, 1, one, NULL, &tau);
@@ -258,6 +260,18 @@ int main(int argc, char **argv) {
         log0("resolved config: %s/config.resolved.cfg\n", run_dir);
     }
 
+    /* the resolved configuration travels inside every dump */
+    char *config_text = NULL;
+    if (a.dump && g_dist.rank == 0) {
+        snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
+        FILE *cf = fopen(path, "r");
+        if (!cf) die("%s: cannot read back", path);
+        config_text = xalloc(1 << 16, "config text");
+        size_t got = fread(config_text, 1, (1 << 16) - 1, cf);
+        config_text[got] = 0;
+        fclose(cf);
+    }
+
     /* the training loop */
     double *stats = xalloc(sizeof(double) * (2 + 2 * (1 + 2 * (size_t)C)), "metric sums");
     float *dump_p = NULL, *dump_t = NULL;
@@ -328,8 +342,8 @@ int main(int argc, char **argv) {
                          (long long)n);
             }
             if (g_dist.rank == 0)
-                dump_step(dpath, model, b, &mc, dump_p, dump_t, params, t_after, grads, np, loss,
-                          tau, lr);
+                dump_step(dpath, config_text, model, b, &mc, dump_p, dump_t, params, t_after, grads,
+                          np, loss, tau, lr);
             free(t_after);
         }
         /* collapse guard (spec §8): the targets or predictions have lost their variance */
@@ -364,7 +378,7 @@ int main(int argc, char **argv) {
     model_destroy(model);
     dataset_close(&ds);
     free(params), free(grads), free(adam_m), free(adam_v), free(teacher), free(decay), free(stats);
-    free(dump_p), free(dump_t);
+    free(dump_p), free(dump_t), free(config_text);
     dist_finalize();
     return 0;
 }
