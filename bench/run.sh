@@ -12,3 +12,5 @@ for t in 1 2; do
         OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"
     fi
 done
+echo "== dataset reader and loader alone (no model), 1 thread"
+OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 "$build/bench/bench_loader"
