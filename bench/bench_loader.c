@@ -69,11 +69,17 @@ static void run(const char *label, const char *path, LoaderConfig c, int batches
         Loader *l = loader_create(&d, &c, 0, 1, c0);
         loader_next(l); /* warm-up */
         double t0 = now_seconds();
-        for (int i = 0; i < batches; i++)
+        for (int i = 0; i < batches; i++) {
             loader_next(l);
+            if (compute > 0) busy(compute);
+        }
         double dt = now_seconds() - t0;
         double sps = (double)batches * c.batch_size / dt;
-        printf("%-34s prefetch %d: %8.1f samples/s", label, prefetch, sps);
+        if (compute > 0)
+            printf("%-34s prefetch %d, %.0f ms compute/batch: %.3f s/batch", label, prefetch,
+                   compute * 1e3, dt / batches);
+        else
+            printf("%-34s prefetch %d: %8.1f samples/s", label, prefetch, sps);
         if (unit) printf("  (%.1f %s)", sps * per_sample, unit);
         printf("\n");
         loader_destroy(l);
