@@ -31,13 +31,15 @@ BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(patsubst data-prep/pre
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-test test fixtures bench clean
+.PHONY: all deps deps-test deps-demo test fixtures bench demo clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 
 deps:
 	@scripts/deps.sh
 deps-test:
 	@scripts/deps.sh --test
+deps-demo:
+	@scripts/deps.sh --demo
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -72,6 +74,10 @@ test: deps-test
 bench: deps
 	$(MAKE) $(BENCH)
 	bench/run.sh $(BUILD)
+
+demo: deps deps-demo
+	$(MAKE) all
+	scripts/demo.sh $(BUILD)
 
 clean:
 	rm -rf build

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Installs the Debian packages d2v needs, only those missing; a no-op when all are present.
-# Usage: scripts/deps.sh [--test]   (--test adds the PyTorch reference stack for tests/ref)
+# Usage: scripts/deps.sh [--test|--demo]
+#   --test adds the PyTorch reference stack for tests/ref; --demo adds Fashion-MNIST.
 set -eu
 pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev"
-if [ "${1:-}" = "--test" ]; then
-    pkgs="$pkgs python3-torch python3-h5py python3-numpy"
-fi
+case "${1:-}" in
+--test) pkgs="$pkgs python3-torch python3-h5py python3-numpy" ;;
+--demo) pkgs="$pkgs dataset-fashion-mnist" ;;
+esac
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
