@@ -4,12 +4,14 @@
 #include "prep_common.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "d2v/dist.h"
 #include "d2v/util.h"
@@ -34,6 +36,43 @@ void prep_shard_path(char *buf, size_t buflen, const char *out, int rank, int wo
     strip_h5(stem, sizeof stem, out);
     if (snprintf(buf, buflen, "%s.shard-%05d-of-%05d.h5", stem, rank, world) >= (int)buflen)
         die("%s: output path too long", out);
+}
+
+/* ---- outputs that vanish on failure ---- */
+
+static char out_tmp[PATH_MAX];              // temporary name of the open output
+static volatile sig_atomic_t out_armed = 0; // 1 while out_tmp exists and is not committed
+
+/* mpirun ends the surviving ranks with SIGTERM when one calls MPI_Abort: remove the partial file,
+ * then die of the signal as before (unlink, signal and raise are async-signal-safe). */
+static void out_on_signal(int sig) {
+    if (out_armed) unlink(out_tmp);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void prep_out_create(H5Out *o, const char *path) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = out_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    h5out_create(o, path);
+    snprintf(out_tmp, sizeof out_tmp, "%s", o->tmp);
+    out_armed = 1;
+}
+
+void prep_out_commit(H5Out *o) {
+    dist_barrier();
+    h5out_commit(o);
+    out_armed = 0;
+}
+
+void prep_out_discard(void) {
+    if (out_armed) unlink(out_tmp);
+    out_armed = 0;
 }
 
 static const char *base_name(const char *p) {
@@ -198,7 +237,10 @@ void prep_bad_input(PrepErrors *e, const char *path, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (e->strict) die("%s: %s (--strict)", path, msg);
+    if (e->strict) {
+        prep_out_discard();
+        die("%s: %s (--strict)", path, msg);
+    }
     fprintf(stderr, "d2v: skipping %s: %s\n", path, msg);
     e->skipped++;
 }

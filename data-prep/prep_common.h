@@ -17,6 +17,16 @@ void prep_rank_block(size_t n, int rank, int world, size_t *lo, size_t *hi);
 /// .h5>.shard-RRRRR-of-WWWWW.h5".
 void prep_shard_path(char *buf, size_t buflen, const char *out, int rank, int world);
 
+/// Create this rank's output file (h5out_create) and remember its temporary name, so that a fatal
+/// bad input (prep_bad_input under --strict), prep_out_discard, or a SIGTERM/SIGINT/SIGHUP (how
+/// mpirun ends the other ranks when one dies) deletes it: a failed job leaves no partial file.
+void prep_out_create(H5Out *o, const char *path);
+/// Collective: wait until every rank has finished writing, then commit this rank's output, so no
+/// shard is renamed into place when another rank fails.
+void prep_out_commit(H5Out *o);
+/// Delete the open output's temporary file (call before die() once prep_out_create has run).
+void prep_out_discard(void);
+
 /// After every rank committed its shard (with `count` samples): rank 0 writes the index file at
 /// `out` (world > 1), listing the shards and copying the modality attributes from shard 0.
 /// Collective. On one rank nothing is written (the shard is the dataset).
