@@ -12,5 +12,7 @@ for t in 1 2; do
         OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"
     fi
 done
+echo "== training updates, small configs, 2 threads"
+OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$build/bench/bench_train" 2
 echo "== dataset reader and loader alone (no model), 1 thread"
 OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 "$build/bench/bench_loader"

@@ -101,6 +101,12 @@ int model_width(const ModelConfig *c);
 /// MiB of the activation arenas.
 double model_act_mib(const Model *m);
 
+/// Seconds spent in each phase of model_micro_step since the last reset (for benchmarks).
+enum { PHASE_TEACHER, PHASE_STUDENT_FWD, PHASE_LOSS, PHASE_BACKWARD, PHASE_NUM };
+extern const char *const model_phase_names[PHASE_NUM];
+void model_phase_times(const Model *m, double out[PHASE_NUM]);
+void model_phase_reset(Model *m);
+
 /// Everything needed to check one micro-step independently (for --dump-step); valid after
 /// model_micro_step. Shapes: masks (B, T) uint8, targets/preds (M, C), student input tokens.
 typedef struct {

@@ -255,10 +255,18 @@ struct Model {
     float *hid, *hid_act, *pred;               // head activations: (M, H), (M, H), (M, C)
     float *dpred, *dhid, *dnormed, *dgathered; // head gradients
     float *dout;                               // (B, T, C) gradient of the student's encoder output
-    float *dfront;     // (B, T, C) gradient of the encoder input / speech features
-    float *tscratch;   // targets_build scratch
-    float *layers[64]; // teacher top-K layer pointers
+    float *dfront;           // (B, T, C) gradient of the encoder input / speech features
+    float *tscratch;         // targets_build scratch
+    float *layers[64];       // teacher top-K layer pointers
+    double phase[PHASE_NUM]; // seconds per phase
 };
+
+const char *const model_phase_names[PHASE_NUM] = {
+    "teacher encoder + targets", "front-ends + student forward", "head + loss", "student backward"};
+void model_phase_times(const Model *m, double out[PHASE_NUM]) {
+    memcpy(out, m->phase, sizeof m->phase);
+}
+void model_phase_reset(Model *m) { memset(m->phase, 0, sizeof m->phase); }
 
 Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax) {
     Model *m = xalloc(sizeof *m, "model");
@@ -381,6 +389,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     DropKey dk = {seed, step, 1, b->ids};
     const float *x_s, *x_t;
     const uint8_t *pad = NULL;
+    double t0 = now_seconds(), t1;
     /* 1. masks and both front-ends: the student sees the masked input, the teacher the full one */
     if (c->modality == D2V_TEXT) {
         m->T = b->T;
@@ -404,6 +413,9 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     }
     int T = m->T;
     size_t N = (size_t)B * T;
+    t1 = now_seconds();
+    m->phase[PHASE_STUDENT_FWD] += t1 - t0;
+    t0 = t1; /* both front-ends */
     /* 2. teacher: forward only, no dropout; top-K targets at the loss positions */
     EncoderRun rt = {B, T, pad, NULL, 0, seed, step, b->ids};
     encoder_forward(&m->enc_t, &t->enc, x_t, &rt);
@@ -414,6 +426,9 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     int M = targets_build(m->targets, m->layers, c->top_k, B, T, C, c->target_norm,
                           c->target_final_norm, c->target_eps, m->sel, m->tscratch);
     m->M = M, m->B = B;
+    t1 = now_seconds();
+    m->phase[PHASE_TEACHER] += t1 - t0;
+    t0 = t1;
     /* 3. student: encoder, final norm and head on the masked positions only */
     EncoderRun rs = {B, T, pad, NULL, 1, seed, step, b->ids};
     encoder_forward(&m->enc_s, &s->enc, x_s, &rs);
@@ -431,12 +446,18 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     } else {
         linear_forward(m->pred, h, s->head_w1, s->head_b1, M, C, C);
     }
+    t1 = now_seconds();
+    m->phase[PHASE_STUDENT_FWD] += t1 - t0;
+    t0 = t1;
     /* 4. loss, summed: the trainer divides the gradient by the masked count over all ranks */
     float scale = c->loss_scale > 0 ? c->loss_scale : 1.0f / sqrtf((float)C);
     out->loss_sum = regression_loss(m->dpred, m->pred, m->targets, M, C, c->loss_beta, scale, 1);
     out->masked = M;
     if (out->pred_stats) var_stats_accumulate(out->pred_stats, m->pred, M, C);
     if (out->target_stats) var_stats_accumulate(out->target_stats, m->targets, M, C);
+    t1 = now_seconds();
+    m->phase[PHASE_LOSS] += t1 - t0;
+    t0 = t1;
     if (!g) return;
     /* 5. student backward */
     float *dh = m->dgathered;
@@ -467,6 +488,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
         speech_context_backward(&m->ctx_s, &g->speech, &s->speech, m->dfront, m->dout);
         speech_features_backward(&m->feat, &g->speech, &s->speech, m->dout);
     }
+    m->phase[PHASE_BACKWARD] += now_seconds() - t0;
 }
 
 ModelTrace model_trace(const Model *m) {
