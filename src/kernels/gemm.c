@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <blis.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -51,7 +52,10 @@ static void verify_gemm(void) {
 
 const char *gemm_init(int threads) {
     choose_arch();
-    int n = threads > 0 ? threads : env_int("BLIS_NUM_THREADS", env_int("OMP_NUM_THREADS", 1));
+    /* BLIS_NUM_THREADS, else OMP_NUM_THREADS, else OpenMP's own default (the core count) */
+    int n = threads > 0 ? threads
+                        : env_int("BLIS_NUM_THREADS",
+                                  env_int("OMP_NUM_THREADS", omp_get_max_threads()));
     bli_thread_set_num_threads(n);
     g_gemm_threads = n;
     arch_t id = bli_arch_query_id(); /* initialises BLIS with the chosen kernel set */

@@ -257,7 +257,11 @@ int main(int argc, char **argv) {
              "%.1f MiB, activations %.1f MiB\n",
              mc.enc.L, C, mc.enc.NH, mc.enc.F, np / 1e6, 5.0 * np * 4 / 1048576.0,
              model_act_mib(model));
-        log0("resolved config: %s/config.resolved.cfg\n", run_dir);
+        snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
+        FILE *rf = fopen(path, "r"); /* the resolved configuration, as written */
+        char line[512];
+        while (rf && fgets(line, sizeof line, rf)) log0("  %s", line);
+        if (rf) fclose(rf);
     }
 
     /* the resolved configuration travels inside every dump */
@@ -274,8 +278,11 @@ int main(int argc, char **argv) {
 
     /* the training loop */
     double *stats = xalloc(sizeof(double) * (2 + 2 * (1 + 2 * (size_t)C)), "metric sums");
-    float *dump_p = NULL, *dump_t = NULL;
-    if (a.dump) dump_p = xalloc(np * 4, "dump copy"), dump_t = xalloc(np * 4, "dump copy");
+    float *dump_p = NULL, *dump_t = NULL, *dump_g = NULL;
+    if (a.dump) {
+        dump_p = xalloc(np * 4, "dump copy"), dump_t = xalloc(np * 4, "dump copy");
+        dump_g = xalloc(np * 4, "dump copy");
+    }
     double t_start = now_seconds(), t_log = t_start;
     int64_t skipped = 0, samples_since_log = 0;
     for (int64_t n = 0; n < cfg.max_updates; n++) {
@@ -320,6 +327,7 @@ int main(int argc, char **argv) {
                  (long long)skipped);
             continue;
         }
+        if (dumping) memcpy(dump_g, grads, np * 4); /* the dump holds them before clipping */
         clip_grad_norm(grads, np, gnorm, cfg.clip);
         double lr = lr_at(&sched, n);
         adamw_step(params, adam_m, adam_v, grads, decay, np, &opt, lr, n + 1 - skipped);
@@ -342,8 +350,8 @@ int main(int argc, char **argv) {
                          (long long)n);
             }
             if (g_dist.rank == 0)
-                dump_step(dpath, config_text, model, b, &mc, dump_p, dump_t, params, t_after, grads,
-                          np, loss, tau, lr);
+                dump_step(dpath, config_text, model, b, &mc, dump_p, dump_t, params, t_after,
+                          dump_g, np, loss, tau, lr);
             free(t_after);
         }
         /* collapse guard (spec §8): the targets or predictions have lost their variance */
@@ -378,7 +386,7 @@ int main(int argc, char **argv) {
     model_destroy(model);
     dataset_close(&ds);
     free(params), free(grads), free(adam_m), free(adam_v), free(teacher), free(decay), free(stats);
-    free(dump_p), free(dump_t), free(config_text);
+    free(dump_p), free(dump_t), free(dump_g), free(config_text);
     dist_finalize();
     return 0;
 }
