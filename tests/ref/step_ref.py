@@ -1,0 +1,757 @@
+# step_ref.py: independent PyTorch check of d2v-train's training step from its --dump-step files.
+"""Rebuilds the data2vec model of a d2v-train step dump in PyTorch and recomputes the step.
+
+The model comes from the dump's resolved configuration text (root attribute "config", parsed
+here: the libconfig subset d2v writes) and its parameter table (param_names, param_offsets,
+param_shapes). params_before / teacher_before are loaded into it, and the dumped batch and masks
+are fed as they are (student_tokens for text, patch_mask for image, frame_mask for speech, and
+loss_positions), so no random number generator needs replicating. Everything else is written
+from the spec (§4-§7) with torch doing the maths and the autograd:
+
+  teacher   EMA copy; sharing per spec §6: image everything incl. the front-end (ema.frontend),
+            text the encoder only (embeddings shared), speech the encoder + its input LN
+            (feature extractor, projection, mask embedding, positional convs shared). The
+            teacher sees the unmasked input, no dropout; head and final norm are student-only.
+  targets   mean of the top-K blocks' FFN branch ("ffn") or block output ("end"), each
+            instance-normalised over time or layer-normalised over C (no affine), then an
+            optional final LN over C; rows at the loss positions.
+  student   masked input -> encoder -> rows at the loss positions -> final LN (optional) ->
+            head (Linear, or Linear-GELU-Linear).
+  loss      smooth L1 with beta (beta > 0) or squared error, times scale (<= 0: 1/sqrt(C)),
+            summed over positions and dims; the dump's loss is that sum / masked count, and the
+            gradients are d(sum)/d(theta) / masked count (autograd); the update clips them to
+            optim.clip (torch.nn.utils.clip_grad_norm_; the dump holds them before clipping).
+  update    torch.optim.AdamW (decoupled decay p -= lr*wd*p) with two groups: optim.exempt_1d
+            exempts 1-D tensors (per layer for the stacked encoder tensors: biases, norms, layer
+            scales), cls / mask tokens and image.pos (timm's no_weight_decay); LR schedule and
+            EMA decay tau(n) from their formulas.
+
+Modes:
+  step (default)  every dump is checked on its own: tau and lr of update n (n from the file name
+                  suffix _NNNN, else 0), the batch/mask consistency, the parameter table layout,
+                  teacher layers, targets, predictions, loss, every gradient tensor (per-tensor
+                  max errors), teacher_after = EMA(teacher_before, dumped params_after,
+                  tau(n+1)) per the sharing rules, and at n = 0 (AdamW moments still zero)
+                  params_after = AdamW(params_before, clipped dumped grads).
+  --trajectory    the dumps form updates 0, 1, ..., N-1 of one run. (a) Optimiser chain: from
+                  dump 0's params_before / teacher_before the reference carries its own params,
+                  AdamW moments and teacher, driven by the dumped gradients, and must match every
+                  dump's params_before/after and teacher_before/after. (b) Free run: the same,
+                  driven by its own forward/backward on each dump's batch and masks; its loss
+                  curve must follow the dumped one within --traj-rtol (relative, default
+                  1e-4: fp32 rounding differences grow to ~1e-6 over 20 updates here), printed
+                  step by step.
+  --sharing       ema-all / share-all replace the spec's sharing rule by a wrong one (the teacher
+                  averages / borrows its whole front-end): negative controls only.
+
+Dumps of single-rank runs only: on several ranks a dump's batch is rank 0's while its loss and
+gradients are global.
+
+The float32 reference is cross-checked once against a float64 run of itself on the first dump
+(torch 1.13's oneDNN GELU backward bug, /work/shared/PITFALLS.md).
+
+Usage: /usr/bin/python3 tests/ref/step_ref.py [--trajectory] [--traj-rtol R] [--verbose]
+           [--dtype float32|float64] [--sharing spec|ema-all|share-all] DUMP.h5 [DUMP_0001.h5 ...]
+Prints one "ok"/"FAIL" line per check and "N passed, N failed"; exits 1 on any mismatch, 2 on a
+usage or input error.
+"""
+import argparse
+import math
+import re
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed
+
+# Tolerances (fp32 C against the fp32 reference; errors are relative to the tensor's max |value|).
+TOL_LOSS = 1e-5     # relative
+TOL_FWD = 1e-5      # teacher layers, targets, predictions
+TOL_GRAD = 1e-4     # every gradient tensor
+TOL_PARAM = 1e-5    # params after the update (absolute; parameters are O(1))
+TOL_TEACHER = 1e-6  # teacher after the EMA (absolute)
+TOL_F64 = 1e-4      # float32 reference against its float64 run
+
+
+class InputError(Exception):
+    pass
+
+
+# ---- libconfig subset ---------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'\s+|#[^\n]*|//[^\n]*|/\*.*?\*/|("(?:\\.|[^"\\])*")|'
+                    r'([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)L?)|'
+                    r'(true|false|TRUE|FALSE)\b|([A-Za-z*][-A-Za-z0-9_*]*)|([=:;,{}\[\]()])', re.S)
+
+
+def parse_libconfig(text):
+    """Settings `name = value;` / `name: value;` with groups { }, arrays [ ], lists ( ), strings,
+    integers (optional L), floats and booleans. Returns {"group.key": value} (lists as lists)."""
+    toks, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise InputError(f"config: cannot parse near {text[pos:pos + 30]!r}")
+        pos = m.end()
+        s, num, boolean, name, punct = m.groups()
+        if s is not None:
+            toks.append(("val", bytes(s[1:-1], "utf-8").decode("unicode_escape")))
+        elif num is not None:
+            n = num.rstrip("L")
+            toks.append(("val", float(n) if re.search(r"[.eE]", n) else int(n)))
+        elif boolean is not None:
+            toks.append(("val", boolean.lower() == "true"))
+        elif name is not None:
+            toks.append(("name", name))
+        elif punct is not None:
+            toks.append(("p", punct))
+    i = 0
+
+    def peek():
+        return toks[i] if i < len(toks) else ("eof", None)
+
+    def take(kind=None, val=None):
+        nonlocal i
+        t = peek()
+        if (kind and t[0] != kind) or (val and t[1] != val):
+            raise InputError(f"config: expected {val or kind}, got {t[1]!r}")
+        i += 1
+        return t
+
+    def value():
+        t = peek()
+        if t == ("p", "{"):
+            take()
+            d = settings("}")
+            take("p", "}")
+            return d
+        if t[0] == "p" and t[1] in "[(":
+            close = "]" if t[1] == "[" else ")"
+            take()
+            out = []
+            while peek() != ("p", close):
+                out.append(value())
+                if peek() == ("p", ","):
+                    take()
+            take("p", close)
+            return out
+        return take("val")[1]
+
+    def settings(end):
+        d = {}
+        while peek()[0] != "eof" and peek() != ("p", end):
+            name = take("name")[1]
+            if peek()[1] not in ("=", ":"):
+                raise InputError(f"config: expected = or : after {name}")
+            take()
+            d[name] = value()
+            if peek()[0] == "p" and peek()[1] in ";,":
+                take()
+        return d
+
+    tree = settings(None)
+    flat = {}
+
+    def flatten(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flatten(v, prefix + k + ".")
+            else:
+                flat[prefix + k] = v
+
+    flatten(tree, "")
+    return flat
+
+
+# ---- schedules (spec §6, §7; optim.h) ------------------------------------------------------------
+
+def ema_tau(cfg, n):
+    tau0, tau_end, steps = cfg["ema.tau0"], cfg["ema.tau_end"], cfg["ema.tau_steps"]
+    if steps <= 0 or n >= steps:
+        return tau_end
+    return tau_end - (tau_end - tau0) * (1.0 - n / steps)
+
+
+def lr_at(cfg, n):
+    kind, lr, lr_min = cfg["optim.schedule"], cfg["optim.lr"], cfg["optim.lr_min"]
+    warmup, total = cfg["optim.warmup"], cfg["run.max_updates"]
+    init = cfg["optim.warmup_init"]
+    if kind == "tri_stage" and init == 0:
+        init = 0.01 * lr  # fairseq tri_stage init_lr_scale
+    if kind == "constant":
+        return lr
+    if n < warmup:
+        return init + (lr - init) * n / warmup
+    if kind == "tri_stage":  # warmup, hold, exponential decay to lr_min
+        hold, decay = int(cfg["optim.tri_hold"] * total), int(cfg["optim.tri_decay"] * total)
+        t = n - warmup
+        if t < hold:
+            return lr
+        t -= hold
+        return lr * math.exp(math.log(lr_min / lr) * t / decay) if t < decay else lr_min
+    T, t = total - warmup, n - warmup
+    f = min(t / T, 1.0) if T > 0 else 1.0
+    if kind == "linear":
+        return lr + (lr_min - lr) * f
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * f))  # cosine (fairseq)
+
+
+# ---- the dump ------------------------------------------------------------------------------------
+
+class Dump:
+    def __init__(self, path):
+        self.path = path
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise InputError(f"{path}: cannot open ({e})")
+        with f:
+            text = f.attrs["config"]
+            self.config_text = text.decode() if isinstance(text, bytes) else text
+            mod = f.attrs["modality"]
+            self.modality = mod.decode() if isinstance(mod, bytes) else mod
+            self.d = {k: f[k][()] for k in f.keys()}
+        m = re.search(r"_(\d+)\.h5$", path)
+        self.n = int(m.group(1)) if m else 0
+        self.cfg = parse_libconfig(self.config_text)
+        if self.cfg.get("modality") != self.modality:
+            raise InputError(f"{path}: modality attribute {self.modality} but config says "
+                             f"{self.cfg.get('modality')}")
+        names = [s.decode() if isinstance(s, bytes) else s for s in self.d["param_names"]]
+        self.table = []
+        for name, off, shp in zip(names, self.d["param_offsets"], self.d["param_shapes"]):
+            shape = tuple(int(s) for s in shp if s >= 0)
+            self.table.append((name, int(off), shape, int(np.prod(shape))))
+        self.np = self.d["params_before"].size
+
+    def __getitem__(self, k):
+        return self.d[k]
+
+    def scalar(self, k):
+        return float(np.asarray(self.d[k]).reshape(-1)[0])
+
+
+# ---- the reference model -------------------------------------------------------------------------
+
+def frontend_key(name):
+    """Table name -> the front-end module's named_c key: text.tok -> tok, speech.conv_w.3 ->
+    conv_w3."""
+    return re.sub(r"\.(\d+)$", r"\1", name.split(".", 1)[1])
+
+
+def decay_exempt(name, shape):
+    """optim.exempt_1d: 1-D tensors (per layer for the layer-stacked enc.*), plus image.pos
+    (timm's no_weight_decay: pos_embed, cls_token)."""
+    rank = len(shape) - 1 if name.startswith("enc.") else len(shape)
+    return rank <= 1 or name == "image.pos"
+
+
+class RefModel:
+    """Student and teacher networks for one dump configuration."""
+
+    def __init__(self, dump, dtype, sharing="spec"):
+        c, self.cfg, self.dtype = dump.cfg, dump.cfg, dtype
+        self.modality = dump.modality
+        shapes = {name: shape for name, _, shape, _ in dump.table}
+        C, L = c["model.width"], c["model.layers"]
+        self.C, self.L = C, L
+        self.top_k = c["target.top_k"]
+        self.target_ffn = c["target.tensor"] == "ffn"
+        self.target_norm = c["target.layer_norm"]
+        self.target_final = c["target.final_norm"]
+        self.target_eps = c["target.eps"]
+        self.beta = c["loss.beta"]
+        self.scale = c["loss.scale"] if c["loss.scale"] > 0 else 1.0 / math.sqrt(C)
+        self.ema_frontend = c["ema.frontend"]
+
+        def frontend():
+            if self.modality == "text":
+                V = shapes["text.tok"][0]
+                self.pad_id = shapes["text.pos"][0] - c["text.max_positions"] - 1
+                return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
+            if self.modality == "image":
+                pos = {"none": 0, "learned": 1, "sincos": 2}[c["image.pos"]]
+                return ImageEmbed(c["image.height"], c["image.width"], c["image.channels"],
+                                  c["image.patch"], C, int(c["image.cls"]), pos)
+            conv = [tuple(x) for x in c["speech.conv"]]
+            return SpeechEmbed(conv, C, c["speech.pos_layers"], c["speech.pos_kernel"],
+                               c["speech.pos_groups"], c["speech.ln_eps"])
+
+        def encoder():
+            return Encoder(L, C, c["model.heads"], c["model.ffn"], c["model.ln_eps"],
+                           c["model.pre_ln"], c["model.layer_scale"] > 0, c["model.k_bias"])
+
+        torch.manual_seed(0)  # the initial values are overwritten from the dump
+        self.fe, self.enc = frontend().to(dtype), encoder().to(dtype)
+        self.fe_t, self.enc_t = frontend().to(dtype), encoder().to(dtype)
+        H = 2 * C if c["model.head_layers"] == 2 else C
+        self.final_ln = (nn.LayerNorm(C, eps=c["model.final_norm_eps"]).to(dtype)
+                         if c["model.final_norm"] else None)
+        self.head1 = nn.Linear(C, H).to(dtype)
+        self.head2 = nn.Linear(H, C).to(dtype) if c["model.head_layers"] == 2 else None
+        for p in list(self.fe_t.parameters()) + list(self.enc_t.parameters()):
+            p.requires_grad_(False)
+        self.student = self.refs(self.fe, self.enc, head=True)
+        self.teacher = self.refs(self.fe_t, self.enc_t, head=False)
+        # what the teacher averages (spec §6); the rest of its front-end is the student's
+        self.ema_names = {n for n in self.student if n.startswith("enc.")}
+        fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
+        if sharing == "ema-all" or (sharing == "spec" and self.ema_frontend):
+            self.ema_names |= fe_names
+        elif sharing == "spec" and self.modality == "speech":
+            self.ema_names |= {"speech.enc_ln_w", "speech.enc_ln_b"}
+        self.check_layout(dump)
+
+    def refs(self, fe, enc, head):
+        """{table name: [Parameter, ...]} (one per layer for enc.*)."""
+        r = {}
+        for k, p in fe.named_c().items():  # conv_w3 -> speech.conv_w.3
+            r[self.modality + "." + re.sub(r"(\D)(\d+)$", r"\1.\2", k)] = [p]
+        for name in ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b",
+                     "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma1", "gamma2"):
+            if name.startswith("gamma") and self.cfg["model.layer_scale"] <= 0:
+                continue
+            r["enc." + name] = enc.layer_params(name)
+        if head:
+            if self.final_ln is not None:
+                r["final_ln_w"], r["final_ln_b"] = [self.final_ln.weight], [self.final_ln.bias]
+            r["head_w1"], r["head_b1"] = [self.head1.weight], [self.head1.bias]
+            if self.head2 is not None:
+                r["head_w2"], r["head_b2"] = [self.head2.weight], [self.head2.bias]
+        return r
+
+    def check_layout(self, dump):
+        """The dumped table must hold exactly the reference's tensors, with their shapes, tiling
+        the arena without gaps or overlaps."""
+        want = {}
+        for name, ps in self.student.items():
+            shape = tuple(ps[0].shape)
+            want[name] = (len(ps),) + shape if name.startswith("enc.") else shape
+        got = {name: shape for name, _, shape, _ in dump.table}
+        problems = []
+        for n in sorted(set(want) | set(got)):
+            if want.get(n) != got.get(n):
+                problems.append(f"{n}: reference {want.get(n)}, dump {got.get(n)}")
+        end = 0
+        for name, off, _, count in sorted(dump.table, key=lambda t: t[1]):
+            if off != end:
+                problems.append(f"{name} starts at {off}, previous tensor ends at {end}")
+            end = off + count
+        if end != dump.np:
+            problems.append(f"tensors cover {end} of {dump.np} floats")
+        self.layout_problems = problems
+
+    def load(self, refs, flat, table):
+        with torch.no_grad():
+            t = torch.from_numpy(np.ascontiguousarray(flat)).to(self.dtype)
+            for name, off, shape, count in table:
+                if name not in refs:  # the teacher has no head or final norm
+                    continue
+                v = t[off:off + count].view(shape)
+                ps = refs[name]
+                for i, p in enumerate(ps):
+                    p.copy_(v[i] if len(ps) > 1 or name.startswith("enc.") else v)
+
+    def flat_grads(self, table, n):
+        g = torch.zeros(n, dtype=torch.float64)
+        for name, off, shape, count in table:
+            ps = self.student[name]
+            parts = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+            v = torch.stack(parts) if name.startswith("enc.") else parts[0]
+            g[off:off + count] = v.detach().reshape(-1).double()
+        return g
+
+    def student_params(self):
+        return [p for ps in self.student.values() for p in ps]
+
+    def norm_layer(self, a):
+        if self.target_norm == "instance":  # over time per (sample, channel), no affine
+            return F.instance_norm(a.transpose(1, 2).contiguous(), eps=self.target_eps
+                                   ).transpose(1, 2)
+        if self.target_norm == "layer":  # over C, no affine
+            return F.layer_norm(a, (self.C,), eps=self.target_eps)
+        return a
+
+    def step(self, dump, params, teacher):
+        """Forward both networks on dump's batch with the given flat arenas, backward the loss.
+        Returns a dict of numpy results; grads are divided by the masked count, not clipped."""
+        dt = self.dtype
+        self.load(self.student, params, dump.table)
+        self.load(self.teacher, teacher, dump.table)
+        self.load_shared(params, dump.table)
+        for p in self.student_params():
+            p.grad = None
+        sel = torch.from_numpy(dump["loss_positions"].astype(bool))
+        pad_s = pad_t = None
+        if self.modality == "text":
+            st = torch.from_numpy(dump["student_tokens"].astype(np.int64))
+            bt = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
+            pad_s, pad_t = st.eq(self.pad_id), bt.eq(self.pad_id)
+            x_s = self.fe(st)["out"]
+            with torch.no_grad():
+                x_t = self.fe_t(bt)["out"]
+        elif self.modality == "image":
+            img = torch.from_numpy(dump["batch_images"]).to(dt)
+            x_s = self.fe(img, torch.from_numpy(dump["patch_mask"].astype(bool)))["out"]
+            with torch.no_grad():
+                x_t = self.fe_t(img, None)["out"]
+        else:
+            wav = torch.from_numpy(dump["batch_audio"]).to(dt)
+            feats = self.fe.features(wav)
+            x_s = self.fe.context(feats, torch.from_numpy(dump["frame_mask"].astype(bool)))
+            with torch.no_grad():
+                x_t = self.fe_t.context(self.fe_t.features(wav), None)
+        # teacher targets (spec §4)
+        with torch.no_grad():
+            _, ffn_t, end_t = self.enc_t(x_t, pad_t, None)
+            layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
+            y = sum(self.norm_layer(a) for a in layers) / self.top_k
+            if self.target_final:
+                y = F.layer_norm(y, (self.C,), eps=self.target_eps)
+            y = y[sel]
+        # student prediction and loss (spec §5)
+        h, _, _ = self.enc(x_s, pad_s, None)
+        z = h[sel]
+        if self.final_ln is not None:
+            z = self.final_ln(z)
+        pred = self.head1(z)
+        if self.head2 is not None:
+            pred = self.head2(F.gelu(pred))
+        d = pred - y
+        if self.beta > 0:
+            ad = d.abs()
+            el = torch.where(ad <= self.beta, 0.5 * d * d / self.beta, ad - 0.5 * self.beta)
+        else:
+            el = d * d
+        loss_sum = el.sum() * self.scale
+        M = int(sel.sum())
+        (loss_sum / M).backward()
+        return {"loss": float(loss_sum) / M, "M": M, "targets": y.numpy(),
+                "predictions": pred.detach().numpy(), "layers": layers.numpy(),
+                "grads": self.flat_grads(dump.table, dump.np).numpy()}
+
+    def load_shared(self, params, table):
+        """Shared front-end tensors (those not averaged): the teacher's front-end module gets the
+        student's values."""
+        shared = [t for t in table if t[0].startswith(self.modality + ".")
+                  and t[0] not in self.ema_names]
+        self.load(self.teacher, params, shared)
+
+
+class RefOptimizer:
+    """torch.optim.AdamW over the arena's tensors, two groups (decayed / exempt)."""
+
+    def __init__(self, dump, flat):
+        c = dump.cfg
+        self.table, self.np = dump.table, dump.np
+        self.tensors = [nn.Parameter(torch.from_numpy(flat[off:off + count].copy()))
+                        for _, off, _, count in self.table]
+        exempt = c["optim.exempt_1d"]
+        decay = [p for p, (n, _, s, _) in zip(self.tensors, self.table)
+                 if not (exempt and decay_exempt(n, s))]
+        rest = [p for p, (n, _, s, _) in zip(self.tensors, self.table)
+                if exempt and decay_exempt(n, s)]
+        groups = [{"params": decay, "weight_decay": c["optim.weight_decay"]}]
+        if rest:
+            groups.append({"params": rest, "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups, lr=c["optim.lr"],
+                                     betas=(c["optim.beta1"], c["optim.beta2"]),
+                                     eps=c["optim.eps"])
+
+    def step(self, grads, lr):
+        for p, (_, off, _, count) in zip(self.tensors, self.table):
+            p.grad = torch.from_numpy(np.ascontiguousarray(grads[off:off + count],
+                                                           dtype=np.float32))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        return self.flat()
+
+    def flat(self):
+        out = np.zeros(self.np, dtype=np.float32)
+        for p, (_, off, _, count) in zip(self.tensors, self.table):
+            out[off:off + count] = p.detach().numpy()
+        return out
+
+
+def clip_text(cfg, norm):
+    clip = cfg["optim.clip"]
+    if clip <= 0:
+        return f"unclipped (norm {norm:.3f}, no clip)"
+    return f"{'clipped' if norm > clip else 'unclipped'} (norm {norm:.3f}, clip {clip:g})"
+
+
+def clip_grads(cfg, grads):
+    """torch.nn.utils.clip_grad_norm_ to optim.clip (0: none) over the whole arena. Returns the
+    clipped float32 gradients and the norm before clipping."""
+    p = nn.Parameter(torch.zeros(grads.size))
+    p.grad = torch.from_numpy(np.asarray(grads, dtype=np.float32)).clone()
+    clip = cfg["optim.clip"]
+    norm = float(nn.utils.clip_grad_norm_([p], clip if clip > 0 else float("inf")))
+    return p.grad.numpy(), norm
+
+
+def ema(model, table, teacher, student, tau):
+    """teacher <- tau teacher + (1 - tau) student on the averaged tensors (fairseq EMAModule:
+    ema.mul_(tau).add_(theta, alpha=1 - tau)); the rest of the arena is left as it is."""
+    out = teacher.copy()
+    if tau >= 1:
+        return out
+    for name, off, _, count in table:
+        if name in model.ema_names:
+            t = torch.from_numpy(out[off:off + count])
+            t.mul_(tau).add_(torch.from_numpy(student[off:off + count]), alpha=1 - tau)
+    return out
+
+
+# ---- comparison and reporting --------------------------------------------------------------------
+
+class Report:
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def check(self, ok, label):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print(f"{'ok  ' if ok else 'FAIL'} {label}", flush=True)
+        return ok
+
+
+def rel_to_max(got, want):
+    """max |got - want| / max |want| (absolute error when want is all zero)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf"), float("inf")
+    if got.size == 0:
+        return 0.0, 0.0
+    err = float(np.max(np.abs(got - want)))
+    scale = float(np.max(np.abs(want)))
+    if not np.all(np.isfinite(got)):
+        return float("inf"), float("inf")
+    return err, err / scale if scale > 0 else err
+
+
+def tensor_errors(table, got, want, names=None):
+    """[(name, max_abs, rel_to_max)] per table tensor."""
+    out = []
+    for name, off, _, count in table:
+        if names is None or name in names:
+            a, r = rel_to_max(got[off:off + count], want[off:off + count])
+            out.append((name, a, r))
+    return out
+
+
+def check_batch(rep, dump, tag):
+    """The masks the trainer used are consistent with the spec (§3, §5)."""
+    sel = dump["loss_positions"].astype(bool)
+    if dump.modality == "image":
+        pm = dump["patch_mask"].astype(bool)
+        off = sel.shape[1] - pm.shape[1]
+        ok = off in (0, 1) and np.array_equal(sel[:, off:], pm) and not sel[:, :off].any()
+        rep.check(ok, f"{tag} loss positions = masked patches (cls never a target): "
+                      f"{int(pm.sum())} of {pm.size}")
+    elif dump.modality == "speech":
+        fm = dump["frame_mask"].astype(bool)
+        rep.check(np.array_equal(sel, fm), f"{tag} loss positions = masked frames: "
+                                           f"{int(fm.sum())} of {fm.size}")
+    else:
+        st, bt = dump["student_tokens"], dump["batch_tokens"]
+        c = dump.cfg
+        ok = np.array_equal(st[~sel], bt[~sel])
+        if c["mask.text_leave_unmasked"] == 0 and c["mask.text_random_token"] == 0:
+            ok = ok and len(np.unique(st[sel])) <= 1
+        ok = ok and not np.any(sel & (bt == dump.pad_id))
+        rep.check(ok, f"{tag} student tokens differ from the batch only at loss positions, which "
+                      f"hold one <mask> id and no padding: {int(sel.sum())} of {sel.size}")
+
+
+def check_step(rep, model, dump, res, verbose):
+    """Compare one reference step (res) with the dump; returns nothing, records checks."""
+    n, tag = dump.n, f"{dump.modality} u{dump.n:04d}"
+    c = dump.cfg
+    rep.check(res["M"] == dump["predictions"].shape[0],
+              f"{tag} masked count: reference {res['M']}, dump {dump['predictions'].shape[0]}")
+    want_loss = dump.scalar("loss")
+    r = abs(res["loss"] - want_loss) / abs(want_loss)
+    rep.check(r <= TOL_LOSS, f"{tag} loss: dump {want_loss:.8f} reference {res['loss']:.8f} "
+                             f"rel {r:.2e} (tol {TOL_LOSS:.0e})")
+    K = model.top_k
+    worst = (0.0, "")
+    for k in range(K):
+        name = f"teacher_layer_{model.L - K + k}"
+        _, e = rel_to_max(dump[name], res["layers"][k])
+        worst = max(worst, (e, name))
+    rep.check(worst[0] <= TOL_FWD, f"{tag} teacher layers ({K}, tensor "
+                                   f"'{c['target.tensor']}'): worst {worst[1]} rel {worst[0]:.2e}")
+    for key in ("targets", "predictions"):
+        a, e = rel_to_max(dump[key], res[key])
+        rep.check(e <= TOL_FWD, f"{tag} {key} {tuple(res[key].shape)}: max_abs {a:.2e} "
+                                f"rel_to_max {e:.2e} (tol {TOL_FWD:.0e})")
+    errs = tensor_errors(dump.table, dump["grads"], res["grads"])
+    if verbose:
+        for name, a, e in errs:
+            rep.check(e <= TOL_GRAD, f"{tag} grad {name:<20s} max_abs {a:.2e} rel_to_max {e:.2e}")
+    else:
+        bad = [x for x in errs if not x[2] <= TOL_GRAD]
+        w = max(errs, key=lambda x: x[2])
+        rep.check(not bad, f"{tag} grads: {len(errs)} tensors, worst {w[0]} rel_to_max "
+                           f"{w[2]:.2e} (tol {TOL_GRAD:.0e})"
+                           + (f"; failing: {', '.join(x[0] for x in bad)}" if bad else ""))
+    # EMA of the teacher that update n+1 will use, from the dumped params_after
+    t_ref = ema(model, dump.table, dump["teacher_before"], dump["params_after"],
+                ema_tau(c, n + 1))
+    errs = tensor_errors(dump.table, dump["teacher_after"], t_ref)
+    w = max(errs, key=lambda x: x[1])
+    rep.check(w[1] <= TOL_TEACHER, f"{tag} teacher_after = EMA(tau({n + 1}) = "
+                                   f"{ema_tau(c, n + 1):.6f}) over {len(model.ema_names)} "
+                                   f"tensors: worst {w[0]} max_abs {w[1]:.2e}")
+    if n == 0:  # AdamW moments are zero before the first update
+        opt = RefOptimizer(dump, dump["params_before"])
+        g, norm = clip_grads(c, dump["grads"])
+        p_ref = opt.step(g, lr_at(c, 0))
+        errs = tensor_errors(dump.table, dump["params_after"], p_ref)
+        w = max(errs, key=lambda x: x[1])
+        rep.check(w[1] <= TOL_PARAM, f"{tag} params_after = AdamW(params_before, "
+                                     f"{clip_text(c, norm)} grads, lr {lr_at(c, 0):.3e}): worst "
+                                     f"{w[0]} max_abs {w[1]:.2e}")
+
+
+def check_schedule(rep, dump):
+    c, n, tag = dump.cfg, dump.n, f"{dump.modality} u{dump.n:04d}"
+    tau, lr = ema_tau(c, n), lr_at(c, n)
+    ok = abs(dump.scalar("tau") - tau) <= 1e-12 and abs(dump.scalar("lr") - lr) <= 1e-12 * (
+        1 + abs(lr))
+    rep.check(ok, f"{tag} tau {dump.scalar('tau'):.8f} (ref {tau:.8f}), lr "
+                  f"{dump.scalar('lr'):.6e} (ref {lr:.6e}, {c['optim.schedule']})")
+
+
+def float64_cross_check(rep, dump, res32, sharing):
+    m64 = RefModel(dump, torch.float64, sharing)
+    res = m64.step(dump, dump["params_before"], dump["teacher_before"])
+    worst = (abs(res["loss"] - res32["loss"]) / abs(res["loss"]), "loss")
+    for key in ("targets", "predictions"):
+        worst = max(worst, (rel_to_max(res32[key], res[key])[1], key))
+    for name, _, e in tensor_errors(dump.table, res32["grads"], res["grads"]):
+        worst = max(worst, (e, "grad " + name))
+    return rep.check(worst[0] <= TOL_F64, f"{dump.modality} reference float32 vs float64: worst "
+                                          f"{worst[1]} rel {worst[0]:.2e} (tol {TOL_F64:.0e})")
+
+
+def run_steps(rep, dumps, dtype, verbose, sharing):
+    model = None
+    for i, dump in enumerate(dumps):
+        if model is None or dump.config_text != dumps[0].config_text:
+            model = RefModel(dump, dtype, sharing)
+            rep.check(not model.layout_problems,
+                      f"{dump.modality} parameter table: {len(dump.table)} tensors, {dump.np} "
+                      f"floats, layout {'; '.join(model.layout_problems) or 'as the reference'}")
+            if model.layout_problems:
+                return
+        if dump.modality == "text":
+            dump.pad_id = model.pad_id
+        check_schedule(rep, dump)
+        check_batch(rep, dump, f"{dump.modality} u{dump.n:04d}")
+        res = model.step(dump, dump["params_before"], dump["teacher_before"])
+        if i == 0 and dtype == torch.float32 and not float64_cross_check(rep, dump, res, sharing):
+            return
+        check_step(rep, model, dump, res, verbose or i == 0)
+
+
+def run_trajectory(rep, dumps, dtype, traj_rtol, sharing):
+    d0 = dumps[0]
+    ns = [d.n for d in dumps]
+    if ns != list(range(len(dumps))):
+        raise InputError(f"trajectory needs updates 0..{len(dumps) - 1} in order, got {ns}")
+    if any(d.config_text != d0.config_text for d in dumps):
+        raise InputError("trajectory dumps come from different configurations")
+    model = RefModel(d0, dtype, sharing)
+    if model.layout_problems:
+        rep.check(False, f"{d0.modality} parameter table: {'; '.join(model.layout_problems)}")
+        return
+    c, mod = d0.cfg, d0.modality
+    # (a) optimiser chain driven by the dumped gradients
+    p = d0["params_before"].copy()
+    t = d0["teacher_before"].copy()
+    opt = RefOptimizer(d0, p)
+    worst = {"params_before": (0, ""), "teacher_before": (0, ""), "params_after": (0, ""),
+             "teacher_after": (0, "")}
+    n_clipped = 0
+    for d in dumps:
+        for key, ref in (("params_before", p), ("teacher_before", t)):
+            e = max(tensor_errors(d.table, d[key], ref), key=lambda x: x[1])
+            worst[key] = max(worst[key], (e[1], f"{e[0]} at u{d.n}"))
+        g, norm = clip_grads(c, d["grads"])
+        n_clipped += c["optim.clip"] > 0 and norm > c["optim.clip"]
+        p = opt.step(g, lr_at(c, d.n))
+        t = ema(model, d.table, t, p, ema_tau(c, d.n + 1))
+        for key, ref in (("params_after", p), ("teacher_after", t)):
+            e = max(tensor_errors(d.table, d[key], ref), key=lambda x: x[1])
+            worst[key] = max(worst[key], (e[1], f"{e[0]} at u{d.n}"))
+    for key, tol in (("params_before", TOL_PARAM), ("params_after", TOL_PARAM),
+                     ("teacher_before", TOL_TEACHER), ("teacher_after", TOL_TEACHER)):
+        rep.check(worst[key][0] <= tol,
+                  f"{mod} chain of {len(dumps)} updates (clip + AdamW + EMA on the dumped grads, "
+                  f"{n_clipped} clipped): "
+                  f"{key:<14s} worst max_abs {worst[key][0]:.2e} ({worst[key][1]}) "
+                  f"(tol {tol:.0e})")
+    # (b) free run on the reference's own gradients
+    p = d0["params_before"].copy()
+    t = d0["teacher_before"].copy()
+    opt = RefOptimizer(d0, p)
+    print(f"{mod} free trajectory: update, dump loss, reference loss, relative difference")
+    worst_r, curve = 0.0, []
+    for d in dumps:
+        if d.n > 0:
+            t = ema(model, d.table, t, p, ema_tau(c, d.n))
+        res = model.step(d, p, t)
+        want = d.scalar("loss")
+        r = abs(res["loss"] - want) / abs(want)
+        worst_r = max(worst_r, r)
+        curve.append(r)
+        print(f"    {d.n:4d}  {want:.7f}  {res['loss']:.7f}  {r:.2e}")
+        p = opt.step(clip_grads(c, res["grads"])[0], lr_at(c, d.n))
+    drift = max(tensor_errors(d0.table, dumps[-1]["params_after"], p), key=lambda x: x[1])
+    rep.check(worst_r <= traj_rtol,
+              f"{mod} free trajectory of {len(dumps)} updates: loss follows the dump, worst "
+              f"rel {worst_r:.2e} (last {curve[-1]:.2e}, tol {traj_rtol:.0e}); params drift "
+              f"max_abs {drift[1]:.2e} ({drift[0]})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dumps", nargs="+")
+    ap.add_argument("--trajectory", action="store_true")
+    ap.add_argument("--traj-rtol", type=float, default=1e-4)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--sharing", choices=("spec", "ema-all", "share-all"), default="spec",
+                    help="teacher sharing rule; ema-all (the teacher averages its whole "
+                    "front-end) and share-all (it takes the student's whole front-end) are wrong "
+                    "on purpose, for negative controls")
+    ap.add_argument("--verbose", action="store_true", help="per-tensor gradient lines for every "
+                    "dump (default: the first one)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    dtype = torch.float32 if a.dtype == "float32" else torch.float64
+    rep = Report()
+    try:
+        dumps = sorted((Dump(p) for p in a.dumps), key=lambda d: d.n)
+        if a.trajectory:
+            run_trajectory(rep, dumps, dtype, a.traj_rtol, a.sharing)
+        else:
+            run_steps(rep, dumps, dtype, a.verbose, a.sharing)
+    except InputError as e:
+        print(f"step_ref.py: {e}", file=sys.stderr)
+        print(f"{rep.passed} passed, {rep.failed + 1} failed")
+        return 2
+    print(f"{rep.passed} passed, {rep.failed} failed")
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

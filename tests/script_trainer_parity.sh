@@ -1,0 +1,174 @@
+#!/bin/sh
+# script_trainer_parity.sh: d2v-train's training step against the independent PyTorch reference
+# (tests/ref/step_ref.py), per modality, on tiny real datasets made from the committed fixtures.
+# Each modality trains 20 updates of configs/<mod>-tiny.cfg with dropout off, dumping every update
+# (--dump-step, --dump-updates 20), then:
+#   step        every dump on its own: loss, targets, predictions, teacher layers, every gradient
+#               tensor, the EMA teacher, tau/lr, and at update 0 the AdamW update
+#   trajectory  the 20 updates in sequence: AdamW + EMA chain on the dumped gradients, and a free
+#               run on the reference's own gradients whose loss curve must follow the dump's
+#   negative controls, which must make the reference FAIL: one weight of params_before, one of
+#               teacher_before, one gradient element, and a wrong teacher sharing rule.
+# Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
+# A modality whose prep tool or fixtures are missing is reported as "skipped", not failed.
+set -u
+build=${1:-build/release}
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
+PY=/usr/bin/python3
+REF=tests/ref/step_ref.py
+TRAIN=$build/bin/d2v-train
+FX=tests/fixtures
+UPDATES=20
+TRAJ_RTOL=1e-4 # free-run loss, relative; observed <= 2e-6 after 20 updates (fp32 rounding)
+for f in "$TRAIN" "$REF" configs/image-tiny.cfg; do
+    [ -e "$f" ] || { echo "FAIL missing $f (build d2v-train first)"; echo "0 passed, 1 failed"; exit 1; }
+done
+$PY -c 'import torch, h5py' 2>/dev/null || {
+    echo "FAIL $PY has no torch/h5py (apt-get install python3-torch python3-h5py)"
+    echo "0 passed, 1 failed"; exit 1; }
+T=$(mktemp -d /tmp/d2v-trainer-parity.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+
+# perturb SRC DST DATASET TENSOR DELTA [rel]: copy of a dump with element 0 of TENSOR in DATASET
+# (params_before, teacher_before or grads) moved by DELTA (times the tensor's max |value| if rel).
+cat >"$T/perturb.py" <<'EOF'
+import shutil, sys
+import h5py, numpy as np
+src, dst, dataset, tensor, delta = sys.argv[1:6]
+shutil.copyfile(src, dst)
+with h5py.File(dst, "r+") as f:
+    names = [n.decode() if isinstance(n, bytes) else n for n in f["param_names"][()]]
+    i = names.index(tensor)
+    off, count = int(f["param_offsets"][i]), int(np.prod([s for s in f["param_shapes"][i] if s >= 0]))
+    d = f[dataset]
+    v = float(d[off])
+    step = float(delta) * (float(np.abs(d[off:off + count]).max()) if sys.argv[6:] == ["rel"] else 1)
+    d[off] = v + step
+    print(f"{dataset} {tensor}[0]: {v:.6g} -> {v + step:.6g}")
+EOF
+
+# expect_fail LABEL PATTERN STEP_REF_ARGS...: the reference must exit 1 with a FAIL line matching
+# PATTERN (a negative control: the mismatch has to be seen, and for the right reason).
+expect_fail() {
+    label=$1 pattern=$2
+    shift 2
+    $PY $REF "$@" >"$T/neg.log" 2>&1
+    rc=$?
+    hit=$(grep -E "^FAIL .*($pattern)" "$T/neg.log" | head -n 1)
+    if [ $rc -eq 1 ] && [ -n "$hit" ]; then
+        ok "negative control: $label -> reference reports a mismatch"
+        echo "     ${hit#FAIL }"
+    else
+        bad "negative control: $label -> reference exit $rc, no FAIL matching '$pattern'"
+        sed 's/^/     /' "$T/neg.log" | tail -n 5
+    fi
+}
+
+# modality MOD DATA [--set k=v ...]: train, then step, trajectory and negative controls on its dumps.
+modality() {
+    mod=$1 data=$2
+    shift 2
+    log=$T/train-$mod.log
+    $TRAIN configs/$mod-tiny.cfg --set data.train="$data" --set model.dropout=0 \
+        --set model.attn_dropout=0 --set model.act_dropout=0 --set model.drop_path=0 \
+        --set model.layerdrop=0 --set run.max_updates=$UPDATES "$@" --dump-step "$T/$mod.h5" \
+        --dump-updates $UPDATES --run-dir "$T/run-$mod" >"$log" 2>&1
+    rc=$?
+    n=$(ls "$T/$mod"_0*.h5 2>/dev/null | wc -l)
+    if [ $rc -eq 0 ] && [ "$n" -eq $UPDATES ]; then
+        ok "$mod: d2v-train $UPDATES updates, $n step dumps"
+    else
+        bad "$mod: d2v-train exit $rc, $n of $UPDATES dumps"
+        tail -n 5 "$log" | sed 's/^/     /'
+        return
+    fi
+    first=$T/${mod}_0000.h5 last=$T/${mod}_$(printf %04d $((UPDATES - 1))).h5
+
+    # every update on its own (per-tensor lines for update 0, summaries for the others)
+    $PY $REF "$T/$mod"_0*.h5 >"$T/step-$mod.log" 2>&1
+    rc=$?
+    grep -E "u0000|parameter table|float64|^FAIL|passed" "$T/step-$mod.log" | sed 's/^/    /'
+    if [ $rc -eq 0 ]; then
+        ok "$mod: step_ref on all $UPDATES updates: $(tail -n 1 "$T/step-$mod.log")"
+    else
+        bad "$mod: step_ref on the $UPDATES updates (exit $rc)"
+    fi
+
+    # the trajectory
+    $PY $REF --trajectory --traj-rtol $TRAJ_RTOL "$T/$mod"_0*.h5 >"$T/traj-$mod.log" 2>&1
+    rc=$?
+    grep -v "passed, " "$T/traj-$mod.log" | sed 's/^/    /'
+    if [ $rc -eq 0 ]; then
+        ok "$mod: step_ref --trajectory over $UPDATES updates (loss tol $TRAJ_RTOL relative)"
+    else
+        bad "$mod: step_ref --trajectory over $UPDATES updates (exit $rc)"
+    fi
+
+    # negative controls
+    $PY "$T/perturb.py" "$first" "$T/neg-p_0000.h5" params_before enc.fc1_w 0.01 >/dev/null
+    expect_fail "$mod params_before enc.fc1_w[0] += 0.01" "predictions|loss:" "$T/neg-p_0000.h5"
+    $PY "$T/perturb.py" "$first" "$T/neg-t_0000.h5" teacher_before enc.fc1_w 0.01 >/dev/null
+    expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "targets|teacher layers" \
+        "$T/neg-t_0000.h5"
+    $PY "$T/perturb.py" "$first" "$T/neg-g_0000.h5" grads head_w1 1e-3 rel >/dev/null
+    expect_fail "$mod grads head_w1[0] += 1e-3 x max|grad|" "grad head_w1" "$T/neg-g_0000.h5"
+    case $mod in
+    image) sharing=share-all what="teacher with the student's front-end (spec: EMA'd)" ;;
+    text) sharing=ema-all what="teacher with its own averaged embeddings (spec: shared)" ;;
+    speech) sharing=share-all what="teacher with the student's encoder LN (spec: EMA'd)" ;;
+    esac
+    cp "$last" "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+    expect_fail "$mod sharing rule on update $((UPDATES - 1)): $what" "targets" \
+        --sharing $sharing "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+    rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
+}
+
+skip() { echo "skipped $1"; }
+
+# image: Fashion-MNIST, 500 test images
+echo "-- image"
+if [ -x "$build/bin/d2v-prep-image" ] && [ -e "$FX/fmnist-t500-images-idx3.gz" ]; then
+    if "$build/bin/d2v-prep-image" --idx-images "$FX/fmnist-t500-images-idx3.gz" \
+        --idx-labels "$FX/fmnist-t500-labels-idx1.gz" -o "$T/fm.h5" >"$T/prep-image.log" 2>&1; then
+        ok "image: $(tail -n 1 "$T/prep-image.log")"
+        modality image "$T/fm.h5"
+    else
+        bad "image: d2v-prep-image failed"; tail -n 3 "$T/prep-image.log"
+    fi
+else
+    skip "image: $build/bin/d2v-prep-image or $FX/fmnist-t500-images-idx3.gz missing"
+fi
+
+# text: Moby-Dick chapters, a 512-token BPE vocabulary trained on them, paragraphs as documents
+echo "-- text"
+if [ -x "$build/bin/d2v-prep-text" ] && [ -d "$FX/text" ]; then
+    if "$build/bin/d2v-prep-text" --vocab-size 512 --split-blank -o "$T/text.h5" "$FX/text" \
+        >"$T/prep-text.log" 2>&1; then
+        ok "text: $(tail -n 1 "$T/prep-text.log")"
+        modality text "$T/text.h5" --set text.dropout=0
+    else
+        bad "text: d2v-prep-text failed"; tail -n 3 "$T/prep-text.log"
+    fi
+else
+    skip "text: $build/bin/d2v-prep-text or $FX/text missing (step, trajectory and controls not run)"
+fi
+
+# speech: "zero".."nine" in four espeak-ng voices
+echo "-- speech"
+if [ -x "$build/bin/d2v-prep-speech" ] && [ -d "$FX/speech" ]; then
+    if "$build/bin/d2v-prep-speech" --tree "$FX/speech" -o "$T/speech.h5" >"$T/prep-speech.log" 2>&1
+    then
+        ok "speech: $(tail -n 1 "$T/prep-speech.log")"
+        modality speech "$T/speech.h5" --set optim.clip=2.0
+    else
+        bad "speech: d2v-prep-speech failed"; tail -n 3 "$T/prep-speech.log"
+    fi
+else
+    skip "speech: $build/bin/d2v-prep-speech or $FX/speech missing (step, trajectory and controls not run)"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
