@@ -6,10 +6,10 @@
 #include <string.h>
 
 #include "check.h"
-#include "fixture.h"
 #include "d2v/encoder.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
+#include "fixture.h"
 
 #define OUT_TOL 1e-5  /* forward tensors: atol = OUT_TOL * max|want|, rtol = OUT_TOL */
 #define GRAD_TOL 1e-4 /* gradients */

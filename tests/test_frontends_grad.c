@@ -14,7 +14,8 @@ typedef double (*LossFn)(void *ctx);
 static int fd_tensor(const char *label, LossFn loss, void *ctx, float *x, const float *ana,
                      size_t n, size_t max_checks, int quiet) {
     double amax = 0;
-    for (size_t i = 0; i < n; i++) amax = fmax(amax, fabs(ana[i]));
+    for (size_t i = 0; i < n; i++)
+        amax = fmax(amax, fabs(ana[i]));
     size_t step = n > max_checks ? n / max_checks : 1;
     double worst = 0;
     for (size_t i = (n > max_checks ? 3 % step : 0); i < n; i += step) {
@@ -36,13 +37,15 @@ static int fd_tensor(const char *label, LossFn loss, void *ctx, float *x, const 
 
 static double dot(const float *a, const float *b, size_t n) {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
     return s;
 }
 
 static void perturb(float *x, size_t n, float scale, uint64_t seed) {
     uint64_t k = rng_key(seed, 1, 2, 3);
-    for (size_t i = 0; i < n; i++) x[i] += scale * rng_normal(k, i);
+    for (size_t i = 0; i < n; i++)
+        x[i] += scale * rng_normal(k, i);
 }
 
 /* ---- text ---- */
@@ -63,8 +66,8 @@ static double text_loss(void *v) {
 
 static void test_text(void) {
     printf("-- text embedding (dropout 0.2)\n");
-    TextEmbedConfig cfg = {.V = 30, .C = 12, .max_positions = 10, .pad_id = 1, .ln_eps = 1e-5f,
-                           .dropout = 0.2f};
+    TextEmbedConfig cfg = {
+        .V = 30, .C = 12, .max_positions = 10, .pad_id = 1, .ln_eps = 1e-5f, .dropout = 0.2f};
     TextEmbedParams p, g;
     size_t np = text_embed_params_layout(&p, NULL, &cfg);
     float *pm = xalloc(np * 4, "p"), *gm = xalloc(np * 4, "g");
@@ -83,12 +86,12 @@ static void test_text(void) {
     text_loss(&c);
     text_embed_backward(&t, &g, &p, r, 1, k);
     fd_tensor("tok", text_loss, &c, p.tok, g.tok, (size_t)cfg.V * cfg.C, 200, 0);
-    fd_tensor("pos", text_loss, &c, p.pos, g.pos, (size_t)(cfg.max_positions + 2) * cfg.C, 200,
-              0);
+    fd_tensor("pos", text_loss, &c, p.pos, g.pos, (size_t)(cfg.max_positions + 2) * cfg.C, 200, 0);
     fd_tensor("ln_w", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 0);
     fd_tensor("ln_b", text_loss, &c, p.ln_b, g.ln_b, cfg.C, 100, 0);
     CHECK(g.tok[cfg.pad_id * cfg.C] == 0 && g.pos[cfg.pad_id * cfg.C] == 0); /* padding rows */
-    for (int i = 0; i < cfg.C; i++) g.ln_w[i] *= 1.1f;
+    for (int i = 0; i < cfg.C; i++)
+        g.ln_w[i] *= 1.1f;
     CHECK(!fd_tensor("control", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 1));
     text_embed_free(&t);
     free(pm), free(gm), free(r);
@@ -137,8 +140,8 @@ static void test_image(int pos, int Cin) {
     fd_tensor("mask_token", image_loss, &c, p.mask_token, g.mask_token, cfg.C, 100, 0);
     if (p.pos) fd_tensor("pos", image_loss, &c, p.pos, g.pos, (size_t)tok * cfg.C, 200, 0);
     g.patch_w[5] = -g.patch_w[5] + 0.5f;
-    CHECK(!fd_tensor("control", image_loss, &c, p.patch_w, g.patch_w, (size_t)cfg.C * Cin * 16,
-                     200, 1));
+    CHECK(!fd_tensor("control", image_loss, &c, p.patch_w, g.patch_w, (size_t)cfg.C * Cin * 16, 200,
+                     1));
     image_embed_free(&e);
     free(pm), free(gm), free(img), free(r);
 }

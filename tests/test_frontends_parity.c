@@ -429,8 +429,7 @@ static void test_speech(hid_t file, const char *path) {
     CHECK(!compare(fx, "unmasked out", s0.out, k.out, NC, OUT_TOL, 1));
     speech_context_free(&s0);
 
-    negative_control("conv_w0[2][0][4]", &k.p.conv_w[0][2 * c->conv_k[0] + 4], 1, speech_pass,
-                     &k);
+    negative_control("conv_w0[2][0][4]", &k.p.conv_w[0][2 * c->conv_k[0] + 4], 1, speech_pass, &k);
     negative_control("mask_emb[5]", &k.p.mask_emb[5], 1, speech_pass, &k);
     char what[64];
     snprintf(what, sizeof what, "pos_w%d[0][1][2]", c->pos_layers - 1);

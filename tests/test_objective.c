@@ -27,7 +27,8 @@ static void test_ema(void) {
 static void test_targets(void) {
     printf("-- targets\n");
     enum { B = 1, T = 3, C = 2 };
-    /* two layers, instance norm over time per channel (eps ~0): channel 0 of layer 0 is (1, 2, 3) ->
+    /* two layers, instance norm over time per channel (eps ~0): channel 0 of layer 0 is (1, 2, 3)
+     * ->
      * (-1.2247, 0, 1.2247) (biased variance 2/3, eps 0); channel 1 constant -> 0 */
     float l0[B * T * C] = {1, 5, 2, 5, 3, 5}, l1[B * T * C] = {3, 0, 2, 1, 1, 2};
     float *layers[2] = {l0, l1};

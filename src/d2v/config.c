@@ -440,7 +440,6 @@ int train_config_write(const TrainConfig *c, const char *path) {
     return fclose(f) == 0 ? 0 : -1;
 }
 
-
 void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *d) {
     memset(m, 0, sizeof *m);
     m->modality = c->modality;

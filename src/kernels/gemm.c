@@ -53,9 +53,9 @@ static void verify_gemm(void) {
 const char *gemm_init(int threads) {
     choose_arch();
     /* BLIS_NUM_THREADS, else OMP_NUM_THREADS, else OpenMP's own default (the core count) */
-    int n = threads > 0 ? threads
-                        : env_int("BLIS_NUM_THREADS",
-                                  env_int("OMP_NUM_THREADS", omp_get_max_threads()));
+    int n = threads > 0
+                ? threads
+                : env_int("BLIS_NUM_THREADS", env_int("OMP_NUM_THREADS", omp_get_max_threads()));
     bli_thread_set_num_threads(n);
     g_gemm_threads = n;
     arch_t id = bli_arch_query_id(); /* initialises BLIS with the chosen kernel set */

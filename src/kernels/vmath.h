@@ -12,24 +12,6 @@
 #define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #else
 #define SIMD_CLONES
-/// <a, b> over n floats with 16 explicit partial sums: GCC 12 cannot vectorise `omp simd
-/// reduction` inside target_clones functions, but vectorises this lane-per-index form.
-#define VMATH_LANES 16
-VMATH_INLINE float dot_lanes(const float *a, const float *b, int n) {
-    float acc[VMATH_LANES] = {0};
-    int i = 0;
-    for (; i + VMATH_LANES <= n; i += VMATH_LANES)
-#pragma omp simd
-        for (int j = 0; j < VMATH_LANES; j++)
-            acc[j] += a[i + j] * b[i + j];
-    float s = 0;
-    for (int j = 0; j < VMATH_LANES; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
 #endif
 #define VMATH_INLINE static inline __attribute__((always_inline))
 

@@ -260,7 +260,8 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
         FILE *rf = fopen(path, "r"); /* the resolved configuration, as written */
         char line[512];
-        while (rf && fgets(line, sizeof line, rf)) log0("  %s", line);
+        while (rf && fgets(line, sizeof line, rf))
+            log0("  %s", line);
         if (rf) fclose(rf);
     }
 
