@@ -7,6 +7,7 @@
 #include "d2v/encoder.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
+#include "fd.h"
 
 typedef struct {
     Encoder *e;
@@ -16,38 +17,14 @@ typedef struct {
     size_t n_out;
 } Ctx;
 
-static double loss_of(Ctx *c) {
+static double loss_of(void *v) {
+    Ctx *c = v;
     encoder_forward(c->e, c->p, c->x, c->run);
     const float *out = encoder_output(c->e);
     double s = 0;
     for (size_t i = 0; i < c->n_out; i++)
         s += (double)out[i] * c->r[i];
     return s;
-}
-
-/* Central differences on up to `max_checks` elements of x against ana; returns 1 if all agree. */
-static int fd_tensor(const char *label, Ctx *c, float *x, const float *ana, size_t n,
-                     size_t max_checks, int quiet) {
-    double amax = 0;
-    for (size_t i = 0; i < n; i++)
-        amax = fmax(amax, fabs(ana[i]));
-    size_t step = n > max_checks ? n / max_checks : 1;
-    double worst = 0;
-    for (size_t i = (n > max_checks ? 7 % step : 0); i < n; i += step) {
-        float h = 1e-2f * fmaxf(1.0f, fabsf(x[i])), x0 = x[i];
-        x[i] = x0 + h;
-        double lp = loss_of(c);
-        x[i] = x0 - h;
-        double lm = loss_of(c);
-        x[i] = x0;
-        double num = (lp - lm) / (2.0 * h);
-        double err = fabs(num - ana[i]) / (3e-3 * amax + 2e-2 * fabs(ana[i]) + 1e-6);
-        if (err > worst) worst = err;
-    }
-    if (quiet) return worst <= 1.0;
-    char buf[160];
-    snprintf(buf, sizeof buf, "fd %-28s max|g|=%.3e score=%.3f", label, amax, worst);
-    return check_record(worst <= 1.0, buf);
 }
 
 static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
@@ -101,16 +78,16 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
                                              "fc2_w",  "fc2_b", "gamma1", "gamma2"};
     size_t off = 0;
     for (int t = 0; t < ENCODER_NUM_PARAMS; t++) {
-        if (sizes[t]) fd_tensor(names[t], &c, pm + off, gm + off, sizes[t], 60, 0);
+        if (sizes[t]) fd_tensor(names[t], loss_of, &c, pm + off, gm + off, sizes[t], 60, 0);
         off += sizes[t];
     }
-    fd_tensor("input x", &c, x, dx, n, 80, 0);
-    fd_tensor("attention bias", &c, bias, dbias, (size_t)cfg.NH * T * T, 60, 0);
+    fd_tensor("input x", loss_of, &c, x, dx, n, 80, 0);
+    fd_tensor("attention bias", loss_of, &c, bias, dbias, (size_t)cfg.NH * T * T, 60, 0);
 
     /* Negative control: the same checker must reject a gradient that is off by 10 %. */
     for (size_t i = 0; i < n; i++)
         dx[i] *= 1.1f;
-    int ok = fd_tensor("control", &c, x, dx, n, 80, 1);
+    int ok = fd_tensor("control", loss_of, &c, x, dx, n, 80, 1);
     check_record(!ok, "negative control: a 10% wrong gradient is rejected");
 
     /* Determinism: same key, same output; another step, another dropout mask. */
