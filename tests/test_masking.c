@@ -86,7 +86,7 @@ static void fill_tokens(int32_t *tok, int len, uint64_t id) {
 }
 
 static TextMaskConfig text_span_cfg(void) {
-    TextMaskConfig c = {0.35f, 4, 0.0f, 0.0f, 0, MASK_ID, VOCAB, NSPECIAL};
+    TextMaskConfig c = {0.35f, 4, 0.0f, 0.0f, 0, MASK_ID, VOCAB, NSPECIAL, {0}, 0};
     return c;
 }
 
@@ -159,7 +159,7 @@ static void test_text_span(void) {
 }
 
 static void test_text_bert(void) {
-    TextMaskConfig c = {0.15f, 1, 0.1f, 0.1f, 1, MASK_ID, VOCAB, NSPECIAL};
+    TextMaskConfig c = {0.15f, 1, 0.1f, 0.1f, 1, MASK_ID, VOCAB, NSPECIAL, {0}, 0};
     TextMaskConfig c0 = c;
     c0.loss_on_all_selected = 0;
     int32_t tok[TL], out[TL], out0[TL];
@@ -231,7 +231,7 @@ static void test_text_edges(void) {
     CHECK(ok);
     CHECK(any_masked_len1); /* int(0.35/4 + U) = 1 with p 0.0875 */
     /* Exact-size heap buffers (2 len ints of scratch) for every mode and short length. */
-    TextMaskConfig modes[2] = {c, {1.0f, 3, 0.1f, 0.1f, 1, MASK_ID, VOCAB, NSPECIAL}};
+    TextMaskConfig modes[2] = {c, {1.0f, 3, 0.1f, 0.1f, 1, MASK_ID, VOCAB, NSPECIAL, {0}, 0}};
     for (int k = 0; k < 2; k++)
         for (int len = 1; len <= 8; len++) {
             int32_t *o = malloc((size_t)len * sizeof *o);
@@ -568,8 +568,31 @@ static void test_rank_independence(void) {
     CHECK(text_diff == NS && img_diff == NS && speech_diff == NS && epoch_diff == NS);
 }
 
+/* Random replacements never draw a special token, wherever the vocabulary puts them (a GPT-2
+ * vocab.json gets <s> <pad> </s> <unk> <mask> appended at its end). */
+static void test_text_random_excludes_specials(void) {
+    printf("-- text random tokens avoid special ids\n");
+    TextMaskConfig c = {1.0f, 1, 0.0f, 1.0f, 1, 9, 10, 0, {9, 8, 7, 0, 1}, 5};
+    int32_t tok[64], out[64];
+    uint8_t loss[64];
+    int scratch[128], bad = 0, drawn = 0;
+    for (int i = 0; i < 64; i++)
+        tok[i] = 2 + i % 5;
+    for (int s = 0; s < 200; s++) {
+        MaskRng r = mask_rng(3, 0, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        text_mask_sample(out, loss, tok, 64, &c, &r, scratch);
+        for (int i = 0; i < 64; i++) {
+            if (!loss[i]) continue;
+            drawn++;
+            bad |= out[i] == 9 || out[i] == 8 || out[i] == 7 || out[i] == 0 || out[i] == 1;
+        }
+    }
+    CHECK(drawn > 1000 && !bad);
+}
+
 int main(void) {
     test_rng();
+    test_text_random_excludes_specials();
     test_text_span();
     test_text_bert();
     test_text_edges();

@@ -40,6 +40,8 @@ typedef struct {
     int mask_id;               // <mask>
     int vocab_size;            // random tokens are drawn uniformly from [nspecial, vocab_size)
     int nspecial;              // ids below this (bos/pad/eos/unk...) are never drawn as random
+    int32_t exclude[8];        // further ids never drawn (special tokens anywhere in the vocab,
+    int n_exclude;             //   e.g. appended after a GPT-2 vocab.json)
 } TextMaskConfig;
 
 /// Mask one sample of `len` real tokens (no padding inside). Writes out[0..len) (the student

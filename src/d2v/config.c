@@ -378,7 +378,20 @@ int train_config_validate(const TrainConfig *c, char *err, size_t n) {
     if (c->crop_scale_min > c->crop_scale_max)
         return errf(err, n, "config: data.crop_scale_min is above data.crop_scale_max");
     if (c->lr_min > c->lr) return errf(err, n, "config: optim.lr_min is above optim.lr");
+    if (c->schedule == LR_TRI_STAGE && !(c->lr_min > 0))
+        return errf(err, n, "config: the tri_stage schedule decays exponentially to optim.lr_min, "
+                            "which must be positive (fairseq: 0.01 * optim.lr)");
     return 0;
+}
+
+/* libconfig string syntax: quotes and backslashes escaped */
+static void write_escaped(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
 }
 
 int train_config_write(const TrainConfig *c, const char *path) {
@@ -416,7 +429,7 @@ int train_config_write(const TrainConfig *c, const char *path) {
             fprintf(f, "%s", *(const int *)src ? "true" : "false");
             break;
         case T_STRING:
-            fprintf(f, "\"%s\"", (const char *)src);
+            write_escaped(f, (const char *)src);
             break;
         case T_ENUM:
             fprintf(f, "\"%s\"", k->names[*(const int *)src]);
@@ -469,7 +482,9 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                              c->mask_text_loss_all,
                              d->mask_id,
                              d->vocab_size,
-                             5};
+                             0,
+                             {d->bos_id, d->pad_id, d->eos_id, d->unk_id, d->mask_id},
+                             5}; /* random tokens are never special ones, wherever they sit */
         m->text_mask = tm;
     } else if (c->modality == D2V_IMAGE) {
         ImageEmbedConfig im = {c->image_height, c->image_width, c->image_channels, c->image_patch,

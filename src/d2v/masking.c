@@ -60,6 +60,24 @@ static void choose_without_replacement(int *idx, int n, int k, MaskRng *r) {
 
 /* ---- text (spec §3.2) ----------------------------------------------------------------------- */
 
+/* A uniform ordinary token: specials are redrawn (a few tries, then the first ordinary id). */
+static int32_t random_token(const TextMaskConfig *c, MaskRng *rng) {
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int32_t t = (int32_t)mask_rng_int(rng, c->nspecial, c->vocab_size - 1);
+        int special = 0;
+        for (int k = 0; k < c->n_exclude; k++)
+            special |= t == c->exclude[k];
+        if (!special) return t;
+    }
+    for (int32_t t = c->nspecial; t < c->vocab_size; t++) {
+        int special = 0;
+        for (int k = 0; k < c->n_exclude; k++)
+            special |= t == c->exclude[k];
+        if (!special) return t;
+    }
+    return c->mask_id;
+}
+
 int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len,
                      const TextMaskConfig *c, MaskRng *rng, int *scratch) {
     if (len <= 0) return 0;
@@ -97,7 +115,7 @@ int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len
                 random = 1;
         }
         if (random)
-            out[i] = (int32_t)mask_rng_int(rng, c->nspecial, c->vocab_size - 1);
+            out[i] = random_token(c, rng);
         else if (!keep)
             out[i] = c->mask_id;
         /* fairseq's loss is "now holds <mask>" (data2vec_text.py; issue #4229), so a random draw

@@ -417,7 +417,9 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_STUDENT_FWD] += t1 - t0;
     t0 = t1; /* both front-ends */
     /* 2. teacher: forward only, no dropout; top-K targets at the loss positions */
-    EncoderRun rt = {B, T, pad, NULL, 0, seed, step, b->ids};
+    /* the teacher's padding comes from its own (unmasked) input */
+    EncoderRun rt = {B,    T,     c->modality == D2V_TEXT ? m->text_t.pad : NULL, NULL, 0, seed,
+                     step, b->ids};
     encoder_forward(&m->enc_t, &t->enc, x_t, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);

@@ -18,6 +18,7 @@ double lr_at(const LrSchedule *s, int64_t n) {
         int64_t t = n - s->warmup;
         if (t < hold) return s->lr;
         t -= hold;
+        if (t == 0) return s->lr;
         if (t < decay) return s->lr * exp(log(s->lr_min / s->lr) * (double)t / (double)decay);
         return s->lr_min;
     }
@@ -45,10 +46,21 @@ void adamw_step(float *p, float *m, float *v, const float *g, const uint8_t *dec
 }
 
 double grad_norm(const float *g, size_t n) {
+    /* A fixed split into 256 chunks summed in order: the same bits for any thread count, so
+     * every rank computes the same clip factor from the same (allreduced) gradients. */
+    enum { CHUNKS = 256 };
+    double part[CHUNKS];
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < CHUNKS; c++) {
+        size_t lo = n * (size_t)c / CHUNKS, hi = n * (size_t)(c + 1) / CHUNKS;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++)
+            s += (double)g[i] * g[i];
+        part[c] = s;
+    }
     double s = 0;
-#pragma omp parallel for reduction(+ : s)
-    for (size_t i = 0; i < n; i++)
-        s += (double)g[i] * g[i];
+    for (int c = 0; c < CHUNKS; c++)
+        s += part[c];
     return sqrt(s);
 }
 

@@ -101,14 +101,19 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
         const char *names[6] = {"vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id"};
         for (int i = 0; i < 6; i++)
             if (read_i32_attr(s->file, s->path, names[i], &v[i], err, errlen) < 0) return -1;
-        for (int i = 1; i < 6; i++)
+        for (int i = 1; i < 6; i++) {
             if (v[i] < 0 || v[i] >= v[0])
                 return ERR("%s: %s = %d is outside the vocabulary of %d", s->path, names[i], v[i],
                            v[0]);
+            for (int j = 1; j < i; j++)
+                if (v[i] == v[j] && i != 4 && j != 4) /* unk may double as another special */
+                    return ERR("%s: %s and %s are both %d", s->path, names[j], names[i], v[i]);
+        }
         if (first) {
             d->vocab_size = v[0], d->bos_id = v[1], d->eos_id = v[2], d->pad_id = v[3];
             d->unk_id = v[4], d->mask_id = v[5];
-        } else if (v[0] != d->vocab_size || v[1] != d->bos_id || v[3] != d->pad_id) {
+        } else if (v[0] != d->vocab_size || v[1] != d->bos_id || v[2] != d->eos_id ||
+                   v[3] != d->pad_id || v[4] != d->unk_id || v[5] != d->mask_id) {
             return ERR("%s: tokenizer differs from the other shards'", s->path);
         }
         if (load_offsets(s, "doc_offsets", "tokens", err, errlen) < 0) return -1;
@@ -139,6 +144,10 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
         if (h5_read_rows(s->file, s->path, "labels", H5T_NATIVE_INT32, 0, dims[0],
                          d->labels + s->first, err, errlen) < 0)
             return -1;
+        for (int64_t i = 0; i < s->num_samples; i++)
+            if (d->labels[s->first + i] < 0)
+                return ERR("%s: label %d of sample %lld is negative", s->path,
+                           d->labels[s->first + i], (long long)i);
     }
     if (first && H5Lexists(s->file, "label_names", H5P_DEFAULT) > 0) {
         d->label_names =
@@ -223,6 +232,10 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
     for (int i = 0; rc == 0 && i < d->n_shards; i++)
         rc = validate_shard(d, &d->shards[i], i == 0, err, errlen);
     if (rc == 0 && d->num_samples == 0) rc = ERR("%s: the dataset holds no samples", path);
+    for (int64_t i = 0; rc == 0 && d->labels && d->label_names && i < d->num_samples; i++)
+        if ((size_t)d->labels[i] >= d->n_label_names)
+            rc = ERR("%s: sample %lld has label %d but there are %zu label names", path,
+                     (long long)i, d->labels[i], d->n_label_names);
     if (rc < 0) dataset_close(d);
     return rc;
 }

@@ -163,15 +163,24 @@ hid_t h5_open_ro(const char *path, char *err, size_t errlen) {
     return f;
 }
 
+/* Attributes d2v reads are single values: an array would overflow the destination. */
+static int attr_is_scalar(hid_t a) {
+    hid_t sp = H5Aget_space(a);
+    hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    if (sp >= 0) H5Sclose(sp);
+    return n == 1;
+}
+
 int h5_read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, char *err,
                      size_t errlen) {
     if (H5Aexists(obj, name) <= 0)
         return fail(err, errlen, "%s: missing attribute '%s'", path, name);
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t t = H5Aget_type(a);
-    int ok = a >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
+    int ok = a >= 0 && attr_is_scalar(a) && H5Tget_class(t) == H5T_INTEGER &&
+             H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
     H5Tclose(t), H5Aclose(a);
-    return ok ? 0 : fail(err, errlen, "%s: attribute '%s' is not an integer", path, name);
+    return ok ? 0 : fail(err, errlen, "%s: attribute '%s' is not a single integer", path, name);
 }
 
 int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, size_t buflen,
@@ -181,7 +190,7 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t t = H5Aget_type(a);
     int ok = 0;
-    if (H5Tget_class(t) == H5T_STRING) {
+    if (H5Tget_class(t) == H5T_STRING && attr_is_scalar(a)) {
         if (H5Tis_variable_str(t) > 0) {
             char *s = NULL;
             hid_t mt = vlen_string_type(); /* HDF5 converts between no two character sets */
@@ -203,7 +212,7 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
         }
     }
     H5Tclose(t), H5Aclose(a);
-    return ok ? 0 : fail(err, errlen, "%s: attribute '%s' is not a string", path, name);
+    return ok ? 0 : fail(err, errlen, "%s: attribute '%s' is not a single string", path, name);
 }
 
 int h5_dataset_shape(hid_t loc, const char *path, const char *name, int *rank, hsize_t dims[4],

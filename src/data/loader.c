@@ -35,7 +35,7 @@ struct Loader {
     uint8_t *pixels; // scratch: one image
     float *crop;     // scratch: one image crop / utterance
     int stop, failed;
-    char err[512];
+    char err[PATH_MAX + 512];
     pthread_t thread;
     int threaded;
     pthread_mutex_t mu;
@@ -44,16 +44,22 @@ struct Loader {
 
 /* ---- items, blocks and permutations ---- */
 
+static void grow_blocks(Loader *l, int64_t *cap) {
+    TextBlock *b = realloc(l->blocks, (size_t)(*cap *= 2) * sizeof(TextBlock));
+    if (!b) die("%s: out of memory building %lld text blocks", l->d->path, (long long)*cap);
+    l->blocks = b;
+}
+
 static void build_text_blocks(Loader *l) {
     const Dataset *d = l->d;
     int64_t per = l->c.text_T - 1, cap = 1024, n = 0; /* tokens per block after bos */
-    l->blocks = malloc(cap * sizeof(TextBlock));
+    l->blocks = xalloc((size_t)cap * sizeof(TextBlock), "text blocks");
     if (l->c.text_stream) { /* one stream of doc + eos: a block starts every `per` tokens */
         int64_t pos = 0, doc = 0, start = 0;
         for (; doc < d->num_samples; doc++) {
             int64_t len = dataset_sample_len(d, doc) + 1;
             while (start < pos + len) {
-                if (n == cap) l->blocks = realloc(l->blocks, (cap *= 2) * sizeof(TextBlock));
+                if (n == cap) grow_blocks(l, &cap);
                 l->blocks[n++] = (TextBlock){doc, start - pos};
                 start += per;
             }
@@ -62,8 +68,10 @@ static void build_text_blocks(Loader *l) {
     } else { /* blocks never cross documents; long documents split */
         for (int64_t doc = 0; doc < d->num_samples; doc++) {
             int64_t len = dataset_sample_len(d, doc) + 1;
+            /* a document that exactly fills its blocks would leave a block of <s></s> alone */
+            if (len > 1 && (len - 1) % per == 0) len--;
             for (int64_t off = 0; off < len; off += per) {
-                if (n == cap) l->blocks = realloc(l->blocks, (cap *= 2) * sizeof(TextBlock));
+                if (n == cap) grow_blocks(l, &cap);
                 l->blocks[n++] = (TextBlock){doc, off};
             }
         }
@@ -98,6 +106,16 @@ static int fill_text(Loader *l, int64_t block, int32_t *row) {
             int64_t take = len - off < T - filled ? len - off : T - filled;
             if (dataset_read_tokens(d, doc, off, take, row + filled, l->err, sizeof l->err) < 0)
                 return -1;
+            for (int64_t k = 0; k < take; k++) /* the embedding would otherwise die anonymously */
+                if (row[filled + k] < 0 || row[filled + k] >= d->vocab_size) {
+                    if (snprintf(
+                            l->err, sizeof l->err,
+                            "%s: document %lld holds token id %d, outside the vocabulary of %d",
+                            d->path, (long long)doc, row[filled + k],
+                            d->vocab_size) >= (int)sizeof l->err)
+                        l->err[sizeof l->err - 1] = '\0'; /* truncated path */
+                    return -1;
+                }
             filled += (int)take, off += take;
         }
         if (filled < T && off == len) row[filled++] = d->eos_id, off++;
@@ -208,9 +226,8 @@ static int produce(Loader *l, Batch *b) {
             rc = fill_speech(l, b->ids[i], b->epoch, b->S, b->audio + (size_t)i * b->S);
     }
     h5_unlock();
-    if (l->d->modality != D2V_TEXT)
-        for (int i = 0; i < b->B; i++)
-            b->labels[i] = l->d->labels ? l->d->labels[b->ids[i]] : -1;
+    for (int i = 0; i < b->B; i++) /* text rows are blocks, not documents: no label */
+        b->labels[i] = l->d->labels && l->d->modality != D2V_TEXT ? l->d->labels[b->ids[i]] : -1;
     l->produce.position += global;
     return rc;
 }

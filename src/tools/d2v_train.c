@@ -201,12 +201,27 @@ int main(int argc, char **argv) {
     if (cfg.modality == D2V_IMAGE && ds.C != cfg.image_channels)
         die("%s: images have %d channels, image.channels is %d", cfg.train_path, ds.C,
             cfg.image_channels);
-    LoaderCursor start = {0, 0};
-    Loader *loader = loader_create(&ds, &lc, g_dist.rank, g_dist.world, start);
-
     /* model: student, gradients, AdamW moments and teacher share one layout */
     ModelConfig mc;
     train_config_to_model(&mc, &cfg, &ds);
+    if (cfg.modality == D2V_SPEECH) { /* clips must give the extractor more frames than a span */
+        int need = 1;
+        while (need < cfg.speech_max_samples &&
+               speech_num_frames(&mc.speech, need) < cfg.mask_speech_length + 1)
+            need++;
+        if (speech_num_frames(&mc.speech, cfg.speech_max_samples) < cfg.mask_speech_length + 1)
+            die("config: data.speech_max_samples %d gives the conv extractor fewer than "
+                "mask.speech_length + 1 = %d frames",
+                cfg.speech_max_samples, cfg.mask_speech_length + 1);
+        if (lc.speech_min_samples < need) {
+            log0("data.speech_min_samples raised from %d to %d (shorter clips give fewer than %d "
+                 "frames)\n",
+                 lc.speech_min_samples, need, cfg.mask_speech_length + 1);
+            lc.speech_min_samples = need;
+        }
+    }
+    LoaderCursor start = {0, 0};
+    Loader *loader = loader_create(&ds, &lc, g_dist.rank, g_dist.world, start);
     ModelParams ps, pg, pt;
     size_t np = model_params_layout(NULL, NULL, &mc);
     float *params = xalloc(np * 4, "parameters"), *grads = xalloc(np * 4, "gradients");
@@ -285,7 +300,7 @@ int main(int argc, char **argv) {
         dump_g = xalloc(np * 4, "dump copy");
     }
     double t_start = now_seconds(), t_log = t_start;
-    int64_t skipped = 0, samples_since_log = 0;
+    int64_t skipped = 0, skipped_in_a_row = 0, samples_since_log = 0;
     for (int64_t n = 0; n < cfg.max_updates; n++) {
         /* the teacher absorbs theta after update n-1, before the forward of update n (once per
          * update, also under gradient accumulation: fairseq v1 steps it per micro-batch) */
@@ -323,14 +338,20 @@ int main(int argc, char **argv) {
                     "optim.lr, raise optim.warmup or set run.skip_nonfinite = true",
                     isfinite(loss) ? "gradient" : "loss", (long long)n, loss, gnorm,
                     lr_at(&sched, n));
-            skipped++;
+            skipped++, skipped_in_a_row++;
             log0("update %lld skipped: non-finite loss or gradient (%lld so far)\n", (long long)n,
                  (long long)skipped);
+            if (skipped_in_a_row >= 20) /* nothing recovers by itself after this */
+                die("20 updates in a row had a non-finite loss or gradient (update %lld); lower "
+                    "optim.lr or raise optim.warmup and restart",
+                    (long long)n);
             continue;
         }
+        skipped_in_a_row = 0;
         if (dumping) memcpy(dump_g, grads, np * 4); /* the dump holds them before clipping */
         clip_grad_norm(grads, np, gnorm, cfg.clip);
         double lr = lr_at(&sched, n);
+        if (!isfinite(lr) || lr < 0) die("learning rate %g at update %lld", lr, (long long)n);
         adamw_step(params, adam_m, adam_v, grads, decay, np, &opt, lr, n + 1 - skipped);
         double tvar = var_from_stats(stats + 2 + 1 + 2 * C, C);
         double pvar = var_from_stats(stats + 2, C);
