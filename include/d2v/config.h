@@ -50,7 +50,8 @@ typedef struct {
     int speech_max_samples, speech_min_samples, speech_normalize;
     double crop_scale_min, crop_scale_max, flip_prob, mean[3], std[3];
     /* run */
-    int64_t max_updates, collapse_after;
+    int64_t max_updates, collapse_after, checkpoint_every;
+    int keep_last;
     int log_every, skip_nonfinite, threads;
     int64_t seed;
     double min_target_var, min_pred_var;

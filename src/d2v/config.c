@@ -124,6 +124,8 @@ static const KeySpec schema[] = {
     {"run.skip_nonfinite", T_BOOL, F(skip_nonfinite), 0, 1, NULL},
     {"run.threads", T_INT, F(threads), 0, 4096, NULL},
     {"run.collapse_after", T_I64, F(collapse_after), 0, 1e12, NULL},
+    {"run.checkpoint_every", T_I64, F(checkpoint_every), 0, 1e12, NULL},
+    {"run.keep_last", T_INT, F(keep_last), 0, 1 << 20, NULL},
     {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL},
     {"run.min_pred_var", T_FLOAT, F(min_pred_var), 0, 1e6, NULL},
 };
@@ -162,6 +164,7 @@ void train_config_defaults(TrainConfig *c) {
     c->speech_max_samples = 320000, c->speech_min_samples = 32000, c->speech_normalize = 1;
     c->max_updates = 400000, c->log_every = 100, c->seed = 1;
     c->collapse_after = 5000, c->min_target_var = 0.1, c->min_pred_var = 0.01;
+    c->checkpoint_every = 1000, c->keep_last = 3;
 }
 
 static const KeySpec *find_key(const char *key) {
@@ -379,8 +382,9 @@ int train_config_validate(const TrainConfig *c, char *err, size_t n) {
         return errf(err, n, "config: data.crop_scale_min is above data.crop_scale_max");
     if (c->lr_min > c->lr) return errf(err, n, "config: optim.lr_min is above optim.lr");
     if (c->schedule == LR_TRI_STAGE && !(c->lr_min > 0))
-        return errf(err, n, "config: the tri_stage schedule decays exponentially to optim.lr_min, "
-                            "which must be positive (fairseq: 0.01 * optim.lr)");
+        return errf(err, n,
+                    "config: the tri_stage schedule decays exponentially to optim.lr_min, "
+                    "which must be positive (fairseq: 0.01 * optim.lr)");
     return 0;
 }
 

@@ -5,11 +5,14 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "d2v/ckpt.h"
 #include "d2v/config.h"
 #include "d2v/dataset.h"
 #include "d2v/dist.h"
@@ -25,16 +28,20 @@ static void usage(void) {
            "[--dump-updates N]]\n"
            "  CONFIG          libconfig file (see configs/); every key is validated\n"
            "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
-           "  --run-dir DIR   where config.resolved.cfg and metrics.jsonl go (default runs/NAME)\n"
+           "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
+           "runs/NAME)\n"
+           "  --resume        continue from the newest complete checkpoint in the run directory\n"
+           "                  (a fresh start when there is none: safe for requeued jobs)\n"
            "  --dump-step F   after the first update, write everything needed to check it to F\n"
            "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
-           "Launch with mpirun -n N; threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n");
+           "Launch with mpirun -n N; threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
+           "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
 }
 
 typedef struct {
     const char *config, *run_dir, *dump;
     const char *sets[64];
-    int n_sets, dump_updates;
+    int n_sets, dump_updates, resume;
 } Args;
 
 static void parse_args(Args *a, int argc, char **argv) {
@@ -47,6 +54,8 @@ static void parse_args(Args *a, int argc, char **argv) {
         } else if (!strcmp(argv[i], "--set") && i + 1 < argc) {
             if (a->n_sets == 64) die("too many --set options (64 at most)");
             a->sets[a->n_sets++] = argv[++i];
+        } else if (!strcmp(argv[i], "--resume")) {
+            a->resume = 1;
         } else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc) {
             a->run_dir = argv[++i];
         } else if (!strcmp(argv[i], "--dump-step") && i + 1 < argc) {
@@ -91,9 +100,9 @@ static void make_dir(const char *path) {
     if (mkdir(tmp, 0775) != 0 && errno != EEXIST) die("%s: cannot create the run directory", path);
 }
 
-typedef struct {
-    double loss_sum, masked;
-} Totals;
+/* Slurm's --signal=USR1@N (forwarded by the batch shell) or a TERM: checkpoint and stop. */
+static volatile sig_atomic_t g_stop_signal;
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
 
 /* --dump-step: one HDF5 file with the batch, masks, targets, predictions, and the parameters,
  * gradients and teacher before and after the update (dataset names in docs/dump-step.md). */
@@ -220,8 +229,6 @@ int main(int argc, char **argv) {
             lc.speech_min_samples = need;
         }
     }
-    LoaderCursor start = {0, 0};
-    Loader *loader = loader_create(&ds, &lc, g_dist.rank, g_dist.world, start);
     ModelParams ps, pg, pt;
     size_t np = model_params_layout(NULL, NULL, &mc);
     float *params = xalloc(np * 4, "parameters"), *grads = xalloc(np * 4, "gradients");
@@ -230,8 +237,36 @@ int main(int argc, char **argv) {
     uint8_t *decay = xalloc(np, "weight-decay mask");
     model_params_layout(&ps, params, &mc), model_params_layout(&pg, grads, &mc);
     if (g_dist.rank == 0) model_params_init(&ps, &mc, (uint64_t)cfg.seed);
-    dist_bcast_bytes(params, np * 4); /* one initialisation for all replicas */
     memcpy(teacher, params, np * 4);
+    /* run directory and banner */
+    char run_dir[PATH_MAX], path[PATH_MAX + 64];
+    if (a.run_dir)
+        snprintf(run_dir, sizeof run_dir, "%s", a.run_dir);
+    else {
+        const char *base = strrchr(a.config, '/');
+        snprintf(run_dir, sizeof run_dir, "runs/%.*s",
+                 (int)strcspn(base ? base + 1 : a.config, "."), base ? base + 1 : a.config);
+    }
+    /* --resume: rank 0 reads the newest complete checkpoint; every replica gets its bytes */
+    TrainState st = {0, 0, {0, 0}};
+    double resumed = 0;
+    if (a.resume && g_dist.rank == 0) {
+        char ck[PATH_MAX + 32], err2[1024];
+        if (ckpt_find_latest(run_dir, ck, sizeof ck) == 0) {
+            if (ckpt_read(ck, &mc, params, teacher, adam_m, adam_v, np, &st, err2, sizeof err2))
+                die("%s", err2);
+            resumed = 1;
+            log0("resuming from %s: update %lld, epoch %lld, position %lld\n", ck,
+                 (long long)st.update, (long long)st.cursor.epoch, (long long)st.cursor.position);
+        } else {
+            log0("--resume: no complete checkpoint under %s/ckpt, starting fresh\n", run_dir);
+        }
+    }
+    dist_bcast_bytes(&resumed, sizeof resumed);
+    dist_bcast_bytes(&st, sizeof st);
+    dist_bcast_bytes(params, np * 4); /* one initialisation for all replicas */
+    dist_bcast_bytes(teacher, np * 4);
+    if (resumed) dist_bcast_bytes(adam_m, np * 4), dist_bcast_bytes(adam_v, np * 4);
     model_teacher_view(&pt, &ps, teacher, &mc);
     model_decay_mask(decay, &mc, cfg.exempt_1d);
     ParamRange ema[4];
@@ -246,15 +281,10 @@ int main(int argc, char **argv) {
                         cfg.max_updates, cfg.warmup_init, cfg.tri_hold, cfg.tri_decay};
     if (cfg.schedule == LR_TRI_STAGE && cfg.warmup_init == 0) sched.warmup_init = 0.01 * cfg.lr;
 
-    /* run directory and banner */
-    char run_dir[PATH_MAX], path[PATH_MAX + 64];
-    if (a.run_dir)
-        snprintf(run_dir, sizeof run_dir, "%s", a.run_dir);
-    else {
-        const char *base = strrchr(a.config, '/');
-        snprintf(run_dir, sizeof run_dir, "runs/%.*s",
-                 (int)strcspn(base ? base + 1 : a.config, "."), base ? base + 1 : a.config);
-    }
+    /* the loader starts where the checkpoint left off (a global cursor: any rank count) */
+    Loader *loader = loader_create(&ds, &lc, g_dist.rank, g_dist.world, st.cursor);
+
+    /* banner */
     FILE *metrics = NULL;
     if (g_dist.rank == 0) {
         make_dir(run_dir);
@@ -280,9 +310,9 @@ int main(int argc, char **argv) {
         if (rf) fclose(rf);
     }
 
-    /* the resolved configuration travels inside every dump */
+    /* the resolved configuration travels inside every dump and checkpoint */
     char *config_text = NULL;
-    if (a.dump && g_dist.rank == 0) {
+    if (g_dist.rank == 0) {
         snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
         FILE *cf = fopen(path, "r");
         if (!cf) die("%s: cannot read back", path);
@@ -300,8 +330,10 @@ int main(int argc, char **argv) {
         dump_g = xalloc(np * 4, "dump copy");
     }
     double t_start = now_seconds(), t_log = t_start;
-    int64_t skipped = 0, skipped_in_a_row = 0, samples_since_log = 0;
-    for (int64_t n = 0; n < cfg.max_updates; n++) {
+    int64_t skipped = st.skipped, skipped_in_a_row = 0, samples_since_log = 0;
+    int64_t n = st.update, last_ckpt = resumed ? st.update : -1;
+    signal(SIGUSR1, on_stop_signal), signal(SIGTERM, on_stop_signal);
+    for (; n < cfg.max_updates; n++) {
         /* the teacher absorbs theta after update n-1, before the forward of update n (once per
          * update, also under gradient accumulation: fairseq v1 steps it per micro-batch) */
         double tau = ema_tau(cfg.ema_tau0, cfg.ema_tau_end, cfg.ema_tau_steps, n);
@@ -401,8 +433,39 @@ int main(int argc, char **argv) {
             }
             t_log = now, samples_since_log = 0;
         }
+        /* a signal on any rank, or RUN_DIR/stop, stops every rank after this update */
+        double stop = g_stop_signal != 0;
+        if (g_dist.rank == 0) {
+            snprintf(path, sizeof path, "%s/stop", run_dir);
+            stop += access(path, F_OK) == 0;
+        }
+        dist_allreduce_sum_f64(&stop, 1);
+        int periodic = cfg.checkpoint_every > 0 && (n + 1) % cfg.checkpoint_every == 0;
+        if (periodic || stop > 0) {
+            TrainState now_st = {n + 1, skipped, loader_cursor(loader)};
+            if (g_dist.rank == 0)
+                ckpt_write(run_dir, &mc, config_text, params, teacher, adam_m, adam_v, np, &now_st,
+                           cfg.keep_last);
+            last_ckpt = n + 1;
+            dist_barrier();
+        }
+        if (stop > 0) {
+            log0("stopping after update %lld on request (signal or %s/stop); resume with "
+                 "--resume\n",
+                 (long long)n + 1, run_dir);
+            n++;
+            break;
+        }
     }
-    log0("done: %lld updates in %.1f s\n", (long long)cfg.max_updates, now_seconds() - t_start);
+    if (last_ckpt != n && n > 0) { /* the final state, unless just written */
+        TrainState now_st = {n, skipped, loader_cursor(loader)};
+        if (g_dist.rank == 0)
+            ckpt_write(run_dir, &mc, config_text, params, teacher, adam_m, adam_v, np, &now_st,
+                       cfg.keep_last);
+        dist_barrier();
+    }
+    log0("done: update %lld of %lld, %.1f s\n", (long long)n, (long long)cfg.max_updates,
+         now_seconds() - t_start);
     if (metrics) fclose(metrics);
     loader_destroy(loader);
     model_destroy(model);

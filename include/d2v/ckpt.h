@@ -1,0 +1,33 @@
+/* ckpt.h: checkpoints of a d2v-train run. All training state is replicated across ranks (the
+ * loader cursor is global and every random draw is keyed, not stateful), so rank 0 alone writes
+ * RUN_DIR/ckpt/step_NNNNNNNN/model.h5 and then a DONE marker; resume takes the newest complete
+ * one and may use a different rank count. */
+#ifndef D2V_CKPT_H
+#define D2V_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "d2v/dataset.h"
+#include "d2v/model.h"
+
+typedef struct {
+    int64_t update;      // completed optimizer updates
+    int64_t skipped;     // updates skipped as non-finite (AdamW's step count excludes them)
+    LoaderCursor cursor; // where the next batch starts
+} TrainState;
+
+/// Write a checkpoint of the arenas (each np floats) and the state; keeps the newest keep_last
+/// complete checkpoints (0: all). The file is written under a temporary name and renamed; DONE
+/// marks it complete. Dies naming the path on an I/O failure.
+void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_text,
+                const float *params, const float *teacher, const float *adam_m, const float *adam_v,
+                size_t np, const TrainState *st, int keep_last);
+/// Newest complete checkpoint's model.h5 under run_dir: 0, or -1 when there is none.
+int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen);
+/// Read a checkpoint into the arenas after checking it matches this model (modality, parameter
+/// names and shapes). 0, or -1 with a one-line message naming the file in err.
+int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *teacher, float *adam_m,
+              float *adam_v, size_t np, TrainState *st, char *err, size_t errlen);
+
+#endif
