@@ -27,7 +27,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends $(BUILD)/bench/bench_loader $(BUILD)/bench/bench_train
-BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
+BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-eval $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 

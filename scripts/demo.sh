@@ -1,6 +1,7 @@
 #!/bin/sh
 # demo.sh: the main job end to end on one machine: Fashion-MNIST (Debian's dataset-fashion-mnist)
-# -> HDF5 with d2v-prep-image -> data2vec image pretraining with d2v-train (configs/image-tiny.cfg).
+# -> HDF5 with d2v-prep-image -> data2vec image pretraining with d2v-train (configs/image-tiny.cfg)
+# -> a kNN probe of the frozen features with d2v-eval, against the untrained model.
 set -eu
 build=${1:-build/release}
 [ $# -gt 0 ] && shift
@@ -19,4 +20,9 @@ for split in train t10k; do
     fi
 done
 echo "== pretraining (configs/image-tiny.cfg, $threads threads); metrics in runs/demo/metrics.jsonl"
-"$build/bin/d2v-train" configs/image-tiny.cfg --run-dir runs/demo "$@"
+# --resume: a finished earlier demo is kept (and reused), an interrupted one continues
+"$build/bin/d2v-train" configs/image-tiny.cfg --run-dir runs/demo --resume "$@"
+echo "== kNN probe of the frozen features on fmnist-test (pretrained vs the same model untrained)"
+"$build/bin/d2v-eval" runs/demo --train data/fmnist-train.h5 --test data/fmnist-test.h5 2>/dev/null | grep kNN
+"$build/bin/d2v-eval" runs/demo --train data/fmnist-train.h5 --test data/fmnist-test.h5 \
+    --random-init 2>/dev/null | grep kNN

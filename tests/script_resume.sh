@@ -82,5 +82,17 @@ echo "$line" | grep -q "step_00000012/model.h5: .*another config" && [ $rc -ne 0
 [ -f "$dir/a/ckpt/step_00000012/DONE" ] && ok "the refused checkpoint is untouched" ||
     bad "the refused checkpoint was removed"
 
+# d2v-eval on the finished run: a kNN probe of the frozen features (labels from the IDX file)
+out=$("$build/bin/d2v-eval" "$dir/a" --train "$dir/fm.h5" --test "$dir/fm.h5" --k 5 2>&1)
+acc=$(echo "$out" | sed -n 's/.*top-1 accuracy \([0-9.]*\)%.*/\1/p')
+[ -n "$acc" ] && echo "$out" | grep -q "500 train, 500 test" &&
+    ok "d2v-eval: kNN accuracy $acc% of the final checkpoint (test = train here)" ||
+    bad "d2v-eval: $out"
+"$build/bin/d2v-prep-image" --idx-images tests/fixtures/fmnist-t500-images-idx3.gz \
+    -o "$dir/nolabels.h5" >/dev/null
+out=$("$build/bin/d2v-eval" "$dir/a" --train "$dir/nolabels.h5" --test "$dir/fm.h5" 2>&1)
+echo "$out" | grep -q "nolabels.h5: has no /labels" && ok "d2v-eval refuses unlabelled data" ||
+    bad "d2v-eval on unlabelled data: $out"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

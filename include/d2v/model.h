@@ -96,6 +96,10 @@ void model_destroy(Model *m);
 void model_micro_step(Model *m, const ModelParams *student, const ModelParams *teacher,
                       ModelParams *grads, const Batch *b, uint64_t seed, uint64_t step,
                       MicroResult *out);
+/// Frozen features for evaluation: the encoder on the unmasked input (no dropout) with the
+/// given parameters, the final block output averaged over tokens (patches only for images,
+/// real tokens for text), out (B, C).
+void model_features(Model *m, const ModelParams *p, const Batch *b, float *out);
 /// Model width C.
 int model_width(const ModelConfig *c);
 /// MiB of the activation arenas.

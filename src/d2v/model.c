@@ -493,6 +493,44 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_BACKWARD] += now_seconds() - t0;
 }
 
+void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) {
+    const ModelConfig *c = &m->c;
+    int B = b->B, C = c->enc.C, first = 0;
+    const float *x;
+    const uint8_t *pad = NULL;
+    DropKey dk = {0, 0, 1, b->ids};
+    if (c->modality == D2V_TEXT) {
+        m->T = b->T;
+        text_embed_forward(&m->text_t, &p->text, b->tokens, B, m->T, 0, dk);
+        x = m->text_t.out, pad = m->text_t.pad;
+    } else if (c->modality == D2V_IMAGE) {
+        m->T = image_embed_tokens(&c->image), first = !!c->image.cls;
+        image_embed_forward(&m->image_t, &p->image, b->images, NULL, B);
+        x = m->image_t.out;
+    } else {
+        speech_features_forward(&m->feat, &p->speech, b->audio, B, b->S);
+        m->T = m->feat.T;
+        speech_context_forward(&m->ctx_t, &p->speech, m->feat.features, NULL, B, m->T);
+        x = m->ctx_t.out;
+    }
+    int T = m->T;
+    EncoderRun r = {B, T, pad, NULL, 0, 0, 0, b->ids};
+    encoder_forward(&m->enc_t, &p->enc, x, &r);
+    const float *h = encoder_output(&m->enc_t);
+    for (int i = 0; i < B; i++) {
+        float *o = out + (size_t)i * C;
+        memset(o, 0, sizeof(float) * C);
+        int n = 0;
+        for (int t = first; t < T; t++) {
+            if (pad && pad[(size_t)i * T + t]) continue;
+            const float *row = h + ((size_t)i * T + t) * C;
+            for (int k = 0; k < C; k++) o[k] += row[k];
+            n++;
+        }
+        for (int k = 0; k < C; k++) o[k] /= n > 0 ? n : 1;
+    }
+}
+
 ModelTrace model_trace(const Model *m) {
     ModelTrace t = {m->B,
                     m->T,

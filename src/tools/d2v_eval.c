@@ -1,0 +1,219 @@
+/* d2v_eval.c: d2v-eval, a k-nearest-neighbour probe of frozen pretrained features: the encoder
+ * (student or teacher of a checkpoint, or a random initialisation as the baseline) embeds a
+ * labelled train and test set, and each test sample takes the weighted vote of its k most
+ * cosine-similar train samples (the DINO kNN protocol: weights exp(sim / 0.07)). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "d2v/ckpt.h"
+#include "d2v/config.h"
+#include "d2v/dataset.h"
+#include "d2v/dist.h"
+#include "d2v/h5io.h"
+#include "d2v/kernels.h"
+#include "d2v/model.h"
+#include "d2v/util.h"
+
+static void usage(void) {
+    printf(
+        "usage: d2v-eval CHECKPOINT --train DATA.h5 --test DATA.h5 [--k 20] [--batch 50]\n"
+        "                [--teacher] [--random-init]\n"
+        "  CHECKPOINT     RUN_DIR/ckpt/step_N/model.h5 (or a run directory: its newest one)\n"
+        "  --teacher      embed with the EMA teacher instead of the student\n"
+        "  --random-init  embed with the untrained initialisation of the same config (baseline)\n"
+        "Prints the kNN top-1 accuracy of mean-pooled final-block features. Image and speech\n"
+        "datasets with labels (data-prep tools' /labels).\n");
+}
+
+typedef struct {
+    float *feat; // (n, C), L2-normalised
+    int32_t *label;
+    int64_t n;
+} Embedded;
+
+/* Embed every full batch of a labelled dataset, in order, with the given parameters. */
+static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfig *mc, Model *model,
+                      const ModelParams *p, int batch) {
+    Dataset d;
+    char err[1024];
+    if (dataset_open(&d, path, cfg->modality, err, sizeof err) < 0) die("%s", err);
+    if (!d.labels) die("%s: has no /labels to evaluate against", path);
+    if (d.modality == D2V_IMAGE &&
+        (d.H != cfg->image_height || d.W != cfg->image_width || d.C != cfg->image_channels))
+        die("%s: images are %dx%dx%d, the model takes %dx%dx%d", path, d.H, d.W, d.C,
+            cfg->image_height, cfg->image_width, cfg->image_channels);
+    LoaderConfig lc = {cfg->modality,
+                       batch,
+                       0,
+                       0,
+                       0,
+                       0,
+                       0,
+                       1,
+                       1,
+                       1,
+                       1,
+                       0,
+                       cfg->image_height,
+                       cfg->image_width,
+                       {(float)cfg->mean[0], (float)cfg->mean[1], (float)cfg->mean[2]},
+                       {(float)cfg->std[0], (float)cfg->std[1], (float)cfg->std[2]},
+                       cfg->speech_max_samples,
+                       1,
+                       cfg->speech_normalize,
+                       1};
+    LoaderCursor c0 = {0, 0};
+    Loader *l = loader_create(&d, &lc, 0, 1, c0);
+    int64_t batches = loader_epoch_samples(l) / batch;
+    int C = mc->enc.C;
+    Embedded e = {xalloc(sizeof(float) * batches * batch * C, "features"),
+                  xalloc(sizeof(int32_t) * batches * batch, "labels"), batches * batch};
+    for (int64_t k = 0; k < batches; k++) {
+        const Batch *b = loader_next(l);
+        model_features(model, p, b, e.feat + (size_t)k * batch * C);
+        memcpy(e.label + k * batch, b->labels, sizeof(int32_t) * batch);
+    }
+    for (int64_t i = 0; i < e.n; i++) { /* per-feature standardisation happens in knn */
+        float *f = e.feat + (size_t)i * C;
+        double s = 0;
+        for (int j = 0; j < C; j++)
+            s += (double)f[j] * f[j];
+        float inv = (float)(1.0 / sqrt(s + 1e-12));
+        for (int j = 0; j < C; j++)
+            f[j] *= inv;
+    }
+    loader_destroy(l);
+    dataset_close(&d);
+    return e;
+}
+
+static double knn_accuracy(const Embedded *tr, const Embedded *te, int C, int k, int classes) {
+    enum { ROWS = 256 };
+    float *sim = xalloc(sizeof(float) * ROWS * tr->n, "similarities");
+    double *vote = xalloc(sizeof(double) * classes, "votes");
+    int *top = xalloc(sizeof(int) * k, "neighbours");
+    int64_t correct = 0;
+    for (int64_t r0 = 0; r0 < te->n; r0 += ROWS) {
+        int rows = (int)(te->n - r0 < ROWS ? te->n - r0 : ROWS);
+        gemm_rowmajor(0, 1, rows, (int)tr->n, C, 1.0f, te->feat + (size_t)r0 * C, C, tr->feat, C,
+                      0.0f, sim, (int)tr->n, 0);
+        for (int r = 0; r < rows; r++) {
+            const float *s = sim + (size_t)r * tr->n;
+            int nk = 0; /* insertion into the k best */
+            for (int64_t j = 0; j < tr->n; j++) {
+                if (nk == k && s[j] <= s[top[k - 1]]) continue;
+                int pos = nk < k ? nk++ : k - 1;
+                while (pos > 0 && s[top[pos - 1]] < s[j])
+                    top[pos] = top[pos - 1], pos--;
+                top[pos] = (int)j;
+            }
+            memset(vote, 0, sizeof(double) * classes);
+            for (int q = 0; q < nk; q++)
+                vote[tr->label[top[q]]] += exp(s[top[q]] / 0.07);
+            int best = 0;
+            for (int q = 1; q < classes; q++)
+                if (vote[q] > vote[best]) best = q;
+            correct += best == te->label[r0 + r];
+        }
+    }
+    free(sim), free(vote), free(top);
+    return (double)correct / te->n;
+}
+
+int main(int argc, char **argv) {
+    const char *ckpt = NULL, *train = NULL, *test = NULL;
+    int k = 20, batch = 50, teacher = 0, random_init = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return usage(), 0;
+        else if (!strcmp(argv[i], "--train") && i + 1 < argc)
+            train = argv[++i];
+        else if (!strcmp(argv[i], "--test") && i + 1 < argc)
+            test = argv[++i];
+        else if (!strcmp(argv[i], "--k") && i + 1 < argc)
+            k = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--teacher"))
+            teacher = 1;
+        else if (!strcmp(argv[i], "--random-init"))
+            random_init = 1;
+        else if (argv[i][0] != '-' && !ckpt)
+            ckpt = argv[i];
+        else {
+            fprintf(stderr, "d2v: error: unexpected argument '%s' (see d2v-eval --help)\n",
+                    argv[i]);
+            return 1;
+        }
+    }
+    dist_init(&argc, &argv);
+    h5io_init();
+    if (!ckpt || !train || !test) die("need CHECKPOINT, --train and --test (see d2v-eval --help)");
+    if (k < 1 || batch < 1) die("--k and --batch must be positive");
+    char path[PATH_MAX + 64];
+    if (access(ckpt, F_OK) == 0 && ckpt_find_latest(ckpt, path, sizeof path) == 0) ckpt = path;
+    /* the checkpoint carries its resolved configuration */
+    char err[1024], *text = xalloc(1 << 16, "config text");
+    hid_t f = h5_open_ro(ckpt, err, sizeof err);
+    if (f < 0 || h5_read_attr_str(f, ckpt, "config", text, 1 << 16, err, sizeof err) < 0)
+        die("%s", err);
+    H5Fclose(f);
+    char tmp[] = "/tmp/d2v-eval-config.XXXXXX";
+    int fd = mkstemp(tmp);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        die("%s: cannot write", tmp);
+    close(fd);
+    TrainConfig cfg;
+    train_config_defaults(&cfg);
+    int rc = train_config_load(&cfg, tmp, err, sizeof err);
+    unlink(tmp);
+    if (rc < 0) die("%s: its configuration: %s", ckpt, err);
+    if (cfg.modality == D2V_TEXT) die("d2v-eval: text evaluation is not supported yet");
+    gemm_init(cfg.threads);
+    Dataset probe;
+    if (dataset_open(&probe, train, cfg.modality, err, sizeof err) < 0) die("%s", err);
+    ModelConfig mc;
+    train_config_to_model(&mc, &cfg, &probe);
+    size_t nclass = probe.n_label_names;
+    dataset_close(&probe);
+    size_t np = model_params_layout(NULL, NULL, &mc);
+    float *params = xalloc(np * 4, "params"), *tch = xalloc(np * 4, "teacher");
+    float *m = xalloc(np * 4, "m"), *v = xalloc(np * 4, "v");
+    ModelParams ps, pt;
+    model_params_layout(&ps, params, &mc);
+    TrainState st;
+    if (random_init) {
+        model_params_init(&ps, &mc, (uint64_t)cfg.seed);
+        memcpy(tch, params, np * 4);
+    } else if (ckpt_read(ckpt, &mc, params, tch, m, v, np, &st, err, sizeof err) < 0) {
+        die("%s", err);
+    }
+    model_teacher_view(&pt, &ps, tch, &mc);
+    if (cfg.modality == D2V_SPEECH) batch = 1; /* whole utterances, no cropping across a batch */
+    Model *model =
+        model_create(&mc, batch, cfg.modality == D2V_SPEECH ? cfg.speech_max_samples : 0);
+    const ModelParams *p = teacher ? &pt : &ps;
+    double t0 = now_seconds();
+    Embedded tr = embed(train, &cfg, &mc, model, p, batch);
+    Embedded te = embed(test, &cfg, &mc, model, p, batch);
+    int classes = (int)nclass;
+    for (int64_t i = 0; i < tr.n; i++)
+        classes = tr.label[i] >= classes ? tr.label[i] + 1 : classes;
+    double acc = knn_accuracy(&tr, &te, mc.enc.C, k, classes);
+    printf("kNN (k=%d) top-1 accuracy %.2f%%  (%s of %s; %lld train, %lld test, %.1f s)\n", k,
+           100 * acc,
+           random_init ? "random init"
+           : teacher   ? "teacher"
+                       : "student",
+           random_init ? "the same config" : ckpt, (long long)tr.n, (long long)te.n,
+           now_seconds() - t0);
+    model_destroy(model);
+    free(params), free(tch), free(m), free(v), free(text);
+    free(tr.feat), free(tr.label), free(te.feat), free(te.label);
+    dist_finalize();
+    return 0;
+}
