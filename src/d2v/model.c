@@ -524,10 +524,12 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
         for (int t = first; t < T; t++) {
             if (pad && pad[(size_t)i * T + t]) continue;
             const float *row = h + ((size_t)i * T + t) * C;
-            for (int k = 0; k < C; k++) o[k] += row[k];
+            for (int k = 0; k < C; k++)
+                o[k] += row[k];
             n++;
         }
-        for (int k = 0; k < C; k++) o[k] /= n > 0 ? n : 1;
+        for (int k = 0; k < C; k++)
+            o[k] /= n > 0 ? n : 1;
     }
 }
 
