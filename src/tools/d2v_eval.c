@@ -25,8 +25,9 @@ static void usage(void) {
         "  CHECKPOINT     RUN_DIR/ckpt/step_N/model.h5 (or a run directory: its newest one)\n"
         "  --teacher      embed with the EMA teacher instead of the student\n"
         "  --random-init  embed with the untrained initialisation of the same config (baseline)\n"
-        "Prints the kNN top-1 accuracy of mean-pooled final-block features. Image and speech\n"
-        "datasets with labels (data-prep tools' /labels).\n");
+        "Prints the kNN top-1 accuracy of mean-pooled final-block features on labelled\n"
+        "datasets (the data-prep tools' /labels; text: one row per document,\n"
+        "tokenised with the pretraining vocabulary).\n");
 }
 
 typedef struct {
@@ -34,6 +35,55 @@ typedef struct {
     int32_t *label;
     int64_t n;
 } Embedded;
+
+static void l2_normalise(float *f, int64_t n, int C) {
+    for (int64_t i = 0; i < n; i++) {
+        float *x = f + (size_t)i * C;
+        double s = 0;
+        for (int j = 0; j < C; j++)
+            s += (double)x[j] * x[j];
+        float inv = (float)(1.0 / sqrt(s + 1e-12));
+        for (int j = 0; j < C; j++)
+            x[j] *= inv;
+    }
+}
+
+/* Text: one row per labelled document, <s> + its first text_block - 1 tokens (+ </s>), padded;
+ * every document counts once (the training loader's rows are blocks, which carry no label). */
+static Embedded embed_documents(const Dataset *d, const TrainConfig *cfg, const ModelConfig *mc,
+                                Model *model, const ModelParams *p, int batch) {
+    int T = cfg->text_block, C = mc->enc.C;
+    Embedded e = {xalloc(sizeof(float) * d->num_samples * C, "features"),
+                  xalloc(sizeof(int32_t) * d->num_samples, "labels"), d->num_samples};
+    Batch b = {0};
+    b.T = T, b.tokens = xalloc(sizeof(int32_t) * batch * T, "tokens");
+    b.ids = xalloc(sizeof(int64_t) * batch, "ids");
+    char err[1024];
+    for (int64_t first = 0; first < d->num_samples; first += batch) {
+        b.B = (int)(d->num_samples - first < batch ? d->num_samples - first : batch);
+        for (int i = 0; i < b.B; i++) {
+            int64_t doc = first + i, len = dataset_sample_len(d, doc);
+            int32_t *row = b.tokens + (size_t)i * T;
+            int take = (int)(len < T - 1 ? len : T - 1);
+            row[0] = d->bos_id;
+            if (dataset_read_tokens(d, doc, 0, take, row + 1, err, sizeof err) < 0) die("%s", err);
+            for (int k = 1; k <= take; k++)
+                if (row[k] < 0 || row[k] >= d->vocab_size)
+                    die("%s: document %lld holds token %d outside the vocabulary", d->path,
+                        (long long)doc, row[k]);
+            int n = 1 + take;
+            if (n < T) row[n++] = d->eos_id;
+            for (; n < T; n++)
+                row[n] = d->pad_id;
+            b.ids[i] = doc;
+            e.label[doc] = d->labels[doc];
+        }
+        model_features(model, p, &b, e.feat + (size_t)first * C);
+    }
+    free(b.tokens), free(b.ids);
+    l2_normalise(e.feat, e.n, C);
+    return e;
+}
 
 /* Embed every full batch of a labelled dataset, in order, with the given parameters. */
 static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfig *mc, Model *model,
@@ -46,6 +96,11 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
         (d.H != cfg->image_height || d.W != cfg->image_width || d.C != cfg->image_channels))
         die("%s: images are %dx%dx%d, the model takes %dx%dx%d", path, d.H, d.W, d.C,
             cfg->image_height, cfg->image_width, cfg->image_channels);
+    if (d.modality == D2V_TEXT) {
+        Embedded e = embed_documents(&d, cfg, mc, model, p, batch);
+        dataset_close(&d);
+        return e;
+    }
     LoaderConfig lc = {cfg->modality,
                        batch,
                        0,
@@ -77,15 +132,7 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
         model_features(model, p, b, e.feat + (size_t)k * batch * C);
         memcpy(e.label + k * batch, b->labels, sizeof(int32_t) * batch);
     }
-    for (int64_t i = 0; i < e.n; i++) { /* per-feature standardisation happens in knn */
-        float *f = e.feat + (size_t)i * C;
-        double s = 0;
-        for (int j = 0; j < C; j++)
-            s += (double)f[j] * f[j];
-        float inv = (float)(1.0 / sqrt(s + 1e-12));
-        for (int j = 0; j < C; j++)
-            f[j] *= inv;
-    }
+    l2_normalise(e.feat, e.n, C);
     loader_destroy(l);
     dataset_close(&d);
     return e;
@@ -172,7 +219,6 @@ int main(int argc, char **argv) {
     int rc = train_config_load(&cfg, tmp, err, sizeof err);
     unlink(tmp);
     if (rc < 0) die("%s: its configuration: %s", ckpt, err);
-    if (cfg.modality == D2V_TEXT) die("d2v-eval: text evaluation is not supported yet");
     gemm_init(cfg.threads);
     Dataset probe;
     if (dataset_open(&probe, train, cfg.modality, err, sizeof err) < 0) die("%s", err);
@@ -194,8 +240,10 @@ int main(int argc, char **argv) {
     }
     model_teacher_view(&pt, &ps, tch, &mc);
     if (cfg.modality == D2V_SPEECH) batch = 1; /* whole utterances, no cropping across a batch */
-    Model *model =
-        model_create(&mc, batch, cfg.modality == D2V_SPEECH ? cfg.speech_max_samples : 0);
+    Model *model = model_create(&mc, batch,
+                                cfg.modality == D2V_SPEECH ? cfg.speech_max_samples
+                                : cfg.modality == D2V_TEXT ? cfg.text_block
+                                                           : 0);
     const ModelParams *p = teacher ? &pt : &ps;
     double t0 = now_seconds();
     Embedded tr = embed(train, &cfg, &mc, model, p, batch);
