@@ -56,23 +56,26 @@ void text_embed_backward(TextEmbed *t, TextEmbedParams *g, const TextEmbedParams
 
 /* ---- image ----------------------------------------------------------------------------------- */
 
-enum { IMAGE_POS_NONE = 0, IMAGE_POS_LEARNED = 1, IMAGE_POS_SINCOS = 2 };
+enum { IMAGE_POS_NONE = 0, IMAGE_POS_LEARNED = 1, IMAGE_POS_SINCOS = 2, IMAGE_POS_RELATIVE = 3 };
 
 typedef struct {
     int H, W, Cin; // image size (multiples of P) and channels (1 or 3)
     int P, C;      // patch size, model width
     int cls;       // 1: prepend a learned cls token
     int pos;       // IMAGE_POS_*: learned absolute over cls + patches (BEiT abs_pos_emb), fixed
-                   // 2-D sin-cos over the patches only (MAE / data2vec 2.0), or none
+                   // 2-D sin-cos over the patches only (MAE / data2vec 2.0), none, or BEiT's
+                   // shared relative position bias (data2vec v1 vision: an attention logit bias)
+    int heads;     // attention heads (the relative bias has one table column per head)
 } ImageEmbedConfig;
 
-#define IMAGE_EMBED_NUM_PARAMS 5
+#define IMAGE_EMBED_NUM_PARAMS 6
 typedef struct {
     float *patch_w;    // (C, Cin, P, P) Conv2d weight
     float *patch_b;    // (C)
     float *cls;        // (C) or empty
     float *mask_token; // (C)
     float *pos;        // (cls + Np, C) when IMAGE_POS_LEARNED, else empty
+    float *rel_table;  // ((2gh-1)(2gw-1) + 3, heads) when IMAGE_POS_RELATIVE, else empty
 } ImageEmbedParams;
 
 size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c);
@@ -84,6 +87,12 @@ int image_embed_tokens(const ImageEmbedConfig *c);
 /// Fixed 2-D sin-cos table (Np, C), C a multiple of 4: first C/2 dims encode the patch column,
 /// second C/2 the row; each half is [sin(pos w_k), cos(pos w_k)], w_k = 10000^(-k/(C/4)).
 void image_sincos_table(float *table, int gh, int gw, int C);
+/// Rows of the relative bias table: one per (dy, dx) offset, plus cls->patch, patch->cls and
+/// cls->cls (BEiT's three extra entries).
+int image_rel_table_rows(const ImageEmbedConfig *c);
+/// BEiT relative_position_index (tokens x tokens): (dy + gh-1) * (2gw-1) + (dx + gw-1) between
+/// patches; rows-3 for cls->patch, rows-2 for patch->cls, rows-1 for cls->cls.
+void image_rel_index(int32_t *index, const ImageEmbedConfig *c);
 
 typedef struct {
     ImageEmbedConfig cfg;
@@ -92,7 +101,8 @@ typedef struct {
     float *sincos; // (Np, C) fixed table when IMAGE_POS_SINCOS
     uint8_t *mask; // (B, Np) copy of the last mask (all zero when none)
     float *out;    // (B, tokens, C)
-    float *dpatch; // (B*Np, C) backward scratch
+    float *dpatch;      // (B*Np, C) backward scratch
+    int32_t *rel_index; // (tokens, tokens) when IMAGE_POS_RELATIVE
 } ImageEmbed;
 
 void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax);
@@ -102,6 +112,10 @@ void image_embed_free(ImageEmbed *e);
 void image_embed_forward(ImageEmbed *e, const ImageEmbedParams *p, const float *img,
                          const uint8_t *mask, int B);
 void image_embed_backward(ImageEmbed *e, ImageEmbedParams *g, const float *dout);
+/// The shared attention bias (heads, T, T) from the relative table (IMAGE_POS_RELATIVE).
+void image_rel_bias_forward(const ImageEmbed *e, float *bias, const ImageEmbedParams *p);
+/// dtable += the bias gradient (heads, T, T) gathered back to table rows.
+void image_rel_bias_backward(const ImageEmbed *e, ImageEmbedParams *g, const float *dbias);
 
 /* ---- speech ---------------------------------------------------------------------------------- */
 

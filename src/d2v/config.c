@@ -27,7 +27,7 @@ typedef struct {
 } KeySpec;
 
 static const char *const modality_names[] = {"text", "image", "speech", NULL};
-static const char *const pos_names[] = {"none", "learned", "sincos", NULL};
+static const char *const pos_names[] = {"none", "learned", "sincos", "relative", NULL};
 static const char *const tensor_names[] = {"end", "ffn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
@@ -492,7 +492,7 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
         m->text_mask = tm;
     } else if (c->modality == D2V_IMAGE) {
         ImageEmbedConfig im = {c->image_height, c->image_width, c->image_channels, c->image_patch,
-                               c->width,        c->image_cls,   c->image_pos};
+                               c->width,        c->image_cls,   c->image_pos,      c->heads};
         m->image = im;
         BlockMaskConfig bm = {c->mask_image_patches, c->mask_image_min_patches,
                               c->mask_image_max_patches, (float)c->mask_image_min_aspect};

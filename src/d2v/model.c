@@ -108,7 +108,9 @@ void model_decay_mask(uint8_t *mask, const ModelConfig *c, int exempt_1d) {
         EXEMPT(p.image.patch_b, C);
         EXEMPT(p.image.cls, C);
         EXEMPT(p.image.mask_token, C);
-        EXEMPT(p.image.pos, (size_t)image_embed_tokens(&c->image) * C); /* timm: pos_embed */
+        EXEMPT(p.image.pos, (size_t)image_embed_tokens(&c->image) * C);
+        EXEMPT(p.image.rel_table,
+               (size_t)image_rel_table_rows(&c->image) * c->image.heads); /* timm: pos_embed */
     } else {
         const SpeechEmbedConfig *s = &c->speech;
         for (int i = 0; i < s->n_conv; i++) {
@@ -165,6 +167,8 @@ int model_param_table(ParamInfo *out, int max, const ModelConfig *c) {
         add(&t, "image.cls", p.image.cls, 1, C, 0, 0, 0);
         add(&t, "image.mask_token", p.image.mask_token, 1, C, 0, 0, 0);
         add(&t, "image.pos", p.image.pos, 2, image_embed_tokens(im), C, 0, 0);
+        add(&t, "image.rel_pos_table", p.image.rel_table, 2, image_rel_table_rows(im), im->heads, 0,
+            0);
     } else {
         const SpeechEmbedConfig *sp = &c->speech;
         for (int i = 0; i < sp->n_conv; i++) {
@@ -255,10 +259,11 @@ struct Model {
     float *hid, *hid_act, *pred;               // head activations: (M, H), (M, H), (M, C)
     float *dpred, *dhid, *dnormed, *dgathered; // head gradients
     float *dout;                               // (B, T, C) gradient of the student's encoder output
-    float *dfront;           // (B, T, C) gradient of the encoder input / speech features
-    float *tscratch;         // targets_build scratch
-    float *layers[64];       // teacher top-K layer pointers
-    double phase[PHASE_NUM]; // seconds per phase
+    float *dfront;                  // (B, T, C) gradient of the encoder input / speech features
+    float *tscratch;                // targets_build scratch
+    float *layers[64];              // teacher top-K layer pointers
+    float *bias_s, *bias_t, *dbias; // (NH, T, T) image relative position bias, or NULL
+    double phase[PHASE_NUM];        // seconds per phase
 };
 
 const char *const model_phase_names[PHASE_NUM] = {
@@ -282,6 +287,11 @@ Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax) {
         m->Tmax = image_embed_tokens(&c->image);
         image_embed_init(&m->image_s, &c->image, Bmax);
         image_embed_init(&m->image_t, &c->image, Bmax);
+        if (c->image.pos == IMAGE_POS_RELATIVE) {
+            size_t nb = (size_t)c->enc.NH * m->Tmax * m->Tmax * sizeof(float);
+            m->bias_s = xalloc(nb, "relative bias"), m->bias_t = xalloc(nb, "relative bias");
+            m->dbias = xalloc(nb, "relative bias gradient");
+        }
     } else {
         speech_features_init(&m->feat, &c->speech, Bmax, T_or_Smax);
         m->Tmax = m->feat.Tmax;
@@ -320,6 +330,7 @@ void model_destroy(Model *m) {
                   m->dnormed, m->dgathered, m->dout,   m->dfront,  m->tscratch};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         free(f[i]);
+    free(m->bias_s), free(m->bias_t), free(m->dbias);
     free(m->tokens_in), free(m->sel), free(m->mask), free(m->scratch_i), free(m);
 }
 
@@ -403,6 +414,10 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
         image_embed_forward(&m->image_s, &s->image, b->images, m->mask, B);
         image_embed_forward(&m->image_t, &t->image, b->images, NULL, B);
         x_s = m->image_s.out, x_t = m->image_t.out;
+        if (m->bias_s) { /* BEiT's shared relative position bias, one per network */
+            image_rel_bias_forward(&m->image_s, m->bias_s, &s->image);
+            image_rel_bias_forward(&m->image_t, m->bias_t, &t->image);
+        }
     } else {
         speech_features_forward(&m->feat, &s->speech, b->audio, B, b->S);
         m->T = m->feat.T;
@@ -418,8 +433,8 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     t0 = t1; /* both front-ends */
     /* 2. teacher: forward only, no dropout; top-K targets at the loss positions */
     /* the teacher's padding comes from its own (unmasked) input */
-    EncoderRun rt = {B,    T,     c->modality == D2V_TEXT ? m->text_t.pad : NULL, NULL, 0, seed,
-                     step, b->ids};
+    EncoderRun rt = {
+        B, T, c->modality == D2V_TEXT ? m->text_t.pad : NULL, m->bias_t, 0, seed, step, b->ids};
     encoder_forward(&m->enc_t, &t->enc, x_t, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);
@@ -432,7 +447,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_TEACHER] += t1 - t0;
     t0 = t1;
     /* 3. student: encoder, final norm and head on the masked positions only */
-    EncoderRun rs = {B, T, pad, NULL, 1, seed, step, b->ids};
+    EncoderRun rs = {B, T, pad, m->bias_s, 1, seed, step, b->ids};
     encoder_forward(&m->enc_s, &s->enc, x_s, &rs);
     gather_rows(m->gathered, encoder_output(&m->enc_s), m->sel, N, C);
     const float *h = m->gathered;
@@ -480,11 +495,13 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     memset(m->dout, 0, sizeof(float) * N * C);
     scatter_rows(m->dout, m->dgathered, m->sel, N, C);
     memset(m->dfront, 0, sizeof(float) * N * C);
-    encoder_backward(&m->enc_s, &g->enc, m->dfront, NULL, &s->enc, x_s, &rs, m->dout);
+    if (m->dbias) memset(m->dbias, 0, sizeof(float) * c->enc.NH * T * T);
+    encoder_backward(&m->enc_s, &g->enc, m->dfront, m->dbias, &s->enc, x_s, &rs, m->dout);
     if (c->modality == D2V_TEXT) {
         text_embed_backward(&m->text_s, &g->text, &s->text, m->dfront, 1, dk);
     } else if (c->modality == D2V_IMAGE) {
         image_embed_backward(&m->image_s, &g->image, m->dfront);
+        if (m->dbias) image_rel_bias_backward(&m->image_s, &g->image, m->dbias);
     } else {
         memset(m->dout, 0, sizeof(float) * N * C); /* reused for d(features) */
         speech_context_backward(&m->ctx_s, &g->speech, &s->speech, m->dfront, m->dout);
@@ -507,6 +524,7 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
         m->T = image_embed_tokens(&c->image), first = !!c->image.cls;
         image_embed_forward(&m->image_t, &p->image, b->images, NULL, B);
         x = m->image_t.out;
+        if (m->bias_t) image_rel_bias_forward(&m->image_t, m->bias_t, &p->image);
     } else {
         speech_features_forward(&m->feat, &p->speech, b->audio, B, b->S);
         m->T = m->feat.T;
@@ -514,7 +532,7 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
         x = m->ctx_t.out;
     }
     int T = m->T;
-    EncoderRun r = {B, T, pad, NULL, 0, 0, 0, b->ids};
+    EncoderRun r = {B, T, pad, c->modality == D2V_IMAGE ? m->bias_t : NULL, 0, 0, 0, b->ids};
     encoder_forward(&m->enc_t, &p->enc, x, &r);
     const float *h = encoder_output(&m->enc_t);
     for (int i = 0; i < B; i++) {

@@ -14,10 +14,14 @@ int image_embed_tokens(const ImageEmbedConfig *c) { return image_embed_num_patch
 size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c) {
     size_t C = c->C, K = (size_t)c->Cin * c->P * c->P;
     size_t sizes[IMAGE_EMBED_NUM_PARAMS] = {
-        C * K, C, c->cls ? C : 0, C,
-        c->pos == IMAGE_POS_LEARNED ? (size_t)image_embed_tokens(c) * C : 0};
-    float **ptrs[IMAGE_EMBED_NUM_PARAMS] = {&p->patch_w, &p->patch_b, &p->cls, &p->mask_token,
-                                            &p->pos};
+        C * K,
+        C,
+        c->cls ? C : 0,
+        C,
+        c->pos == IMAGE_POS_LEARNED ? (size_t)image_embed_tokens(c) * C : 0,
+        c->pos == IMAGE_POS_RELATIVE ? (size_t)image_rel_table_rows(c) * c->heads : 0};
+    float **ptrs[IMAGE_EMBED_NUM_PARAMS] = {&p->patch_w,    &p->patch_b, &p->cls,
+                                            &p->mask_token, &p->pos,     &p->rel_table};
     size_t n = 0;
     for (int i = 0; i < IMAGE_EMBED_NUM_PARAMS; i++) {
         if (memory) *ptrs[i] = sizes[i] ? memory + n : NULL;
@@ -42,11 +46,51 @@ void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uin
         for (size_t i = 0; i < C; i++)
             p->cls[i] = 0.02f * rng_normal(key, i);
     }
+    if (p->rel_table) /* BEiT: zeros */
+        memset(p->rel_table, 0, sizeof(float) * image_rel_table_rows(c) * c->heads);
     if (p->pos) {
         key = rng_key(seed, 0x1a6e, 3, 0);
         for (size_t i = 0; i < (size_t)image_embed_tokens(c) * C; i++)
             p->pos[i] = 0.02f * rng_normal(key, i);
     }
+}
+
+int image_rel_table_rows(const ImageEmbedConfig *c) {
+    int gh = c->H / c->P, gw = c->W / c->P;
+    return (2 * gh - 1) * (2 * gw - 1) + 3;
+}
+
+void image_rel_index(int32_t *index, const ImageEmbedConfig *c) {
+    int gh = c->H / c->P, gw = c->W / c->P, Np = gh * gw, off = !!c->cls, T = Np + off;
+    int R = image_rel_table_rows(c);
+    for (int i = 0; i < Np; i++)
+        for (int j = 0; j < Np; j++) {
+            int dy = i / gw - j / gw + gh - 1, dx = i % gw - j % gw + gw - 1;
+            index[(size_t)(i + off) * T + j + off] = dy * (2 * gw - 1) + dx;
+        }
+    if (off) { /* BEiT: the cls row, the cls column, and cls->cls */
+        for (int j = 0; j < T; j++)
+            index[j] = R - 3;
+        for (int i = 0; i < T; i++)
+            index[(size_t)i * T] = R - 2;
+        index[0] = R - 1;
+    }
+}
+
+void image_rel_bias_forward(const ImageEmbed *e, float *bias, const ImageEmbedParams *p) {
+    int T = image_embed_tokens(&e->cfg), NH = e->cfg.heads;
+#pragma omp parallel for
+    for (int h = 0; h < NH; h++)
+        for (size_t ij = 0; ij < (size_t)T * T; ij++)
+            bias[(size_t)h * T * T + ij] = p->rel_table[(size_t)e->rel_index[ij] * NH + h];
+}
+
+void image_rel_bias_backward(const ImageEmbed *e, ImageEmbedParams *g, const float *dbias) {
+    int T = image_embed_tokens(&e->cfg), NH = e->cfg.heads;
+#pragma omp parallel for /* one head per thread: its table column has a single writer */
+    for (int h = 0; h < NH; h++)
+        for (size_t ij = 0; ij < (size_t)T * T; ij++)
+            g->rel_table[(size_t)e->rel_index[ij] * NH + h] += dbias[(size_t)h * T * T + ij];
 }
 
 void image_sincos_table(float *table, int gh, int gw, int C) {
@@ -68,6 +112,8 @@ void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax) {
         die("image embedding: image %dx%d is not a multiple of the patch size %d", c->H, c->W,
             c->P);
     if (c->Cin != 1 && c->Cin != 3) die("image embedding: %d channels (1 or 3 supported)", c->Cin);
+    if (c->pos == IMAGE_POS_RELATIVE && c->heads <= 0)
+        die("image embedding: the relative position bias needs the head count (got %d)", c->heads);
     if (c->pos == IMAGE_POS_SINCOS && c->C % 4)
         die("image embedding: sin-cos positions need a width divisible by 4 (got %d)", c->C);
     e->cfg = *c, e->Bmax = Bmax;
@@ -76,6 +122,11 @@ void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax) {
     e->mask = xalloc(Bmax * Np, "image mask");
     e->out = xalloc((size_t)Bmax * image_embed_tokens(c) * c->C * sizeof(float), "image tokens");
     e->dpatch = xalloc(Bmax * Np * c->C * sizeof(float), "image backward scratch");
+    if (c->pos == IMAGE_POS_RELATIVE) {
+        size_t T = (size_t)image_embed_tokens(c);
+        e->rel_index = xalloc(T * T * sizeof(int32_t), "relative position index");
+        image_rel_index(e->rel_index, c);
+    }
     if (c->pos == IMAGE_POS_SINCOS) {
         e->sincos = xalloc(Np * c->C * sizeof(float), "sin-cos positions");
         image_sincos_table(e->sincos, c->H / c->P, c->W / c->P, c->C);
@@ -84,6 +135,7 @@ void image_embed_init(ImageEmbed *e, const ImageEmbedConfig *c, int Bmax) {
 
 void image_embed_free(ImageEmbed *e) {
     free(e->cols), free(e->mask), free(e->out), free(e->dpatch), free(e->sincos);
+    free(e->rel_index);
     memset(e, 0, sizeof *e);
 }
 
