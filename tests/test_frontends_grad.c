@@ -120,6 +120,72 @@ static void test_image(int pos, int Cin) {
     free(pm), free(gm), free(img), free(r);
 }
 
+/* ---- image: relative position bias through attention ---- */
+typedef struct {
+    ImageEmbed *e;
+    ImageEmbedParams *p;
+    float *bias, *att, *out, *scratch, *qkv, *r;
+    int B, T, C, NH;
+} RelCtx;
+
+static double rel_loss(void *v) {
+    RelCtx *c = v;
+    DropKey k = {0, 0, 0, NULL};
+    image_rel_bias_forward(c->e, c->bias, c->p);
+    attention_forward(c->out, c->att, c->scratch, c->qkv, NULL, c->bias, c->B, c->T, c->C, c->NH, 0,
+                      k);
+    return dot(c->out, c->r, (size_t)c->B * c->T * c->C);
+}
+
+static void test_image_relative(void) {
+    printf("-- image relative position bias (3x4 grid + cls, 2 heads)\n");
+    ImageEmbedConfig cfg = {.H = 12,
+                            .W = 16,
+                            .Cin = 1,
+                            .P = 4,
+                            .C = 8,
+                            .cls = 1,
+                            .pos = IMAGE_POS_RELATIVE,
+                            .heads = 2};
+    ImageEmbedParams p, g;
+    size_t np = image_embed_params_layout(&p, NULL, &cfg);
+    float *pm = xalloc(np * 4, "p"), *gm = xalloc(np * 4, "g");
+    image_embed_params_layout(&p, pm, &cfg), image_embed_params_layout(&g, gm, &cfg);
+    int R = image_rel_table_rows(&cfg), T = image_embed_tokens(&cfg), B = 2, NH = 2;
+    CHECK(R == 5 * 7 + 3 && T == 13);
+    perturb(p.rel_table, (size_t)R * NH, 1.0f, 11);
+    ImageEmbed e;
+    image_embed_init(&e, &cfg, B);
+    /* the index by hand: patch 0 (row 0, col 0) to patch 5 (row 1, col 1) is offset (-1, -1) */
+    CHECK(e.rel_index[1 * T + 6] == (-1 + 2) * 7 + (-1 + 3));
+    CHECK(e.rel_index[0] == R - 1 && e.rel_index[3] == R - 3 && e.rel_index[3 * T] == R - 2);
+    size_t n = (size_t)B * T * 8;
+    RelCtx c = {&e,
+                &p,
+                xalloc((size_t)NH * T * T * 4, "bias"),
+                xalloc((size_t)B * NH * T * T * 4, "att"),
+                xalloc(n * 4, "out"),
+                xalloc(attention_scratch_size(T) * 4, "scratch"),
+                xalloc(3 * n * 4, "qkv"),
+                xalloc(n * 4, "r"),
+                B,
+                T,
+                8,
+                NH};
+    perturb(c.qkv, 3 * n, 1.0f, 12), perturb(c.r, n, 1.0f, 13);
+    rel_loss(&c);
+    float *dqkv = xalloc(3 * n * 4, "dqkv"), *dbias = xalloc((size_t)NH * T * T * 4, "dbias");
+    DropKey k = {0, 0, 0, NULL};
+    attention_backward(dqkv, dbias, c.scratch, c.r, c.qkv, c.att, B, T, 8, NH, 0, k);
+    image_rel_bias_backward(&e, &g, dbias);
+    fd_tensor("rel_pos_table", rel_loss, &c, p.rel_table, g.rel_table, (size_t)R * NH, 200, 0);
+    g.rel_table[7] *= -1.0f;
+    CHECK(!fd_tensor("control", rel_loss, &c, p.rel_table, g.rel_table, (size_t)R * NH, 200, 1));
+    image_embed_free(&e);
+    free(pm), free(gm), free(c.bias), free(c.att), free(c.out), free(c.scratch), free(c.qkv);
+    free(c.r), free(dqkv), free(dbias);
+}
+
 /* ---- speech ---- */
 typedef struct {
     SpeechFeatures *f;
@@ -205,6 +271,7 @@ int main(void) {
     test_text();
     test_image(IMAGE_POS_LEARNED, 3);
     test_image(IMAGE_POS_SINCOS, 1);
+    test_image_relative();
     test_speech();
     return check_summary();
 }

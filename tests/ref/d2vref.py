@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGE_POS_NONE, IMAGE_POS_LEARNED, IMAGE_POS_SINCOS = 0, 1, 2
+IMAGE_POS_NONE, IMAGE_POS_LEARNED, IMAGE_POS_SINCOS, IMAGE_POS_RELATIVE = 0, 1, 2, 3
 
 ENCODER_PARAM_NAMES = ["ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b",
                        "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma1", "gamma2"]
@@ -175,8 +175,26 @@ def sincos_2d(gh, gw, C):
     return np.concatenate([one_axis(grid_col.reshape(-1)), one_axis(grid_row.reshape(-1))], axis=1)
 
 
+def beit_relative_index(gh, gw, cls):
+    """BEiT relative_position_index: patch pairs by their (dy, dx) offset, then the three extra
+    entries for cls->patch, patch->cls and cls->cls."""
+    coords = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"))
+    coords = coords.flatten(1)  # (2, Np)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, Np, Np)
+    idx = (rel[0] + gh - 1) * (2 * gw - 1) + (rel[1] + gw - 1)
+    if not cls:
+        return idx
+    rows = (2 * gh - 1) * (2 * gw - 1) + 3
+    full = torch.zeros(idx.shape[0] + 1, idx.shape[1] + 1, dtype=torch.long)
+    full[1:, 1:] = idx
+    full[0, :] = rows - 3
+    full[:, 0] = rows - 2
+    full[0, 0] = rows - 1
+    return full
+
+
 class ImageEmbed(nn.Module):
-    def __init__(self, H, W, Cin, P, C, cls, pos):
+    def __init__(self, H, W, Cin, P, C, cls, pos, heads=0):
         super().__init__()
         self.gh, self.gw, self.C = H // P, W // P, C
         self.cls_on, self.pos_kind = cls, pos
@@ -186,6 +204,10 @@ class ImageEmbed(nn.Module):
             self.cls = nn.Parameter(torch.zeros(C))
         if pos == IMAGE_POS_LEARNED:
             self.pos = nn.Parameter(torch.zeros(self.gh * self.gw + cls, C))
+        if pos == IMAGE_POS_RELATIVE:  # BEiT's shared relative position bias table
+            rows = (2 * self.gh - 1) * (2 * self.gw - 1) + 3
+            self.rel_pos_table = nn.Parameter(torch.zeros(rows, heads))
+            self.register_buffer("rel_index", beit_relative_index(self.gh, self.gw, cls))
         if pos == IMAGE_POS_SINCOS:  # fixed, computed in float64 then rounded once
             self.register_buffer("sincos",
                                  torch.from_numpy(sincos_2d(self.gh, self.gw, C)).float())
@@ -197,6 +219,8 @@ class ImageEmbed(nn.Module):
         d["mask_token"] = self.mask_token
         if self.pos_kind == IMAGE_POS_LEARNED:
             d["pos"] = self.pos
+        if self.pos_kind == IMAGE_POS_RELATIVE:
+            d["rel_pos_table"] = self.rel_pos_table
         return d
 
     def forward(self, img, mask):
@@ -213,7 +237,12 @@ class ImageEmbed(nn.Module):
             x = torch.cat([self.cls.expand(B, 1, self.C), x], dim=1)
         if self.pos_kind == IMAGE_POS_LEARNED:
             x = x + self.pos  # BEiT abs_pos_emb over cls + patches
-        return {"out": x}
+        bias = None
+        if self.pos_kind == IMAGE_POS_RELATIVE:  # (NH, T, T), added to every block's logits
+            T = self.rel_index.shape[0]
+            bias = self.rel_pos_table[self.rel_index.reshape(-1)].reshape(T, T, -1)
+            bias = bias.permute(2, 0, 1).contiguous()
+        return {"out": x, "bias": bias}
 
 
 # ---- speech: wav2vec 2.0 / data2vec audio --------------------------------------------------------

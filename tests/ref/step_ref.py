@@ -247,7 +247,7 @@ def decay_exempt(name, shape):
     """optim.exempt_1d: 1-D tensors (per layer for the layer-stacked enc.*), plus image.pos
     (timm's no_weight_decay: pos_embed, cls_token)."""
     rank = len(shape) - 1 if name.startswith("enc.") else len(shape)
-    return rank <= 1 or name == "image.pos"
+    return rank <= 1 or name in ("image.pos", "image.rel_pos_table")
 
 
 class RefModel:
@@ -274,9 +274,10 @@ class RefModel:
                 self.pad_id = shapes["text.pos"][0] - c["text.max_positions"] - 1
                 return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
             if self.modality == "image":
-                pos = {"none": 0, "learned": 1, "sincos": 2}[c["image.pos"]]
+                pos = {"none": 0, "learned": 1, "sincos": 2, "relative": 3}[c["image.pos"]]
                 return ImageEmbed(c["image.height"], c["image.width"], c["image.channels"],
-                                  c["image.patch"], C, int(c["image.cls"]), pos)
+                                  c["image.patch"], C, int(c["image.cls"]), pos,
+                                  c["model.heads"])
             conv = [tuple(x) for x in c["speech.conv"]]
             return SpeechEmbed(conv, C, c["speech.pos_layers"], c["speech.pos_kernel"],
                                c["speech.pos_groups"], c["speech.ln_eps"])
@@ -387,6 +388,7 @@ class RefModel:
             p.grad = None
         sel = torch.from_numpy(dump["loss_positions"].astype(bool))
         pad_s = pad_t = None
+        bias_s = bias_t = None  # image: BEiT's relative position bias
         if self.modality == "text":
             st = torch.from_numpy(dump["student_tokens"].astype(np.int64))
             bt = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
@@ -396,9 +398,11 @@ class RefModel:
                 x_t = self.fe_t(bt)["out"]
         elif self.modality == "image":
             img = torch.from_numpy(dump["batch_images"]).to(dt)
-            x_s = self.fe(img, torch.from_numpy(dump["patch_mask"].astype(bool)))["out"]
+            fs = self.fe(img, torch.from_numpy(dump["patch_mask"].astype(bool)))
+            x_s, bias_s = fs["out"], fs.get("bias")
             with torch.no_grad():
-                x_t = self.fe_t(img, None)["out"]
+                ft = self.fe_t(img, None)
+                x_t, bias_t = ft["out"], ft.get("bias")
         else:
             wav = torch.from_numpy(dump["batch_audio"]).to(dt)
             feats = self.fe.features(wav)
@@ -407,14 +411,14 @@ class RefModel:
                 x_t = self.fe_t.context(self.fe_t.features(wav), None)
         # teacher targets (spec §4)
         with torch.no_grad():
-            _, ffn_t, end_t = self.enc_t(x_t, pad_t, None)
+            _, ffn_t, end_t = self.enc_t(x_t, pad_t, bias_t)
             layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
             y = sum(self.norm_layer(a) for a in layers) / self.top_k
             if self.target_final:
                 y = F.layer_norm(y, (self.C,), eps=self.target_eps)
             y = y[sel]
         # student prediction and loss (spec §5)
-        h, _, _ = self.enc(x_s, pad_s, None)
+        h, _, _ = self.enc(x_s, pad_s, bias_s)
         z = h[sel]
         if self.final_ln is not None:
             z = self.final_ln(z)
