@@ -134,7 +134,7 @@ if [ -x "$build/bin/d2v-prep-image" ] && [ -e "$FX/fmnist-t500-images-idx3.gz" ]
     if "$build/bin/d2v-prep-image" --idx-images "$FX/fmnist-t500-images-idx3.gz" \
         --idx-labels "$FX/fmnist-t500-labels-idx1.gz" -o "$T/fm.h5" >"$T/prep-image.log" 2>&1; then
         ok "image: $(tail -n 1 "$T/prep-image.log")"
-        modality image "$T/fm.h5"
+        modality image "$T/fm.h5" --set image.pos=relative # BEiT relative bias (configs: image-small/base)
     else
         bad "image: d2v-prep-image failed"; tail -n 3 "$T/prep-image.log"
     fi
