@@ -237,12 +237,12 @@ class ImageEmbed(nn.Module):
             x = torch.cat([self.cls.expand(B, 1, self.C), x], dim=1)
         if self.pos_kind == IMAGE_POS_LEARNED:
             x = x + self.pos  # BEiT abs_pos_emb over cls + patches
-        bias = None
+        res = {"out": x}
         if self.pos_kind == IMAGE_POS_RELATIVE:  # (NH, T, T), added to every block's logits
             T = self.rel_index.shape[0]
             bias = self.rel_pos_table[self.rel_index.reshape(-1)].reshape(T, T, -1)
-            bias = bias.permute(2, 0, 1).contiguous()
-        return {"out": x, "bias": bias}
+            res["bias"] = bias.permute(2, 0, 1).contiguous()
+        return res
 
 
 # ---- speech: wav2vec 2.0 / data2vec audio --------------------------------------------------------
