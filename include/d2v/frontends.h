@@ -97,10 +97,10 @@ void image_rel_index(int32_t *index, const ImageEmbedConfig *c);
 typedef struct {
     ImageEmbedConfig cfg;
     int Bmax, B;
-    float *cols;   // (B*Np, Cin*P*P) im2col of the last input
-    float *sincos; // (Np, C) fixed table when IMAGE_POS_SINCOS
-    uint8_t *mask; // (B, Np) copy of the last mask (all zero when none)
-    float *out;    // (B, tokens, C)
+    float *cols;        // (B*Np, Cin*P*P) im2col of the last input
+    float *sincos;      // (Np, C) fixed table when IMAGE_POS_SINCOS
+    uint8_t *mask;      // (B, Np) copy of the last mask (all zero when none)
+    float *out;         // (B, tokens, C)
     float *dpatch;      // (B*Np, C) backward scratch
     int32_t *rel_index; // (tokens, tokens) when IMAGE_POS_RELATIVE
 } ImageEmbed;
