@@ -16,6 +16,15 @@
 #include "d2v/dist.h"
 #include "d2v/util.h"
 
+void prep_start(int *argc, char ***argv, void (*usage)(void)) {
+    for (int i = 1; i < *argc; i++)
+        if (!strcmp((*argv)[i], "--help") || !strcmp((*argv)[i], "-h")) {
+            usage();
+            exit(0);
+        }
+    dist_init(argc, argv);
+}
+
 void prep_rank_block(size_t n, int rank, int world, size_t *lo, size_t *hi) {
     *lo = n * (size_t)rank / (size_t)world;
     *hi = n * (size_t)(rank + 1) / (size_t)world;

@@ -9,6 +9,10 @@
 
 #include "d2v/h5io.h"
 
+/// Every tool's start: --help / -h prints usage() and exits 0 (before MPI starts, so it works
+/// outside mpirun too); otherwise MPI is initialised.
+void prep_start(int *argc, char ***argv, void (*usage)(void));
+
 /// Inputs [lo, hi) of n for this rank: contiguous blocks in rank order, so concatenating the
 /// shards in rank order gives the same sample order for any rank count.
 void prep_rank_block(size_t n, int rank, int world, size_t *lo, size_t *hi);

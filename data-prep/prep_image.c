@@ -244,12 +244,7 @@ static int source_get(ImageSource *s, size_t i, const ImageArgs *a, uint8_t *out
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage();
-            return 0;
-        }
-    dist_init(&argc, &argv);
+    prep_start(&argc, &argv, usage);
     ImageArgs a;
     parse_args(argc, argv, &a);
     PrepErrors pe = {a.strict, 0};

@@ -296,12 +296,7 @@ static int source_get(SpeechSource *s, size_t i, const SpeechArgs *a, AudioClip 
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage();
-            return 0;
-        }
-    dist_init(&argc, &argv);
+    prep_start(&argc, &argv, usage);
     SpeechArgs a;
     parse_args(argc, argv, &a);
     PrepErrors pe = {a.strict, 0};

@@ -406,12 +406,7 @@ static void tokenizer_setup(Bpe *b, const TextArgs *a, const FileList *fl, PrepE
 /* ---- main ---- */
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage();
-            return 0;
-        }
-    dist_init(&argc, &argv);
+    prep_start(&argc, &argv, usage);
     TextArgs a;
     parse_args(argc, argv, &a);
     PrepErrors pe = {a.strict, 0};
