@@ -302,15 +302,10 @@ int main(int argc, char **argv) {
              "%.1f MiB, activations %.1f MiB\n",
              mc.enc.L, C, mc.enc.NH, mc.enc.F, np / 1e6, 5.0 * np * 4 / 1048576.0,
              model_act_mib(model));
-        snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
-        FILE *rf = fopen(path, "r"); /* the resolved configuration, as written */
-        char line[512];
-        while (rf && fgets(line, sizeof line, rf))
-            log0("  %s", line);
-        if (rf) fclose(rf);
     }
 
-    /* the resolved configuration travels inside every dump and checkpoint */
+    /* the resolved configuration, as written: printed once, and carried by every dump and
+     * checkpoint */
     char *config_text = NULL;
     if (g_dist.rank == 0) {
         snprintf(path, sizeof path, "%s/config.resolved.cfg", run_dir);
@@ -320,6 +315,11 @@ int main(int argc, char **argv) {
         size_t got = fread(config_text, 1, (1 << 16) - 1, cf);
         config_text[got] = 0;
         fclose(cf);
+        for (const char *l = config_text; *l;) {
+            size_t len = strcspn(l, "\n");
+            log0("  %.*s\n", (int)len, l);
+            l += len + (l[len] == '\n');
+        }
     }
 
     /* the training loop */
