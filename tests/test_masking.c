@@ -14,11 +14,11 @@
 /* ---- RNG ------------------------------------------------------------------------------------ */
 
 static void test_rng(void) {
-    MaskRng r = mask_rng(SEED, EPOCH, 17, D2V_MASK_STREAM_TEXT);
+    RngStream r = rng_stream(SEED, EPOCH, 17, RNG_MASK_TEXT);
     const int n = 200000;
     double s = 0, s2 = 0, lo = 1, hi = 0;
     for (int i = 0; i < n; i++) {
-        double u = mask_rng_uniform(&r);
+        double u = rng_stream_uniform(&r);
         s += u, s2 += u * u;
         if (u < lo) lo = u;
         if (u > hi) hi = u;
@@ -34,7 +34,7 @@ static void test_rng(void) {
     int hist[10] = {0}, out_of_range = 0;
     const int m = 100000;
     for (int i = 0; i < m; i++) {
-        int64_t v = mask_rng_int(&r, 3, 12);
+        int64_t v = rng_stream_int(&r, 3, 12);
         if (v < 3 || v > 12)
             out_of_range++;
         else
@@ -47,28 +47,28 @@ static void test_rng(void) {
     CHECK(out_of_range == 0);
     CHECK(chi2 < 33.7);
     CHECK(hist[0] > 0 && hist[9] > 0);
-    CHECK(mask_rng_int(&r, 5, 5) == 5);
-    CHECK(mask_rng_int(&r, -4, -4) == -4);
+    CHECK(rng_stream_int(&r, 5, 5) == 5);
+    CHECK(rng_stream_int(&r, -4, -4) == -4);
     int neg_ok = 1;
     for (int i = 0; i < 1000; i++) {
-        int64_t v = mask_rng_int(&r, -2, 1);
+        int64_t v = rng_stream_int(&r, -2, 1);
         if (v < -2 || v > 1) neg_ok = 0;
     }
     CHECK(neg_ok);
 
     /* Determinism by key, and distinct streams for a different seed, epoch, sample or stream. */
-    MaskRng a = mask_rng(SEED, EPOCH, 5, D2V_MASK_STREAM_IMAGE);
-    MaskRng b = mask_rng(SEED, EPOCH, 5, D2V_MASK_STREAM_IMAGE);
-    MaskRng d[4] = {mask_rng(SEED + 1, EPOCH, 5, D2V_MASK_STREAM_IMAGE),
-                    mask_rng(SEED, EPOCH + 1, 5, D2V_MASK_STREAM_IMAGE),
-                    mask_rng(SEED, EPOCH, 6, D2V_MASK_STREAM_IMAGE),
-                    mask_rng(SEED, EPOCH, 5, D2V_MASK_STREAM_SPEECH)};
+    RngStream a = rng_stream(SEED, EPOCH, 5, RNG_MASK_IMAGE);
+    RngStream b = rng_stream(SEED, EPOCH, 5, RNG_MASK_IMAGE);
+    RngStream d[4] = {rng_stream(SEED + 1, EPOCH, 5, RNG_MASK_IMAGE),
+                    rng_stream(SEED, EPOCH + 1, 5, RNG_MASK_IMAGE),
+                    rng_stream(SEED, EPOCH, 6, RNG_MASK_IMAGE),
+                    rng_stream(SEED, EPOCH, 5, RNG_MASK_SPEECH)};
     int same = 1, differs[4] = {0, 0, 0, 0};
     for (int i = 0; i < 64; i++) {
-        double u = mask_rng_uniform(&a);
-        if (u != mask_rng_uniform(&b)) same = 0;
+        double u = rng_stream_uniform(&a);
+        if (u != rng_stream_uniform(&b)) same = 0;
         for (int k = 0; k < 4; k++)
-            if (u != mask_rng_uniform(&d[k])) differs[k]++;
+            if (u != rng_stream_uniform(&d[k])) differs[k]++;
     }
     CHECK(same);
     for (int k = 0; k < 4; k++)
@@ -80,9 +80,9 @@ static void test_rng(void) {
 enum { TL = 512, VOCAB = 1000, NSPECIAL = 4, MASK_ID = VOCAB - 1 };
 
 static void fill_tokens(int32_t *tok, int len, uint64_t id) {
-    MaskRng r = mask_rng(99, 0, id, 1000);
+    RngStream r = rng_stream(99, 0, id, 1000);
     for (int i = 0; i < len; i++)
-        tok[i] = (int32_t)mask_rng_int(&r, NSPECIAL, MASK_ID - 1);
+        tok[i] = (int32_t)rng_stream_int(&r, NSPECIAL, MASK_ID - 1);
 }
 
 static TextMaskConfig text_span_cfg(void) {
@@ -121,7 +121,7 @@ static void test_text_span(void) {
     int hold_mask = 1, unchanged = 1, runs_ok = 1, count_ok = 1, cmin = TL, cmax = 0;
     for (int s = 0; s < N; s++) {
         fill_tokens(tok, TL, (uint64_t)s);
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         int n = text_mask_sample(out, loss, tok, TL, &c, &r, scratch);
         int pop = 0;
         for (int i = 0; i < TL; i++) {
@@ -171,9 +171,9 @@ static void test_text_bert(void) {
     int hit_lo = 0;
     for (int s = 0; s < N; s++) {
         fill_tokens(tok, TL, (uint64_t)s);
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         int n = text_mask_sample(out, sel, tok, TL, &c, &r, scratch);
-        MaskRng r0 = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r0 = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         int n0 = text_mask_sample(out0, loss0, tok, TL, &c0, &r0, scratch);
         /* span 1: exactly num_mask = int(0.15 * 512 + U) = 76 or 77 selected positions. */
         if (n != 76 && n != 77) sel_count_ok = 0;
@@ -223,7 +223,7 @@ static void test_text_edges(void) {
     int scratch[16], ok = 1, any_masked_len1 = 0;
     for (int len = 0; len <= 8; len++)
         for (uint64_t s = 0; s < 200; s++) {
-            MaskRng r = mask_rng(SEED, EPOCH, s, D2V_MASK_STREAM_TEXT);
+            RngStream r = rng_stream(SEED, EPOCH, s, RNG_MASK_TEXT);
             int n = text_mask_sample(out, loss, tok, len, &c, &r, scratch);
             if (n < 0 || n > len) ok = 0;
             if (len == 1 && n == 1) any_masked_len1 = 1;
@@ -237,7 +237,7 @@ static void test_text_edges(void) {
             int32_t *o = malloc((size_t)len * sizeof *o);
             uint8_t *l = malloc((size_t)len);
             int *st = malloc(2 * (size_t)len * sizeof *st);
-            MaskRng q = mask_rng(SEED, EPOCH, (uint64_t)len, D2V_MASK_STREAM_TEXT);
+            RngStream q = rng_stream(SEED, EPOCH, (uint64_t)len, RNG_MASK_TEXT);
             int n = text_mask_sample(o, l, tok, len, &modes[k], &q, st);
             if (n < 0 || n > len) ok = 0;
             free(o);
@@ -247,7 +247,7 @@ static void test_text_edges(void) {
     CHECK(ok);
     TextMaskConfig z = c;
     z.mask_prob = 0;
-    MaskRng r = mask_rng(SEED, EPOCH, 0, D2V_MASK_STREAM_TEXT);
+    RngStream r = rng_stream(SEED, EPOCH, 0, RNG_MASK_TEXT);
     CHECK(text_mask_sample(out, loss, tok, 8, &z, &r, scratch) == 0);
     CHECK(memcmp(out, tok, sizeof tok) == 0);
     /* mask_prob 1, span 1: every position selected. */
@@ -277,7 +277,7 @@ static double image_case(int H, int W, int target, int min_patches, int N, doubl
     long total = 0, bsum = 0;
     int cmin = H * W, cmax = 0, pop_ok = 1;
     for (int s = 0; s < N; s++) {
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_IMAGE);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_IMAGE);
         int n = block_mask_sample(m, H, W, &c, &r);
         int pop = 0;
         for (int k = 0; k < H * W; k++)
@@ -323,7 +323,7 @@ static void test_image(void) {
     /* Degenerate grids: no block with area >= 16 fits 2 x 2 (w < W and h < H), nothing masked. */
     BlockMaskConfig c = {120, 16, 0, 0.3f};
     uint8_t m[16];
-    MaskRng r = mask_rng(SEED, EPOCH, 0, D2V_MASK_STREAM_IMAGE);
+    RngStream r = rng_stream(SEED, EPOCH, 0, RNG_MASK_IMAGE);
     CHECK(block_mask_sample(m, 2, 2, &c, &r) == 0);
     CHECK(m[0] == 0 && m[1] == 0 && m[2] == 0 && m[3] == 0);
     CHECK(block_mask_sample(m, 1, 1, &c, &r) == 0);
@@ -333,7 +333,7 @@ static void test_image(void) {
     BlockMaskConfig over = {100, 1, 9, 0.3f};
     int over_ok = 1, over_max = 0;
     for (uint64_t s = 0; s < 200; s++) {
-        MaskRng q = mask_rng(SEED, EPOCH, s, D2V_MASK_STREAM_IMAGE);
+        RngStream q = rng_stream(SEED, EPOCH, s, RNG_MASK_IMAGE);
         int n = block_mask_sample(m, 4, 4, &over, &q);
         if (n < 1 || n > 16 || n != popcount_img(m, 16)) over_ok = 0;
         if (n > over_max) over_max = n;
@@ -361,7 +361,7 @@ static int popcount(const uint8_t *m, int n) {
 /* The unthinned row of sample `id`, as span_mask_batch draws it. */
 static int speech_row(uint8_t *m, int T, const SpanMaskConfig *c, uint64_t seed, uint64_t id,
                       int *scratch) {
-    MaskRng r = mask_rng(seed, EPOCH, id, D2V_MASK_STREAM_SPEECH);
+    RngStream r = rng_stream(seed, EPOCH, id, RNG_MASK_SPEECH);
     return span_mask_sample(m, T, c, &r, scratch);
 }
 
@@ -407,7 +407,7 @@ static void test_speech_sample(void) {
         uint8_t *mt = malloc((size_t)T);
         int *st = malloc(2 * (size_t)T * sizeof *st);
         for (uint64_t s = 0; s < 20; s++) {
-            MaskRng r = mask_rng(SEED, EPOCH, s, D2V_MASK_STREAM_SPEECH);
+            RngStream r = rng_stream(SEED, EPOCH, s, RNG_MASK_SPEECH);
             int n = span_mask_sample(mt, T, &big, &r, st);
             if (n < 0 || n > T || n != popcount(mt, T)) tiny_ok = 0;
         }
@@ -491,18 +491,18 @@ static void test_rank_independence(void) {
     int scratch[2 * ST > 2 * TL ? 2 * ST : 2 * TL];
     for (int s = 0; s < NS; s++) {
         fill_tokens(tok, TL, (uint64_t)s);
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         text_mask_sample(out1[s], loss1[s], tok, TL, &tc, &r, scratch);
-        MaskRng q = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_IMAGE);
+        RngStream q = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_IMAGE);
         block_mask_sample(img1[s], 14, 14, &bc, &q);
     }
     int text_same = 1, img_same = 1;
     for (int s = 1; s < NS; s += 2) { /* rank 1 of 2, drawn in a different order */
-        MaskRng q = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_IMAGE);
+        RngStream q = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_IMAGE);
         block_mask_sample(img2, 14, 14, &bc, &q);
         if (memcmp(img2, img1[s], HW) != 0) img_same = 0;
         fill_tokens(tok, TL, (uint64_t)s);
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         text_mask_sample(out2, loss2, tok, TL, &tc, &r, scratch);
         if (memcmp(out2, out1[s], sizeof out2) || memcmp(loss2, loss1[s], TL)) text_same = 0;
     }
@@ -518,7 +518,7 @@ static void test_rank_independence(void) {
         counts[s] = speech_row(row, ST, &sc, SEED, (uint64_t)s, scratch);
         if (counts[s] < target) target = counts[s], argmin = s;
         uint8_t again[ST];
-        MaskRng r = mask_rng(SEED, EPOCH, (uint64_t)s, D2V_MASK_STREAM_SPEECH);
+        RngStream r = rng_stream(SEED, EPOCH, (uint64_t)s, RNG_MASK_SPEECH);
         span_mask_sample(again, ST, &sc, &r, scratch);
         if (memcmp(again, row, ST)) raw_same = 0;
     }
@@ -548,13 +548,13 @@ static void test_rank_independence(void) {
     int text_diff = 0, img_diff = 0, speech_diff = 0, epoch_diff = 0;
     for (int s = 0; s < NS; s++) {
         fill_tokens(tok, TL, (uint64_t)s);
-        MaskRng r = mask_rng(SEED + 1, EPOCH, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(SEED + 1, EPOCH, (uint64_t)s, RNG_MASK_TEXT);
         text_mask_sample(out2, loss2, tok, TL, &tc, &r, scratch);
         text_diff += memcmp(loss2, loss1[s], TL) != 0;
-        MaskRng e = mask_rng(SEED, EPOCH + 1, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream e = rng_stream(SEED, EPOCH + 1, (uint64_t)s, RNG_MASK_TEXT);
         text_mask_sample(out2, loss2, tok, TL, &tc, &e, scratch);
         epoch_diff += memcmp(loss2, loss1[s], TL) != 0;
-        MaskRng q = mask_rng(SEED + 1, EPOCH, (uint64_t)s, D2V_MASK_STREAM_IMAGE);
+        RngStream q = rng_stream(SEED + 1, EPOCH, (uint64_t)s, RNG_MASK_IMAGE);
         block_mask_sample(img2, 14, 14, &bc, &q);
         img_diff += memcmp(img2, img1[s], HW) != 0;
     }
@@ -579,7 +579,7 @@ static void test_text_random_excludes_specials(void) {
     for (int i = 0; i < 64; i++)
         tok[i] = 2 + i % 5;
     for (int s = 0; s < 200; s++) {
-        MaskRng r = mask_rng(3, 0, (uint64_t)s, D2V_MASK_STREAM_TEXT);
+        RngStream r = rng_stream(3, 0, (uint64_t)s, RNG_MASK_TEXT);
         text_mask_sample(out, loss, tok, 64, &c, &r, scratch);
         for (int i = 0; i < 64; i++) {
             if (!loss[i]) continue;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "d2v/rng.h"
+
 /* ---- BLIS set-up and GEMM ------------------------------------------------------------------ */
 
 /// Choose the BLIS kernel set before BLIS initialises (AVX-512 "skx" where the CPU has it, unless
@@ -68,14 +70,6 @@ void softmax_backward(float *dinp, const float *out, const float *dout, int N, i
 void softmax_backward_row(float *dx, const float *y, const float *dy, int C);
 
 /* ---- Counter-based randomness and dropout ---------------------------------------------------- */
-
-/// Key for one dropout site: a hash of (seed, step, global sample index, site). Elements inside
-/// it are addressed by position, so a mask never depends on thread or rank count.
-uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site);
-/// Uniform in [0, 1) for element `index` under `key` (stateless, splitmix64-style mixing).
-float rng_uniform(uint64_t key, uint64_t index);
-/// Standard normal for element `index` under `key` (Box-Muller on two counter draws).
-float rng_normal(uint64_t key, uint64_t index);
 
 /// Inverted dropout over inp (B, n_per_sample): element i of sample b is kept when
 /// rng_uniform(rng_key(seed, step, sample_ids[b], site), i) >= p, and scaled by 1/(1-p).

@@ -7,27 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// A sequential stream of random numbers derived from a key (no global state).
-typedef struct {
-    uint64_t key;
-    uint64_t counter;
-} MaskRng;
-
-/// Stream for one sample: hash of (seed, epoch, global sample index, stream id).
-MaskRng mask_rng(uint64_t seed, uint64_t epoch, uint64_t sample, uint64_t stream);
-/// Uniform double in [0, 1).
-double mask_rng_uniform(MaskRng *r);
-/// Uniform integer in [lo, hi] (inclusive); lo <= hi.
-int64_t mask_rng_int(MaskRng *r, int64_t lo, int64_t hi);
-
-/// Stream ids for mask_rng, one per use, so no two uses share a stream. mask_rng tags them with a
-/// masking domain, so they never coincide with the dropout sites keyed through rng_key either.
-enum {
-    D2V_MASK_STREAM_TEXT = 1,        // text_mask_sample
-    D2V_MASK_STREAM_IMAGE = 2,       // block_mask_sample
-    D2V_MASK_STREAM_SPEECH = 3,      // span_mask_batch: each row's spans
-    D2V_MASK_STREAM_SPEECH_THIN = 4, // span_mask_batch: thinning to the batch minimum, mask_dropout
-};
+#include "d2v/rng.h"
 
 /* ---- text: fairseq MaskTokensDataset (spec §3.2) ------------------------------------------- */
 typedef struct {
@@ -48,7 +28,7 @@ typedef struct {
 /// input) and loss[0..len) (1 = position enters the loss). scratch: >= 2*len ints.
 /// Returns the number of loss positions.
 int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len,
-                     const TextMaskConfig *c, MaskRng *rng, int *scratch);
+                     const TextMaskConfig *c, RngStream *rng, int *scratch);
 
 /* ---- image: BEiT block-wise masking (spec §3.3) ---------------------------------------------- */
 typedef struct {
@@ -60,7 +40,7 @@ typedef struct {
 
 /// Mask one H x W patch grid (row-major, 1 = masked). Returns the masked count (<= target: like
 /// BEiT it may stop early when no block fits).
-int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, MaskRng *rng);
+int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, RngStream *rng);
 
 /* ---- speech: wav2vec 2.0 compute_mask_indices (spec §3.1) ------------------------------------ */
 typedef struct {
@@ -73,7 +53,7 @@ typedef struct {
 
 /// Mask one sequence of T frames (1 = masked); spans may overlap and merge. scratch >= 2*T ints.
 /// Returns the masked count.
-int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, MaskRng *rng, int *scratch);
+int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, RngStream *rng, int *scratch);
 
 /// Masks for a batch of B sequences of T frames: each row from span_mask_sample keyed on its
 /// sample id, then (require_same_masks) every row randomly thinned to the smallest count, as

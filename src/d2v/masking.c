@@ -1,8 +1,8 @@
 /* masking.c: data2vec v1 masks (spec §3): text spans/BERT, BEiT image blocks, wav2vec speech spans.
  * fairseq MaskTokensDataset, BEiT MaskingGenerator and compute_mask_indices, on a keyed RNG.
  *
- * Every draw comes from a MaskRng keyed on (seed, epoch, global sample id, stream), as fairseq keys
- * numpy's default_rng on hash((seed, epoch, index)): a sample's mask never depends on the rank
+ * Every draw comes from a RngStream keyed on (seed, epoch, global sample id, stream), as fairseq
+ * keys numpy's default_rng on hash((seed, epoch, index)): a sample's mask never depends on the rank
  * count or on its neighbours in the batch (except speech's thinning to the batch minimum). The
  * distributions follow fairseq/BEiT; the bit streams do not (no numpy/Python RNG emulation). */
 #include "d2v/masking.h"
@@ -12,39 +12,11 @@
 
 #include "d2v/kernels.h"
 
-/* Stream ids are tagged with this domain ("mask" in ASCII) before they reach rng_key, so a mask
- * stream and a dropout site (rng_key(seed, step, sample, site)) never share a key. */
-#define MASK_DOMAIN 0x6D61736B00000000ull
-
-MaskRng mask_rng(uint64_t seed, uint64_t epoch, uint64_t sample, uint64_t stream) {
-    MaskRng r = {rng_key(seed, epoch, sample, MASK_DOMAIN ^ stream), 0};
-    return r;
-}
-
-/* Next 64 random bits: draw `counter` of the stream, hashed with the same splitmix chain as the
- * dropout keys (rng_key), so there is one hash in the project. */
-static uint64_t mask_rng_bits(MaskRng *r) { return rng_key(r->key, r->counter++, 0, 0); }
-
-double mask_rng_uniform(MaskRng *r) {
-    return (double)(mask_rng_bits(r) >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
-}
-
-int64_t mask_rng_int(MaskRng *r, int64_t lo, int64_t hi) {
-    uint64_t span = (uint64_t)hi - (uint64_t)lo + 1; /* 0 means the full 2^64 range */
-    if (span == 0) return (int64_t)mask_rng_bits(r);
-    /* Rejection below 2^64 mod span removes the modulo bias. */
-    uint64_t reject = (0 - span) % span, x;
-    do
-        x = mask_rng_bits(r);
-    while (x < reject);
-    return (int64_t)((uint64_t)lo + x % span);
-}
-
 /* Partial Fisher-Yates over vals[0..n): afterwards vals[0..k) is a uniform random k-subset of
  * them, in random order (numpy's choice(vals, k, replace=False)). k <= n. */
-static void shuffle_prefix(int *vals, int n, int k, MaskRng *r) {
+static void shuffle_prefix(int *vals, int n, int k, RngStream *r) {
     for (int j = 0; j < k; j++) {
-        int p = (int)mask_rng_int(r, j, n - 1);
+        int p = (int)rng_stream_int(r, j, n - 1);
         int t = vals[j];
         vals[j] = vals[p];
         vals[p] = t;
@@ -52,7 +24,7 @@ static void shuffle_prefix(int *vals, int n, int k, MaskRng *r) {
 }
 
 /* choice(n, k, replace=False): idx (n ints of scratch) ends with the k picks in idx[0..k). */
-static void choose_without_replacement(int *idx, int n, int k, MaskRng *r) {
+static void choose_without_replacement(int *idx, int n, int k, RngStream *r) {
     for (int i = 0; i < n; i++)
         idx[i] = i;
     shuffle_prefix(idx, n, k, r);
@@ -61,9 +33,9 @@ static void choose_without_replacement(int *idx, int n, int k, MaskRng *r) {
 /* ---- text (spec §3.2) ----------------------------------------------------------------------- */
 
 /* A uniform ordinary token: specials are redrawn (a few tries, then the first ordinary id). */
-static int32_t random_token(const TextMaskConfig *c, MaskRng *rng) {
+static int32_t random_token(const TextMaskConfig *c, RngStream *rng) {
     for (int attempt = 0; attempt < 64; attempt++) {
-        int32_t t = (int32_t)mask_rng_int(rng, c->nspecial, c->vocab_size - 1);
+        int32_t t = (int32_t)rng_stream_int(rng, c->nspecial, c->vocab_size - 1);
         int special = 0;
         for (int k = 0; k < c->n_exclude; k++)
             special |= t == c->exclude[k];
@@ -79,7 +51,7 @@ static int32_t random_token(const TextMaskConfig *c, MaskRng *rng) {
 }
 
 int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len,
-                     const TextMaskConfig *c, MaskRng *rng, int *scratch) {
+                     const TextMaskConfig *c, RngStream *rng, int *scratch) {
     if (len <= 0) return 0;
     memcpy(out, tokens, (size_t)len * sizeof *out);
     memset(loss, 0, (size_t)len);
@@ -87,7 +59,7 @@ int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len
 
     /* num_mask = int(mask_prob * len / span + U): probabilistic rounding; may be 0 for short
      * inputs. Clamped to len (only reachable with mask_prob * ... > len - 1 + ...). */
-    int num_mask = (int)((double)c->mask_prob * len / span + mask_rng_uniform(rng));
+    int num_mask = (int)((double)c->mask_prob * len / span + rng_stream_uniform(rng));
     if (num_mask > len) num_mask = len;
     if (num_mask < 0) num_mask = 0;
 
@@ -108,8 +80,8 @@ int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len
     for (int i = 0; i < len; i++) {
         if (!loss[i]) continue;
         int keep = 0, random = 0;
-        if (p_other > 0 && mask_rng_uniform(rng) < p_other) {
-            if (p_keep >= 1 || (p_keep > 0 && mask_rng_uniform(rng) < p_keep) || !can_random)
+        if (p_other > 0 && rng_stream_uniform(rng) < p_other) {
+            if (p_keep >= 1 || (p_keep > 0 && rng_stream_uniform(rng) < p_keep) || !can_random)
                 keep = 1;
             else
                 random = 1;
@@ -131,18 +103,18 @@ int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len
 /* One BEiT block: up to 10 attempts to place an h x w rectangle (area U(min, max_new), aspect
  * log-uniform) that adds between 1 and max_new new cells. Returns the cells added (0 = none). */
 static int block_mask_one(uint8_t *mask, int H, int W, const BlockMaskConfig *c, int max_new,
-                          MaskRng *rng) {
+                          RngStream *rng) {
     double lo_ar = log((double)c->min_aspect), hi_ar = -lo_ar; /* max_aspect = 1 / min_aspect */
     for (int attempt = 0; attempt < 10; attempt++) {
         /* Python random.uniform(a, b) = a + (b - a) U, also when b < a (few patches left). */
-        double area = c->min_num_patches + (max_new - c->min_num_patches) * mask_rng_uniform(rng);
-        double ar = exp(lo_ar + (hi_ar - lo_ar) * mask_rng_uniform(rng));
+        double area = c->min_num_patches + (max_new - c->min_num_patches) * rng_stream_uniform(rng);
+        double ar = exp(lo_ar + (hi_ar - lo_ar) * rng_stream_uniform(rng));
         /* Python round() is round-half-even, as nearbyint under the default rounding mode. */
         int h = (int)nearbyint(sqrt(area * ar));
         int w = (int)nearbyint(sqrt(area / ar));
         if (!(w < W && h < H)) continue; /* strict, as BEiT: a block never spans the whole side */
-        int top = (int)mask_rng_int(rng, 0, H - h); /* randint: inclusive */
-        int left = (int)mask_rng_int(rng, 0, W - w);
+        int top = (int)rng_stream_int(rng, 0, H - h); /* randint: inclusive */
+        int left = (int)rng_stream_int(rng, 0, W - w);
         int already = 0;
         for (int i = top; i < top + h; i++)
             for (int j = left; j < left + w; j++)
@@ -158,7 +130,7 @@ static int block_mask_one(uint8_t *mask, int H, int W, const BlockMaskConfig *c,
     return 0;
 }
 
-int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, MaskRng *rng) {
+int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, RngStream *rng) {
     if (H <= 0 || W <= 0) return 0;
     memset(mask, 0, (size_t)H * W);
     int max_block = c->max_num_patches > 0 ? c->max_num_patches : c->num_masking_patches;
@@ -175,11 +147,11 @@ int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, Mas
 
 /* ---- speech (spec §3.1) --------------------------------------------------------------------- */
 
-int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, MaskRng *rng, int *scratch) {
+int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, RngStream *rng, int *scratch) {
     if (T <= 0) return 0;
     memset(mask, 0, (size_t)T);
     int len = c->mask_length > 0 ? c->mask_length : 1;
-    int num_mask = (int)((double)c->mask_prob * T / len + mask_rng_uniform(rng));
+    int num_mask = (int)((double)c->mask_prob * T / len + rng_stream_uniform(rng));
     if (num_mask < c->min_masks) num_mask = c->min_masks;
     /* Deviation: at most T starts (fairseq raises "mask everything" on such tiny inputs), which
      * also bounds the start range below by T + 1 <= 2T, the scratch size. */
@@ -203,7 +175,7 @@ int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, MaskRng *rng
 
 /* Keep a uniform random `keep` of the row's masked positions (numpy choice without replacement
  * over the masked indices); pos needs as many ints as the row has masked positions. */
-static void thin_row(uint8_t *row, int T, int keep, MaskRng *rng, int *pos) {
+static void thin_row(uint8_t *row, int T, int keep, RngStream *rng, int *pos) {
     int n = 0;
     for (int t = 0; t < T; t++)
         if (row[t]) pos[n++] = t;
@@ -226,7 +198,7 @@ void span_mask_batch(uint8_t *masks, int B, int T, const SpanMaskConfig *c, uint
     int target = T;
     for (int b = 0; b < B; b++) {
         uint64_t id = sample_ids ? (uint64_t)sample_ids[b] : (uint64_t)b;
-        MaskRng r = mask_rng(seed, epoch, id, D2V_MASK_STREAM_SPEECH);
+        RngStream r = rng_stream(seed, epoch, id, RNG_MASK_SPEECH);
         int n = span_mask_sample(masks + (size_t)b * T, T, c, &r, scratch);
         if (n < target) target = n;
     }
@@ -235,7 +207,7 @@ void span_mask_batch(uint8_t *masks, int B, int T, const SpanMaskConfig *c, uint
         uint64_t id = sample_ids ? (uint64_t)sample_ids[b] : (uint64_t)b;
         /* fairseq thins every row with the last row's generator; here each row's thinning has
          * its own stream keyed on its id, so it depends on the batch only through `target`. */
-        MaskRng r = mask_rng(seed, epoch, id, D2V_MASK_STREAM_SPEECH_THIN);
+        RngStream r = rng_stream(seed, epoch, id, RNG_MASK_SPEECH_THIN);
         int n = row_count(row, T);
         if (c->require_same_masks && n > target) {
             thin_row(row, T, target, &r, scratch);

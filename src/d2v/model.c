@@ -352,8 +352,8 @@ static void make_masks(Model *m, const Batch *b, uint64_t seed) {
             int len = T;
             while (len > 0 && row[len - 1] == c->text.pad_id)
                 len--;
-            MaskRng r =
-                mask_rng(seed, (uint64_t)b->epoch, (uint64_t)b->ids[i], D2V_MASK_STREAM_TEXT);
+            RngStream r =
+                rng_stream(seed, (uint64_t)b->epoch, (uint64_t)b->ids[i], RNG_MASK_TEXT);
             memcpy(m->tokens_in + (size_t)i * T, row, sizeof(int32_t) * T);
             text_mask_sample(m->tokens_in + (size_t)i * T, m->sel + (size_t)i * T, row, len,
                              &c->text_mask, &r, m->scratch_i);
@@ -362,8 +362,8 @@ static void make_masks(Model *m, const Batch *b, uint64_t seed) {
         int gh = c->image.H / c->image.P, gw = c->image.W / c->image.P, Np = gh * gw;
         int off = !!c->image.cls;
         for (int i = 0; i < B; i++) {
-            MaskRng r =
-                mask_rng(seed, (uint64_t)b->epoch, (uint64_t)b->ids[i], D2V_MASK_STREAM_IMAGE);
+            RngStream r =
+                rng_stream(seed, (uint64_t)b->epoch, (uint64_t)b->ids[i], RNG_MASK_IMAGE);
             uint8_t *mk = m->mask + (size_t)i * Np;
             block_mask_sample(mk, gh, gw, &c->image_mask, &r);
             memcpy(m->sel + (size_t)i * T + off, mk, Np); /* the cls token is never a target */

@@ -10,10 +10,8 @@
 
 #include "d2v/dataset.h"
 #include "d2v/h5io.h"
-#include "d2v/masking.h"
+#include "d2v/rng.h"
 #include "d2v/util.h"
-
-enum { STREAM_SHUFFLE = 0x5f1, STREAM_AUGMENT = 0x5f2, STREAM_CROP = 0x5f3 };
 
 typedef struct { /* a text block: tokens from (doc, off) of the doc + eos stream */
     int64_t doc, off;
@@ -83,9 +81,9 @@ static void make_perm(Loader *l, int64_t epoch) {
     for (int64_t i = 0; i < l->n; i++)
         l->perm[i] = i;
     if (l->c.shuffle) { /* Fisher-Yates from a stream every rank derives alike */
-        MaskRng r = mask_rng(l->c.seed, (uint64_t)epoch, UINT64_MAX, STREAM_SHUFFLE);
+        RngStream r = rng_stream(l->c.seed, (uint64_t)epoch, UINT64_MAX, RNG_SHUFFLE);
         for (int64_t i = l->n - 1; i > 0; i--) {
-            int64_t j = mask_rng_int(&r, 0, i), t = l->perm[i];
+            int64_t j = rng_stream_int(&r, 0, i), t = l->perm[i];
             l->perm[i] = l->perm[j], l->perm[j] = t;
         }
     }
@@ -148,20 +146,21 @@ static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
     float top = 0, left = 0, ch = (float)H, cw = (float)W;
     int flip = 0;
     if (c->image_augment) { /* torchvision RandomResizedCrop, then RandomHorizontalFlip */
-        MaskRng r = mask_rng(c->seed, (uint64_t)epoch, (uint64_t)idx, STREAM_AUGMENT);
+        RngStream r = rng_stream(c->seed, (uint64_t)epoch, (uint64_t)idx, RNG_AUGMENT);
         int found = 0;
         double area = (double)H * W, lr0 = log(c->crop_ratio_min), lr1 = log(c->crop_ratio_max);
         for (int attempt = 0; attempt < 10 && !found; attempt++) {
-            double target = area * (c->crop_scale_min +
-                                    (c->crop_scale_max - c->crop_scale_min) * mask_rng_uniform(&r));
-            double ratio = exp(lr0 + (lr1 - lr0) * mask_rng_uniform(&r));
+            double target = area * (c->crop_scale_min + (c->crop_scale_max - c->crop_scale_min) *
+                                                            rng_stream_uniform(&r));
+            double ratio = exp(lr0 + (lr1 - lr0) * rng_stream_uniform(&r));
             int w = (int)lround(sqrt(target * ratio)), h = (int)lround(sqrt(target / ratio));
             if (w > 0 && h > 0 && w <= W && h <= H) {
-                top = (float)mask_rng_int(&r, 0, H - h), left = (float)mask_rng_int(&r, 0, W - w);
+                top = (float)rng_stream_int(&r, 0, H - h),
+                left = (float)rng_stream_int(&r, 0, W - w);
                 ch = (float)h, cw = (float)w, found = 1;
             }
         }
-        flip = mask_rng_uniform(&r) < c->flip_prob;
+        flip = rng_stream_uniform(&r) < c->flip_prob;
     }
     for (int y = 0; y < oh; y++)
         for (int x = 0; x < ow; x++) {
@@ -178,8 +177,8 @@ static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
 
 static int fill_speech(Loader *l, int64_t idx, int64_t epoch, int S, float *out) {
     int64_t len = dataset_sample_len(l->d, idx);
-    MaskRng r = mask_rng(l->c.seed, (uint64_t)epoch, (uint64_t)idx, STREAM_CROP);
-    int64_t start = mask_rng_int(&r, 0, len - S); /* fairseq crop_to_max_size */
+    RngStream r = rng_stream(l->c.seed, (uint64_t)epoch, (uint64_t)idx, RNG_CROP);
+    int64_t start = rng_stream_int(&r, 0, len - S); /* fairseq crop_to_max_size */
     if (dataset_read_audio(l->d, idx, start, S, out, l->err, sizeof l->err) < 0) return -1;
     if (l->c.speech_normalize) { /* F.layer_norm(wav, wav.shape): eps 1e-5 */
         double m = 0, v = 0;

@@ -106,7 +106,7 @@ enum {
 enum { G_OUT, G_IN, G_A, G_B, G_C, G_QKV, G_F1, G_F2, G_NUM };
 
 /* Dropout sites per block: hash inputs, so they only need to be distinct. */
-#define SITE(l, k) ((uint64_t)((l) + 1) * 16 + (k))
+#define SITE(l, k) ((uint64_t)RNG_SITE_BLOCKS * ((l) + 1) + (k))
 enum { SITE_ATT = 0, SITE_BR1 = 2, SITE_ACT = 4, SITE_BR2 = 6, SITE_LAYERDROP = 8 };
 
 void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int keep_caches) {

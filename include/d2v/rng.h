@@ -1,0 +1,56 @@
+/* rng.h: all of d2v's randomness: one counter-based hash, and one enum naming every stream. */
+#ifndef D2V_RNG_H
+#define D2V_RNG_H
+
+#include <stdint.h>
+
+/* Nothing is stateful: every draw is a hash of (seed, step or epoch, global sample id, stream or
+ * site) and a position, so no mask, crop or dropout depends on the thread or rank count, and a
+ * resumed run draws what an uninterrupted one would (docs/architecture.md, "Randomness"). */
+
+/// Every keyed stream. Values are hash inputs: they only need to be distinct (and stable, since
+/// changing one changes the draws of runs already in flight).
+typedef enum {
+    /* masks, keyed on (seed, epoch, sample) through rng_stream */
+    RNG_MASK_TEXT = 1,        // text_mask_sample
+    RNG_MASK_IMAGE = 2,       // block_mask_sample
+    RNG_MASK_SPEECH = 3,      // span_mask_batch: each row's spans
+    RNG_MASK_SPEECH_THIN = 4, // span_mask_batch: thinning to the batch minimum, mask_dropout
+    /* data, keyed on (seed, epoch, sample) through rng_stream */
+    RNG_SHUFFLE = 0x5f1, // the per-epoch global permutation (sample = UINT64_MAX)
+    RNG_AUGMENT = 0x5f2, // image crop, flip and colour jitter
+    RNG_CROP = 0x5f3,    // speech crop to the batch length
+    /* parameters, keyed on (seed, RNG_INIT, tensor name hash) through rng_key */
+    RNG_INIT = 0x1417,
+} RngStreamId;
+
+/// Dropout sites (DropKey.site), keyed on (seed, update, sample, site) through rng_key.
+enum {
+    RNG_SITE_TEXT_EMBED = 1,   // after the text embedding layer norm
+    RNG_SITE_SPEECH_INPUT = 2, // after the speech encoder layer norm (student only)
+    RNG_SITE_BLOCKS = 16,      // encoder block l uses RNG_SITE_BLOCKS * (l + 1) + 0..15
+};
+
+/// Key of one site: a hash of (seed, step, global sample index, site).
+uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site);
+/// Uniform in [0, 1) for element `index` under `key` (24 bits).
+float rng_uniform(uint64_t key, uint64_t index);
+/// Standard normal for element `index` under `key` (Box-Muller on two counter draws).
+float rng_normal(uint64_t key, uint64_t index);
+/// 64-bit FNV-1a of a string (tensor names as init keys).
+uint64_t rng_hash_name(const char *s);
+
+/// A sequential stream derived from a key: masks and data augmentation draw from these.
+typedef struct {
+    uint64_t key;
+    uint64_t counter;
+} RngStream;
+
+/// Stream `id` of one sample in one epoch.
+RngStream rng_stream(uint64_t seed, uint64_t epoch, uint64_t sample, RngStreamId id);
+/// Uniform double in [0, 1) (53 bits).
+double rng_stream_uniform(RngStream *r);
+/// Uniform integer in [lo, hi] (inclusive), without modulo bias; lo <= hi.
+int64_t rng_stream_int(RngStream *r, int64_t lo, int64_t hi);
+
+#endif
