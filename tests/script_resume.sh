@@ -48,11 +48,11 @@ echo "$out" | grep -q "stopping after update 1" && [ $rc -eq 0 ] &&
 msg=$(compare "$dir/a" "$dir/b" 0) && ok "stop + resume is bit-identical to straight: $msg" ||
     bad "stop + resume differs: $msg"
 
-# resumed on 2 ranks x 8 from a 1-rank x 16 checkpoint: the same trajectory (summation order only)
+# resumed on 2 ranks (8 each) from a 1-rank checkpoint of the same batch 16: the same trajectory (summation order only)
 mkdir -p "$dir/c" && touch "$dir/c/stop"
 "$train" "$@" --run-dir "$dir/c" >/dev/null 2>&1
 rm -f "$dir/c/stop"
-timeout 300 mpirun --oversubscribe -np 2 "$train" "$@" --set data.batch_size=8 --run-dir "$dir/c" \
+timeout 300 mpirun --oversubscribe -np 2 "$train" "$@" --run-dir "$dir/c" \
     --resume >/dev/null 2>&1
 msg=$(compare "$dir/a" "$dir/c" 1e-5) && ok "resume on 2 ranks continues the same run: $msg" ||
     bad "resume on 2 ranks: $msg"

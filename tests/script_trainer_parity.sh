@@ -113,8 +113,8 @@ modality() {
     $PY "$T/perturb.py" "$first" "$T/neg-t_0000.h5" teacher_before enc.fc1_w 0.01 >/dev/null
     expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "targets|teacher layers" \
         "$T/neg-t_0000.h5"
-    $PY "$T/perturb.py" "$first" "$T/neg-g_0000.h5" grads head_w1 1e-3 rel >/dev/null
-    expect_fail "$mod grads head_w1[0] += 1e-3 x max|grad|" "grad head_w1" "$T/neg-g_0000.h5"
+    $PY "$T/perturb.py" "$first" "$T/neg-g_0000.h5" grads head.w1 1e-3 rel >/dev/null
+    expect_fail "$mod grads head.w1[0] += 1e-3 x max|grad|" "grad head.w1" "$T/neg-g_0000.h5"
     case $mod in
     image) sharing=share-all what="teacher with the student's front-end (spec: EMA'd)" ;;
     text) sharing=ema-all what="teacher with its own averaged embeddings (spec: shared)" ;;

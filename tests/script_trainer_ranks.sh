@@ -1,33 +1,49 @@
 #!/bin/sh
-# script_trainer_ranks.sh: data parallelism is transparent: 2 ranks x batch B give the same
-# losses and gradient norms as 1 rank x batch 2B (masks, dropout and drop path are keyed on the
-# global sample index; only the summation order differs).
+# script_trainer_ranks.sh: data.batch_size is the global batch, so one config describes one
+# experiment on any allocation: 1 rank, 2 ranks and 1 rank in 2 micro-batches of the same 16
+# samples give the same trajectory (to summation order); a batch the ranks cannot divide is an
+# error naming the key.
 set -u
 build=${1:-build/release}
-export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d /tmp/d2v-ranks.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
 "$build/bin/d2v-prep-image" --idx-images tests/fixtures/fmnist-t500-images-idx3.gz \
     --idx-labels tests/fixtures/fmnist-t500-labels-idx1.gz -o "$dir/fm.h5" >/dev/null
 set -- configs/image-tiny.cfg --set data.train="$dir/fm.h5" --set run.max_updates=8 \
-    --set run.log_every=1
-"$build/bin/d2v-train" "$@" --set data.batch_size=16 --run-dir "$dir/one" >/dev/null 2>&1
-timeout 300 mpirun --oversubscribe -np 2 "$build/bin/d2v-train" "$@" --set data.batch_size=8 \
-    --run-dir "$dir/two" >/dev/null 2>&1
-/usr/bin/python3 - "$dir/one/metrics.jsonl" "$dir/two/metrics.jsonl" <<'PY'
+    --set run.log_every=1 --set data.batch_size=16
+"$build/bin/d2v-train" "$@" --run-dir "$dir/one" >/dev/null 2>&1
+timeout 300 mpirun --oversubscribe -np 2 "$build/bin/d2v-train" "$@" --run-dir "$dir/two" \
+    >"$dir/two.log" 2>&1
+"$build/bin/d2v-train" "$@" --set data.micro_batch=8 --run-dir "$dir/micro" >"$dir/micro.log" 2>&1
+compare() {
+    /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]
 b = [json.loads(l) for l in open(sys.argv[2])]
-ok = len(a) == len(b) == 8
 worst = 0.0
 for x, y in zip(a, b):
     for k in ("loss", "grad_norm", "target_var", "pred_var"):
         worst = max(worst, abs(x[k] - y[k]) / max(abs(x[k]), 1e-12))
-print(f"{'ok  ' if ok and worst < 1e-4 else 'FAIL'} 2 ranks x 8 == 1 rank x 16 over {len(a)} updates "
-      f"(worst relative difference {worst:.1e})")
-sys.exit(0 if ok and worst < 1e-4 else 1)
+print(f"{len(a)} and {len(b)} updates, worst relative difference {worst:.1e}")
+sys.exit(0 if len(a) == len(b) == 8 and worst < 1e-4 else 1)
 PY
-[ $? -eq 0 ] && passed=1 || failed=1
+}
+msg=$(compare "$dir/one" "$dir/two") && ok "batch 16 on 2 ranks == on 1 rank: $msg" ||
+    bad "batch 16 on 2 ranks != on 1 rank: $msg"
+grep -q "batch 16 per update = 2 ranks x 1 micro-batches x 8" "$dir/two.log" &&
+    ok "2 ranks take 8 samples each" || bad "split on 2 ranks: $(grep '^batch' "$dir/two.log")"
+msg=$(compare "$dir/one" "$dir/micro") && ok "data.micro_batch = 8 (2 micro-batches) == one pass: $msg" ||
+    bad "micro-batches: $msg"
+grep -q "batch 16 per update = 1 ranks x 2 micro-batches x 8" "$dir/micro.log" &&
+    ok "data.micro_batch = 8 gives update_freq 2" || bad "split: $(grep '^batch' "$dir/micro.log")"
+out=$(timeout 120 mpirun --oversubscribe -np 3 "$build/bin/d2v-train" "$@" --run-dir "$dir/three" 2>&1)
+rc=$?
+n=$(echo "$out" | grep -c "data.batch_size 16 .* is not a multiple of the 3 ranks")
+[ $rc -ne 0 ] && [ "$n" -ge 1 ] && [ ! -e "$dir/three" ] &&
+    ok "batch 16 on 3 ranks: one clear error, non-zero exit, no run directory" ||
+    bad "batch 16 on 3 ranks: rc $rc: $out"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -39,7 +39,7 @@ static int tiny_model(ModelConfig *mc, TrainConfig *cfg, int modality) {
     }
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         if (train_config_set(cfg, sets[i], err, sizeof err) != 0) return check_record(0, err), -1;
-    if (train_config_validate(cfg, err, sizeof err) != 0) return check_record(0, err), -1;
+    if (train_config_validate(cfg, 1, err, sizeof err) != 0) return check_record(0, err), -1;
     Dataset ds;
     memset(&ds, 0, sizeof ds);
     ds.vocab_size = VOCAB, ds.bos_id = 0, ds.pad_id = PAD, ds.eos_id = 2, ds.unk_id = 3;
@@ -179,9 +179,10 @@ static void enc_ptrs(const EncoderParams *e, const float *out[ENCODER_NUM_PARAMS
 /* Whether the spec's table averages tensor `name` of this modality. */
 static int spec_ema(const char *name, int modality) {
     if (!strncmp(name, "enc.", 4)) return 1; /* the transformer blocks, always */
-    if (modality == D2V_IMAGE) return !strncmp(name, "image.", 6); /* everything (BEiT EMA) */
+    if (modality == D2V_IMAGE) /* everything, head included (the official vision EMA) */
+        return !strncmp(name, "image.", 6) || !strncmp(name, "head.", 5);
     if (modality == D2V_SPEECH) return !strncmp(name, "speech.enc_ln", 13); /* encoder LN */
-    return 0; /* text: embeddings shared; head and final norm are never in the teacher */
+    return 0; /* text: embeddings shared; the head is never in the teacher */
 }
 
 static void test_ema_placement(int modality) {
@@ -242,8 +243,8 @@ static void test_ema_placement(int modality) {
         if (es[i]) enc_ok &= teacher_place(et[i], es[i], params, teacher) == 1;
     check_record(enc_ok, "teacher view: enc.* (every tensor)    in the teacher arena (EMA)");
     /* the ranges the trainer averages: every table tensor fully in or fully out, as the spec */
-    ParamRange r[4];
-    int nr = model_ema_ranges(r, &mc);
+    ParamRange r[8];
+    int nr = model_ema_ranges(r, 8, &mc);
     uint8_t *in = xalloc(np, "ema coverage");
     int overlap = 0;
     size_t covered = 0;
@@ -304,7 +305,10 @@ static void test_decay_mask(int modality) {
     for (int i = 0; i < nt; i++) {
         /* the tensor's own rank: enc.* are stacked over layers (L, ...) */
         int rank = table[i].rank - (strncmp(table[i].name, "enc.", 4) == 0);
-        int exempt = rank <= 1 || !strcmp(table[i].name, "image.pos"); /* timm pos_embed */
+        /* the official vision recipe: 1-D tensors, biases, pos_embed and cls_token are exempt;
+         * the mask token (3-D there) decays */
+        int exempt = (rank <= 1 && strcmp(table[i].name, "image.mask_token")) ||
+                     !strcmp(table[i].name, "image.pos");
         size_t n0 = 0;
         for (size_t j = 0; j < table[i].count; j++)
             n0 += mask[table[i].offset + j] == 0;
@@ -359,14 +363,14 @@ static void test_config_errors(void) {
     train_config_defaults(&c);
     int rc = train_config_load(&c, p, err, sizeof err);
     check_record(rc == 0 && c.layers == 2 && c.width == 64 && !strcmp(c.train_path, "x.h5") &&
-                     train_config_validate(&c, err, sizeof err) == 0,
+                     train_config_validate(&c, 1, err, sizeof err) == 0,
                  "a small valid file loads and validates");
     for (int mod = 0; mod < 3; mod++) {
         train_config_defaults(&c);
         rc = train_config_load(&c, tiny_cfg[mod], err, sizeof err);
         snprintf(at, sizeof at, "%s loads and validates", tiny_cfg[mod]);
         check_record(rc == 0 && train_config_set(&c, "data.train=x.h5", err, sizeof err) == 0 &&
-                         train_config_validate(&c, err, sizeof err) == 0 && c.modality == mod,
+                         train_config_validate(&c, 1, err, sizeof err) == 0 && c.modality == mod,
                      at);
     }
 
@@ -456,13 +460,13 @@ static void test_config_errors(void) {
             check_record(0, err);
             continue;
         }
-        rc = train_config_validate(&c, err, sizeof err);
+        rc = train_config_validate(&c, 1, err, sizeof err);
         expect_error(cross[i].what, rc, err, cross[i].want[0],
                      cross[i].want[1] ? cross[i].want[1] : "", NULL);
     }
     train_config_defaults(&c);
     train_config_set(&c, "data.train=x.h5", err, sizeof err);
-    check_record(train_config_validate(&c, err, sizeof err) == 0, "validate: the defaults pass");
+    check_record(train_config_validate(&c, 1, err, sizeof err) == 0, "validate: the defaults pass");
 
     /* the resolved file d2v-train writes reads back to the same configuration */
     train_config_defaults(&c);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "d2v/dataset.h"
+#include "d2v/h5io.h"
 #include "d2v/model.h"
 
 typedef struct {
@@ -23,6 +24,8 @@ typedef struct {
 void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_text,
                 const float *params, const float *teacher, const float *adam_m, const float *adam_v,
                 size_t np, const TrainState *st, int keep_last);
+/// The parameter table (param_names, param_offsets, param_shapes) of checkpoints and dumps.
+void ckpt_write_table(hid_t file, const ModelConfig *mc);
 /// Newest complete checkpoint's model.h5 under run_dir: 0, or -1 when there is none.
 int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen);
 /// Read a checkpoint into the arenas after checking it matches this model (modality, parameter

@@ -9,13 +9,21 @@
 #include <stdint.h>
 
 #include "d2v/model.h"
+#include "d2v/optim.h"
 
 #define CFG_MAX_CONV 16
+
+/// model.init: the initialisation recipe (docs/algorithm.md §6).
+enum {
+    MODEL_INIT_FAIRSEQ = 0, // init_bert_params; head N(0, 0.02) for text, nn.Linear for speech
+    MODEL_INIT_BEIT = 1,    // data2vec vision: trunc_normal_(0.02) everywhere, fix_init_weight
+    MODEL_INIT_MAE = 2,     // xavier patch conv, N(0, 0.02) tokens and encoder, nn.Linear head
+};
 
 typedef struct {
     int modality;
     /* model */
-    int layers, width, heads, ffn, pre_ln, k_bias, final_norm, head_layers;
+    int layers, width, heads, ffn, pre_ln, k_bias, final_norm, head_layers, model_init;
     double layer_scale, ln_eps, attn_dropout, act_dropout, dropout, layerdrop, drop_path;
     double final_norm_eps;
     /* front-ends */
@@ -42,11 +50,11 @@ typedef struct {
     /* optimiser */
     double lr, lr_min, warmup_init, beta1, beta2, adam_eps, weight_decay, clip;
     double tri_hold, tri_decay;
-    int schedule, exempt_1d, update_freq;
+    int schedule, exempt_1d;
     int64_t warmup;
     /* data */
     char train_path[PATH_MAX];
-    int batch_size, text_block, text_stream, augment, prefetch;
+    int batch_size, micro_batch, text_block, text_stream, augment, prefetch;
     int speech_max_samples, speech_min_samples, speech_normalize;
     double crop_scale_min, crop_scale_max, flip_prob, mean[3], std[3];
     /* run */
@@ -57,17 +65,36 @@ typedef struct {
     double min_target_var, min_pred_var;
 } TrainConfig;
 
-/// Defaults for every key (a data2vec base-like model; configs/ override what differs).
+/// Defaults for every key: the schema's default column (configs/ override what differs).
 void train_config_defaults(TrainConfig *c);
 /// Read `path` into c. 0, or -1 with "PATH:LINE: message" in err.
 int train_config_load(TrainConfig *c, const char *path, char *err, size_t errlen);
+/// Read libconfig text into c; `name` stands for the file in messages (e.g. a checkpoint path).
+int train_config_load_string(TrainConfig *c, const char *text, const char *name, char *err,
+                             size_t errlen);
 /// Apply one "key=value" override (same validation). 0, or -1 with a message in err.
 int train_config_set(TrainConfig *c, const char *assignment, char *err, size_t errlen);
-/// Cross-key checks (heads divide width, top_k <= layers, ...). 0, or -1 with a message.
-int train_config_validate(const TrainConfig *c, char *err, size_t errlen);
+/// Every cross-key check (heads divide width, top_k <= layers, the global batch over `ranks`
+/// ranks, ...); ranks <= 0 skips the rank-count checks. 0, or -1 with a message.
+int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t errlen);
+
+/// data.batch_size is the global batch: samples per update over all ranks. Each rank takes
+/// per_rank = batch_size / ranks, in update_freq micro-batches of `micro` (data.micro_batch caps
+/// it; 0 = one pass).
+typedef struct {
+    int per_rank, update_freq, micro;
+} TrainSplit;
+int train_config_split(const TrainConfig *c, int ranks, TrainSplit *sp, char *err, size_t errlen);
+
 /// Write the resolved configuration in libconfig syntax (readable back by train_config_load).
 int train_config_write(const TrainConfig *c, const char *path);
+/// The same text, malloc'd.
+char *train_config_text(const TrainConfig *c);
 /// Build the model configuration (vocabulary and special ids from the dataset for text).
 void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *d);
+/// The loader of one rank's micro-batches (speech: the shortest clip raised to one mask span).
+LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch);
+AdamW train_config_to_optim(const TrainConfig *c);
+LrSchedule train_config_to_schedule(const TrainConfig *c);
 
 #endif

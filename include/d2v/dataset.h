@@ -74,7 +74,7 @@ typedef struct {
     int prefetch;           // batches prepared ahead by a background thread (0: none)
 } LoaderConfig;
 
-typedef struct {
+typedef struct Batch {
     int B; // samples in this batch (per rank)
     int64_t epoch;
     int64_t *ids;    // (B) global sample index (text: block index) of each row

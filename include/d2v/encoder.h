@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "d2v/params.h"
+
 typedef struct {
     int L, C, NH, F;        // blocks, width, heads, FFN width
     int pre_ln;             // 1: pre-LN BEiT block (vision v1); 0: post-LN (speech, text)
@@ -17,6 +19,7 @@ typedef struct {
     float resid_dropout;    // on each branch before its residual add
     float layerdrop;        // probability of skipping a whole block in a training step
     float drop_path;        // per-sample stochastic depth, linear in depth from 0 to this
+    int init_beit;          // 1: BEiT's trunc_normal_ + fix_init_weight; 0: init_bert_params
 } EncoderConfig;
 
 #define ENCODER_NUM_PARAMS 14
@@ -36,10 +39,12 @@ typedef struct {
 
 /// Element count of each parameter tensor, in EncoderParams order.
 void encoder_param_sizes(size_t sizes[ENCODER_NUM_PARAMS], const EncoderConfig *cfg);
+/// Declare the stacked (L, ...) tensors in the parameter table (docs/architecture.md).
+void encoder_declare(ParamTable *t, EncoderParams *p, const EncoderConfig *cfg);
 /// Point p's tensors into `memory` (NULL: only count). Returns the float count used.
 size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfig *cfg);
-/// fairseq init_bert_params: Linear weights N(0, 0.02), biases 0, LN weight 1 and bias 0,
-/// layer scale = layer_scale_init. Deterministic in `seed`.
+/// Initialise a bound view by the declared rules (init_bert_params or BEiT's), layer scale =
+/// layer_scale_init. Deterministic in `seed`.
 void encoder_params_init(EncoderParams *p, const EncoderConfig *cfg, uint64_t seed);
 /// Enforce structural zeros (no key bias) on parameters or their gradients.
 void encoder_params_constrain(EncoderParams *p, const EncoderConfig *cfg);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "d2v/kernels.h"
+#include "d2v/params.h"
 
 /* ---- text ------------------------------------------------------------------------------------ */
 
@@ -27,6 +28,8 @@ typedef struct {
     float *ln_w, *ln_b; // (C)
 } TextEmbedParams;
 
+/// Declare the tensors (ema: EMA_AVERAGE or EMA_SHARED, the teacher's sharing of the front-end).
+void text_embed_declare(ParamTable *t, TextEmbedParams *p, const TextEmbedConfig *c, int ema);
 size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c);
 /// init_bert_params: N(0, 0.02) with the pad rows zeroed; LN (1, 0).
 void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64_t seed);
@@ -66,6 +69,7 @@ typedef struct {
                    // 2-D sin-cos over the patches only (MAE / data2vec 2.0), none, or BEiT's
                    // shared relative position bias (data2vec v1 vision: an attention logit bias)
     int heads;     // attention heads (the relative bias has one table column per head)
+    int init_beit; // 1: BEiT's trunc_normal_ init; 0: MAE's xavier patch conv, N(0, 0.02) tokens
 } ImageEmbedConfig;
 
 #define IMAGE_EMBED_NUM_PARAMS 6
@@ -78,6 +82,7 @@ typedef struct {
     float *rel_table;  // ((2gh-1)(2gw-1) + 3, heads) when IMAGE_POS_RELATIVE, else empty
 } ImageEmbedParams;
 
+void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedConfig *c, int ema);
 size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c);
 /// Patch weights xavier-uniform over the (C, Cin*P*P) view, bias 0, cls/mask/pos N(0, 0.02).
 void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uint64_t seed);
@@ -142,6 +147,8 @@ typedef struct {
     float *enc_ln_w, *enc_ln_b;
 } SpeechEmbedParams;
 
+/// speech.enc_ln_* are always averaged; `ema` applies to the rest.
+void speech_embed_declare(ParamTable *t, SpeechEmbedParams *p, const SpeechEmbedConfig *c, int ema);
 size_t speech_embed_params_layout(SpeechEmbedParams *p, float *memory, const SpeechEmbedConfig *c);
 /// Conv weights kaiming-normal (fan_in), LNs (1, 0), projection and pos convs PyTorch default
 /// (uniform +-1/sqrt(fan_in)), mask embedding U[0, 1) (wav2vec2).

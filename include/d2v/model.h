@@ -1,7 +1,7 @@
-/* model.h: one data2vec model: a modality front-end, the transformer encoder, the student's
- * final norm and regression head, and the EMA teacher that shares or averages each part as the
- * spec's per-modality table says (§6). Parameters, gradients, AdamW moments and the teacher are
- * flat arenas of one layout; activations are sized once for the largest batch. */
+/* model.h: one data2vec model: a modality front-end (frontend.h), the transformer encoder, the
+ * student's regression head, and the EMA teacher that shares or averages each tensor as its
+ * declaration says (docs/algorithm.md §5). Parameters, gradients, AdamW moments and the teacher
+ * are flat arenas of one table's layout; activations are sized once for the largest batch. */
 #ifndef D2V_MODEL_H
 #define D2V_MODEL_H
 
@@ -10,29 +10,30 @@
 
 #include "d2v/dataset.h"
 #include "d2v/encoder.h"
+#include "d2v/frontend.h"
 #include "d2v/frontends.h"
+#include "d2v/head.h"
 #include "d2v/masking.h"
+#include "d2v/params.h"
 
-typedef struct {
+typedef struct ModelConfig {
     int modality; // D2V_TEXT / D2V_IMAGE / D2V_SPEECH
     TextEmbedConfig text;
     ImageEmbedConfig image;
     SpeechEmbedConfig speech;
     EncoderConfig enc;
-    int final_norm; // student LN (affine) on the encoder output before the head (BEiT)
-    float final_norm_eps;
-    int head_layers; // 1: Linear(C, C); 2: Linear(C, 2C) -> GELU -> Linear(2C, C) (text)
-    /* targets (§4) */
+    HeadConfig head;
+    /* targets (docs/algorithm.md §1.2) */
     int top_k;             // K blocks averaged
     int target_ffn;        // 1: FFN branch before the last residual; 0: end of block (vision)
     int target_norm;       // TARGET_NORM_* per layer
     int target_final_norm; // LN over C after averaging (vision)
     float target_eps;
-    /* loss (§5) */
+    /* loss (§1.3) */
     float loss_beta;  // 0: L2; > 0: smooth L1 with this beta
     float loss_scale; // <= 0: 1 / sqrt(C)
-    /* teacher sharing (§6): EMA the front-end too (vision), or reuse the student's (text, speech:
-     * speech still averages the encoder layer norm, and shares the positional convolution) */
+    /* teacher sharing (§5): average the front-end too (vision), or reuse the student's (text,
+     * speech: speech still averages the encoder layer norm, and shares the positional conv) */
     int ema_frontend;
     /* masking (§3) */
     TextMaskConfig text_mask;
@@ -40,41 +41,36 @@ typedef struct {
     SpanMaskConfig speech_mask;
 } ModelConfig;
 
-typedef struct {
-    TextEmbedParams text;
-    ImageEmbedParams image;
-    SpeechEmbedParams speech;
+/// A view of one arena (student, gradients or teacher): pointers into it, from the table.
+typedef struct ModelParams {
+    union { /* the front-end's tensors: the member of the config's modality */
+        TextEmbedParams text;
+        ImageEmbedParams image;
+        SpeechEmbedParams speech;
+    };
     EncoderParams enc;
-    float *final_ln_w, *final_ln_b; // (C)
-    float *head_w1, *head_b1;       // (H1, C), (H1); H1 = C (1 layer) or 2C
-    float *head_w2, *head_b2;       // (C, 2C), (C) when head_layers == 2
+    HeadParams head;
 } ModelParams;
 
+/// The model's parameter table: front-end, encoder, head, in arena order. Free with ptab_free.
+void model_declare(ParamTable *t, const ModelConfig *c);
+
+/* Conveniences derived from the table, for callers without one. */
 /// Lay the parameters out in `memory` (NULL: count only); returns the float count.
 size_t model_params_layout(ModelParams *p, float *memory, const ModelConfig *c);
+/// Initialise a bound view by the declared rules.
 void model_params_init(ModelParams *p, const ModelConfig *c, uint64_t seed);
-/// 1 for each parameter AdamW decays; 0 for biases, norms and other 1-D tensors when
-/// exempt_1d (data2vec 2.0 / timm), everything decayed otherwise (fairseq v1).
+/// 1 for each parameter AdamW decays (DECAY_1D tensors exempt when exempt_1d).
 void model_decay_mask(uint8_t *mask, const ModelConfig *c, int exempt_1d);
-
-typedef struct {
-    size_t offset, count;
-} ParamRange;
-/// The arena ranges the teacher averages (EMA); the rest of the teacher is the student's own
-/// parameters. Returns the number of ranges (<= 4).
-int model_ema_ranges(ParamRange *r, const ModelConfig *c);
-/// Teacher parameter view: EMA'd tensors in `teacher_memory`, shared ones the student's.
+/// The arena ranges the teacher averages (EMA). Returns the number of ranges (<= max).
+int model_ema_ranges(ParamRange *r, int max, const ModelConfig *c);
+/// Teacher parameter view: averaged tensors in `teacher_memory`, shared ones the student's.
 void model_teacher_view(ModelParams *t, const ModelParams *student, float *teacher_memory,
                         const ModelConfig *c);
 
-/// One parameter tensor's place in the flat arena (for dumps, checkpoints and export).
-typedef struct {
-    char name[48]; // e.g. "enc.qkv_w", "speech.conv_w.3", "head_w1"
-    size_t offset, count;
-    int rank;
-    int64_t shape[4];
-} ParamInfo;
-/// Fill up to max entries in arena order; returns the number of tensors.
+/// One parameter tensor's place in the arena (for dumps, checkpoints and export).
+typedef ParamSpec ParamInfo;
+/// Copy up to max entries in arena order; returns the number of tensors.
 int model_param_table(ParamInfo *out, int max, const ModelConfig *c);
 
 /// What one micro-batch produced.
@@ -112,15 +108,15 @@ void model_phase_times(const Model *m, double out[PHASE_NUM]);
 void model_phase_reset(Model *m);
 
 /// Everything needed to check one micro-step independently (for --dump-step); valid after
-/// model_micro_step. Shapes: masks (B, T) uint8, targets/preds (M, C), student input tokens.
+/// model_micro_step. Shapes: sel (B, T), targets/preds (M, C), teacher layers (B, T, C).
 typedef struct {
     int B, T, C, M;
-    const uint8_t *sel;            // (B, T) positions in the loss
-    const uint8_t *mask;           // (B, T) (image: (B, Np)) positions masked in the student input
-    const int32_t *student_tokens; // text: (B, T) student input ids
-    const float *targets, *preds;  // (M, C)
-    float *const *teacher_layers;  // top_k x (B, T, C)
+    const uint8_t *sel;           // (B, T) positions in the loss
+    const float *targets, *preds; // (M, C)
+    float *const *teacher_layers; // top_k x (B, T, C)
+    int n_arrays;                 // the front-end's batch and mask arrays
+    TraceArray arrays[FRONT_MAX_TRACE];
 } ModelTrace;
-ModelTrace model_trace(const Model *m);
+ModelTrace model_trace(const Model *m, const Batch *b);
 
 #endif

@@ -63,20 +63,24 @@ static void remove_checkpoint(const char *run_dir, int64_t update) {
     rmdir(dir);
 }
 
-static void write_table(hid_t file, const ModelConfig *mc) {
-    ParamInfo t[MAX_TENSORS];
-    int n = model_param_table(t, MAX_TENSORS, mc);
-    const char *names[MAX_TENSORS];
-    int64_t offsets[MAX_TENSORS], shapes[MAX_TENSORS][4];
+void ckpt_write_table(hid_t file, const ModelConfig *mc) {
+    ParamTable t;
+    model_declare(&t, mc);
+    int n = t.n;
+    const char **names = xalloc(sizeof *names * (size_t)n, "parameter names");
+    int64_t *offsets = xalloc(sizeof *offsets * (size_t)n, "parameter offsets");
+    int64_t(*shapes)[4] = xalloc(sizeof *shapes * (size_t)n, "parameter shapes");
     for (int i = 0; i < n; i++) {
-        names[i] = t[i].name, offsets[i] = (int64_t)t[i].offset;
+        names[i] = t.t[i].name, offsets[i] = (int64_t)t.t[i].offset;
         for (int j = 0; j < 4; j++)
-            shapes[i][j] = j < t[i].rank ? t[i].shape[j] : -1;
+            shapes[i][j] = j < t.t[i].rank ? t.t[i].shape[j] : -1;
     }
     h5_write_strings(file, "param_names", names, (size_t)n);
     hsize_t d1[1] = {(hsize_t)n}, d2[2] = {(hsize_t)n, 4};
     h5_write(file, "param_offsets", H5T_NATIVE_INT64, 1, d1, NULL, offsets);
     h5_write(file, "param_shapes", H5T_NATIVE_INT64, 2, d2, NULL, shapes);
+    free(names), free(offsets), free(shapes);
+    ptab_free(&t);
 }
 
 void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_text,
@@ -99,7 +103,7 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     h5_attr_i64(o.file, "skipped", st->skipped);
     h5_attr_i64(o.file, "epoch", st->cursor.epoch);
     h5_attr_i64(o.file, "position", st->cursor.position);
-    write_table(o.file, mc);
+    ckpt_write_table(o.file, mc);
     hsize_t n[1] = {np};
     h5_write(o.file, "params", H5T_NATIVE_FLOAT, 1, n, NULL, params);
     h5_write(o.file, "teacher", H5T_NATIVE_FLOAT, 1, n, NULL, teacher);

@@ -24,148 +24,118 @@ typedef struct {
     size_t offset;
     double min, max;
     const char *const *names; // T_ENUM: value names, index = stored int
+    const char *def;          // the default, in the file's syntax (strings unquoted)
 } KeySpec;
 
 static const char *const modality_names[] = {"text", "image", "speech", NULL};
 static const char *const pos_names[] = {"none", "learned", "sincos", "relative", NULL};
 static const char *const tensor_names[] = {"end", "ffn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
+static const char *const init_names[] = {"fairseq", "beit", "mae", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
 
 #define F(field) offsetof(TrainConfig, field)
 static const KeySpec schema[] = {
-    {"modality", T_ENUM, F(modality), 0, 0, modality_names},
-    {"model.layers", T_INT, F(layers), 1, 128, NULL},
-    {"model.width", T_INT, F(width), 4, 16384, NULL},
-    {"model.heads", T_INT, F(heads), 1, 256, NULL},
-    {"model.ffn", T_INT, F(ffn), 1, 65536, NULL},
-    {"model.pre_ln", T_BOOL, F(pre_ln), 0, 1, NULL},
-    {"model.layer_scale", T_FLOAT, F(layer_scale), 0, 10, NULL},
-    {"model.k_bias", T_BOOL, F(k_bias), 0, 1, NULL},
-    {"model.ln_eps", T_FLOAT, F(ln_eps), 1e-12, 1e-2, NULL},
-    {"model.attn_dropout", T_FLOAT, F(attn_dropout), 0, 0.9, NULL},
-    {"model.act_dropout", T_FLOAT, F(act_dropout), 0, 0.9, NULL},
-    {"model.dropout", T_FLOAT, F(dropout), 0, 0.9, NULL},
-    {"model.layerdrop", T_FLOAT, F(layerdrop), 0, 0.9, NULL},
-    {"model.drop_path", T_FLOAT, F(drop_path), 0, 0.9, NULL},
-    {"model.final_norm", T_BOOL, F(final_norm), 0, 1, NULL},
-    {"model.final_norm_eps", T_FLOAT, F(final_norm_eps), 1e-12, 1e-2, NULL},
-    {"model.head_layers", T_INT, F(head_layers), 1, 2, NULL},
-    {"text.max_positions", T_INT, F(text_max_positions), 2, 65536, NULL},
-    {"text.dropout", T_FLOAT, F(text_dropout), 0, 0.9, NULL},
-    {"text.ln_eps", T_FLOAT, F(text_ln_eps), 1e-12, 1e-2, NULL},
-    {"image.height", T_INT, F(image_height), 1, 8192, NULL},
-    {"image.width", T_INT, F(image_width), 1, 8192, NULL},
-    {"image.channels", T_INT, F(image_channels), 1, 3, NULL},
-    {"image.patch", T_INT, F(image_patch), 1, 1024, NULL},
-    {"image.cls", T_BOOL, F(image_cls), 0, 1, NULL},
-    {"image.pos", T_ENUM, F(image_pos), 0, 0, pos_names},
-    {"speech.conv", T_CONV, F(speech_n_conv), 1, CFG_MAX_CONV, NULL},
-    {"speech.pos_layers", T_INT, F(speech_pos_layers), 0, CFG_MAX_CONV, NULL},
-    {"speech.pos_kernel", T_INT, F(speech_pos_kernel), 1, 1023, NULL},
-    {"speech.pos_groups", T_INT, F(speech_pos_groups), 1, 4096, NULL},
-    {"speech.ln_eps", T_FLOAT, F(speech_ln_eps), 1e-12, 1e-2, NULL},
-    {"mask.text_prob", T_FLOAT, F(mask_text_prob), 0, 1, NULL},
-    {"mask.text_span", T_INT, F(mask_text_span), 1, 64, NULL},
-    {"mask.text_leave_unmasked", T_FLOAT, F(mask_text_leave), 0, 1, NULL},
-    {"mask.text_random_token", T_FLOAT, F(mask_text_random), 0, 1, NULL},
-    {"mask.text_loss_on_all_selected", T_BOOL, F(mask_text_loss_all), 0, 1, NULL},
-    {"mask.image_patches", T_INT, F(mask_image_patches), 0, 1 << 20, NULL},
-    {"mask.image_min_patches", T_INT, F(mask_image_min_patches), 1, 1 << 20, NULL},
-    {"mask.image_max_patches", T_INT, F(mask_image_max_patches), 0, 1 << 20, NULL},
-    {"mask.image_min_aspect", T_FLOAT, F(mask_image_min_aspect), 0.01, 1, NULL},
-    {"mask.speech_prob", T_FLOAT, F(mask_speech_prob), 0, 1, NULL},
-    {"mask.speech_length", T_INT, F(mask_speech_length), 1, 1000, NULL},
-    {"mask.speech_min_masks", T_INT, F(mask_speech_min_masks), 0, 1000, NULL},
-    {"mask.speech_same_count", T_BOOL, F(mask_speech_same), 0, 1, NULL},
-    {"mask.speech_dropout", T_FLOAT, F(mask_speech_dropout), 0, 1, NULL},
-    {"target.top_k", T_INT, F(target_top_k), 1, 128, NULL},
-    {"target.tensor", T_ENUM, F(target_tensor), 0, 0, tensor_names},
-    {"target.layer_norm", T_ENUM, F(target_layer_norm), 0, 0, norm_names},
-    {"target.final_norm", T_BOOL, F(target_final_norm), 0, 1, NULL},
-    {"target.eps", T_FLOAT, F(target_eps), 1e-12, 1e-2, NULL},
-    {"loss.beta", T_FLOAT, F(loss_beta), 0, 100, NULL},
-    {"loss.scale", T_FLOAT, F(loss_scale), -1, 1e6, NULL},
-    {"ema.tau0", T_FLOAT, F(ema_tau0), 0, 1, NULL},
-    {"ema.tau_end", T_FLOAT, F(ema_tau_end), 0, 1, NULL},
-    {"ema.tau_steps", T_I64, F(ema_tau_steps), 0, 1e12, NULL},
-    {"ema.frontend", T_BOOL, F(ema_frontend), 0, 1, NULL},
-    {"optim.lr", T_FLOAT, F(lr), 0, 10, NULL},
-    {"optim.lr_min", T_FLOAT, F(lr_min), 0, 10, NULL},
-    {"optim.warmup_init", T_FLOAT, F(warmup_init), 0, 10, NULL},
-    {"optim.beta1", T_FLOAT, F(beta1), 0, 0.999999, NULL},
-    {"optim.beta2", T_FLOAT, F(beta2), 0, 0.999999, NULL},
-    {"optim.eps", T_FLOAT, F(adam_eps), 1e-20, 1, NULL},
-    {"optim.weight_decay", T_FLOAT, F(weight_decay), 0, 10, NULL},
-    {"optim.exempt_1d", T_BOOL, F(exempt_1d), 0, 1, NULL},
-    {"optim.schedule", T_ENUM, F(schedule), 0, 0, schedule_names},
-    {"optim.warmup", T_I64, F(warmup), 0, 1e12, NULL},
-    {"optim.tri_hold", T_FLOAT, F(tri_hold), 0, 1, NULL},
-    {"optim.tri_decay", T_FLOAT, F(tri_decay), 0, 1, NULL},
-    {"optim.clip", T_FLOAT, F(clip), 0, 1e9, NULL},
-    {"optim.update_freq", T_INT, F(update_freq), 1, 4096, NULL},
-    {"data.train", T_STRING, F(train_path), 0, 0, NULL},
-    {"data.batch_size", T_INT, F(batch_size), 1, 1 << 20, NULL},
-    {"data.text_block", T_INT, F(text_block), 2, 65536, NULL},
-    {"data.text_stream", T_BOOL, F(text_stream), 0, 1, NULL},
-    {"data.augment", T_BOOL, F(augment), 0, 1, NULL},
-    {"data.crop_scale_min", T_FLOAT, F(crop_scale_min), 0.001, 1, NULL},
-    {"data.crop_scale_max", T_FLOAT, F(crop_scale_max), 0.001, 1, NULL},
-    {"data.flip_prob", T_FLOAT, F(flip_prob), 0, 1, NULL},
-    {"data.mean", T_FLOAT3, F(mean), -10, 10, NULL},
-    {"data.std", T_FLOAT3, F(std), 1e-6, 10, NULL},
-    {"data.speech_max_samples", T_INT, F(speech_max_samples), 1, 1 << 28, NULL},
-    {"data.speech_min_samples", T_INT, F(speech_min_samples), 0, 1 << 28, NULL},
-    {"data.speech_normalize", T_BOOL, F(speech_normalize), 0, 1, NULL},
-    {"data.prefetch", T_INT, F(prefetch), 0, 64, NULL},
-    {"run.max_updates", T_I64, F(max_updates), 1, 1e12, NULL},
-    {"run.log_every", T_INT, F(log_every), 1, 1 << 30, NULL},
-    {"run.seed", T_I64, F(seed), 0, 9e15, NULL},
-    {"run.skip_nonfinite", T_BOOL, F(skip_nonfinite), 0, 1, NULL},
-    {"run.threads", T_INT, F(threads), 0, 4096, NULL},
-    {"run.collapse_after", T_I64, F(collapse_after), 0, 1e12, NULL},
-    {"run.checkpoint_every", T_I64, F(checkpoint_every), 0, 1e12, NULL},
-    {"run.keep_last", T_INT, F(keep_last), 0, 1 << 20, NULL},
-    {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL},
-    {"run.min_pred_var", T_FLOAT, F(min_pred_var), 0, 1e6, NULL},
+    {"modality", T_ENUM, F(modality), 0, 0, modality_names, "image"},
+    {"model.layers", T_INT, F(layers), 1, 128, NULL, "12"},
+    {"model.width", T_INT, F(width), 4, 16384, NULL, "768"},
+    {"model.heads", T_INT, F(heads), 1, 256, NULL, "12"},
+    {"model.ffn", T_INT, F(ffn), 1, 65536, NULL, "3072"},
+    {"model.pre_ln", T_BOOL, F(pre_ln), 0, 1, NULL, "false"},
+    {"model.layer_scale", T_FLOAT, F(layer_scale), 0, 10, NULL, "0"},
+    {"model.k_bias", T_BOOL, F(k_bias), 0, 1, NULL, "true"},
+    {"model.ln_eps", T_FLOAT, F(ln_eps), 1e-12, 1e-2, NULL, "1e-5"},
+    {"model.attn_dropout", T_FLOAT, F(attn_dropout), 0, 0.9, NULL, "0.1"},
+    {"model.act_dropout", T_FLOAT, F(act_dropout), 0, 0.9, NULL, "0"},
+    {"model.dropout", T_FLOAT, F(dropout), 0, 0.9, NULL, "0.1"},
+    {"model.layerdrop", T_FLOAT, F(layerdrop), 0, 0.9, NULL, "0"},
+    {"model.drop_path", T_FLOAT, F(drop_path), 0, 0.9, NULL, "0"},
+    {"model.final_norm", T_BOOL, F(final_norm), 0, 1, NULL, "false"},
+    {"model.final_norm_eps", T_FLOAT, F(final_norm_eps), 1e-12, 1e-2, NULL, "1e-6"},
+    {"model.head_layers", T_INT, F(head_layers), 1, 2, NULL, "1"},
+    {"model.init", T_ENUM, F(model_init), 0, 0, init_names, "fairseq"},
+    {"text.max_positions", T_INT, F(text_max_positions), 2, 65536, NULL, "512"},
+    {"text.dropout", T_FLOAT, F(text_dropout), 0, 0.9, NULL, "0.1"},
+    {"text.ln_eps", T_FLOAT, F(text_ln_eps), 1e-12, 1e-2, NULL, "1e-5"},
+    {"image.height", T_INT, F(image_height), 1, 8192, NULL, "224"},
+    {"image.width", T_INT, F(image_width), 1, 8192, NULL, "224"},
+    {"image.channels", T_INT, F(image_channels), 1, 3, NULL, "3"},
+    {"image.patch", T_INT, F(image_patch), 1, 1024, NULL, "16"},
+    {"image.cls", T_BOOL, F(image_cls), 0, 1, NULL, "true"},
+    {"image.pos", T_ENUM, F(image_pos), 0, 0, pos_names, "learned"},
+    {"speech.conv", T_CONV, F(speech_n_conv), 1, CFG_MAX_CONV, NULL,
+     "([512, 10, 5], [512, 3, 2], [512, 3, 2], [512, 3, 2], [512, 3, 2], [512, 2, 2], [512, 2, "
+     "2])"},
+    {"speech.pos_layers", T_INT, F(speech_pos_layers), 0, CFG_MAX_CONV, NULL, "5"},
+    {"speech.pos_kernel", T_INT, F(speech_pos_kernel), 1, 1023, NULL, "19"},
+    {"speech.pos_groups", T_INT, F(speech_pos_groups), 1, 4096, NULL, "16"},
+    {"speech.ln_eps", T_FLOAT, F(speech_ln_eps), 1e-12, 1e-2, NULL, "1e-5"},
+    {"mask.text_prob", T_FLOAT, F(mask_text_prob), 0, 1, NULL, "0.35"},
+    {"mask.text_span", T_INT, F(mask_text_span), 1, 64, NULL, "4"},
+    {"mask.text_leave_unmasked", T_FLOAT, F(mask_text_leave), 0, 1, NULL, "0"},
+    {"mask.text_random_token", T_FLOAT, F(mask_text_random), 0, 1, NULL, "0"},
+    {"mask.text_loss_on_all_selected", T_BOOL, F(mask_text_loss_all), 0, 1, NULL, "false"},
+    {"mask.image_patches", T_INT, F(mask_image_patches), 0, 1 << 20, NULL, "120"},
+    {"mask.image_min_patches", T_INT, F(mask_image_min_patches), 1, 1 << 20, NULL, "16"},
+    {"mask.image_max_patches", T_INT, F(mask_image_max_patches), 0, 1 << 20, NULL, "0"},
+    {"mask.image_min_aspect", T_FLOAT, F(mask_image_min_aspect), 0.01, 1, NULL, "0.3"},
+    {"mask.speech_prob", T_FLOAT, F(mask_speech_prob), 0, 1, NULL, "0.65"},
+    {"mask.speech_length", T_INT, F(mask_speech_length), 1, 1000, NULL, "10"},
+    {"mask.speech_min_masks", T_INT, F(mask_speech_min_masks), 0, 1000, NULL, "1"},
+    {"mask.speech_same_count", T_BOOL, F(mask_speech_same), 0, 1, NULL, "true"},
+    {"mask.speech_dropout", T_FLOAT, F(mask_speech_dropout), 0, 1, NULL, "0"},
+    {"target.top_k", T_INT, F(target_top_k), 1, 128, NULL, "8"},
+    {"target.tensor", T_ENUM, F(target_tensor), 0, 0, tensor_names, "ffn"},
+    {"target.layer_norm", T_ENUM, F(target_layer_norm), 0, 0, norm_names, "instance"},
+    {"target.final_norm", T_BOOL, F(target_final_norm), 0, 1, NULL, "false"},
+    {"target.eps", T_FLOAT, F(target_eps), 1e-12, 1e-2, NULL, "1e-5"},
+    {"loss.beta", T_FLOAT, F(loss_beta), 0, 100, NULL, "0"},
+    {"loss.scale", T_FLOAT, F(loss_scale), -1, 1e6, NULL, "-1"},
+    {"ema.tau0", T_FLOAT, F(ema_tau0), 0, 1, NULL, "0.999"},
+    {"ema.tau_end", T_FLOAT, F(ema_tau_end), 0, 1, NULL, "0.9999"},
+    {"ema.tau_steps", T_I64, F(ema_tau_steps), 0, 1e12, NULL, "30000"},
+    {"ema.frontend", T_BOOL, F(ema_frontend), 0, 1, NULL, "false"},
+    {"optim.lr", T_FLOAT, F(lr), 0, 10, NULL, "5e-4"},
+    {"optim.lr_min", T_FLOAT, F(lr_min), 0, 10, NULL, "0"},
+    {"optim.warmup_init", T_FLOAT, F(warmup_init), 0, 10, NULL, "0"},
+    {"optim.beta1", T_FLOAT, F(beta1), 0, 0.999999, NULL, "0.9"},
+    {"optim.beta2", T_FLOAT, F(beta2), 0, 0.999999, NULL, "0.98"},
+    {"optim.eps", T_FLOAT, F(adam_eps), 1e-20, 1, NULL, "1e-6"},
+    {"optim.weight_decay", T_FLOAT, F(weight_decay), 0, 10, NULL, "0.01"},
+    {"optim.exempt_1d", T_BOOL, F(exempt_1d), 0, 1, NULL, "false"},
+    {"optim.schedule", T_ENUM, F(schedule), 0, 0, schedule_names, "cosine"},
+    {"optim.warmup", T_I64, F(warmup), 0, 1e12, NULL, "10000"},
+    {"optim.tri_hold", T_FLOAT, F(tri_hold), 0, 1, NULL, "0.9"},
+    {"optim.tri_decay", T_FLOAT, F(tri_decay), 0, 1, NULL, "0.07"},
+    {"optim.clip", T_FLOAT, F(clip), 0, 1e9, NULL, "0"},
+    {"data.micro_batch", T_INT, F(micro_batch), 0, 1 << 20, NULL, "0"},
+    {"data.train", T_STRING, F(train_path), 0, 0, NULL, ""},
+    {"data.batch_size", T_INT, F(batch_size), 1, 1 << 20, NULL, "8"},
+    {"data.text_block", T_INT, F(text_block), 2, 65536, NULL, "512"},
+    {"data.text_stream", T_BOOL, F(text_stream), 0, 1, NULL, "false"},
+    {"data.augment", T_BOOL, F(augment), 0, 1, NULL, "false"},
+    {"data.crop_scale_min", T_FLOAT, F(crop_scale_min), 0.001, 1, NULL, "0.08"},
+    {"data.crop_scale_max", T_FLOAT, F(crop_scale_max), 0.001, 1, NULL, "1"},
+    {"data.flip_prob", T_FLOAT, F(flip_prob), 0, 1, NULL, "0.5"},
+    {"data.mean", T_FLOAT3, F(mean), -10, 10, NULL, "[0.485, 0.456, 0.406]"},
+    {"data.std", T_FLOAT3, F(std), 1e-6, 10, NULL, "[0.229, 0.224, 0.225]"},
+    {"data.speech_max_samples", T_INT, F(speech_max_samples), 1, 1 << 28, NULL, "320000"},
+    {"data.speech_min_samples", T_INT, F(speech_min_samples), 0, 1 << 28, NULL, "32000"},
+    {"data.speech_normalize", T_BOOL, F(speech_normalize), 0, 1, NULL, "true"},
+    {"data.prefetch", T_INT, F(prefetch), 0, 64, NULL, "2"},
+    {"run.max_updates", T_I64, F(max_updates), 1, 1e12, NULL, "400000"},
+    {"run.log_every", T_INT, F(log_every), 1, 1 << 30, NULL, "100"},
+    {"run.seed", T_I64, F(seed), 0, 9e15, NULL, "1"},
+    {"run.skip_nonfinite", T_BOOL, F(skip_nonfinite), 0, 1, NULL, "false"},
+    {"run.threads", T_INT, F(threads), 0, 4096, NULL, "0"},
+    {"run.collapse_after", T_I64, F(collapse_after), 0, 1e12, NULL, "5000"},
+    {"run.checkpoint_every", T_I64, F(checkpoint_every), 0, 1e12, NULL, "1000"},
+    {"run.keep_last", T_INT, F(keep_last), 0, 1 << 20, NULL, "3"},
+    {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL, "0.1"},
+    {"run.min_pred_var", T_FLOAT, F(min_pred_var), 0, 1e6, NULL, "0.01"},
 };
 #undef F
 #define N_KEYS (sizeof schema / sizeof schema[0])
-
-void train_config_defaults(TrainConfig *c) {
-    memset(c, 0, sizeof *c);
-    c->modality = D2V_IMAGE;
-    c->layers = 12, c->width = 768, c->heads = 12, c->ffn = 3072, c->k_bias = 1;
-    c->ln_eps = 1e-5, c->final_norm_eps = 1e-6, c->head_layers = 1;
-    c->attn_dropout = 0.1, c->dropout = 0.1;
-    c->text_max_positions = 512, c->text_dropout = 0.1, c->text_ln_eps = 1e-5;
-    c->image_height = c->image_width = 224, c->image_channels = 3, c->image_patch = 16;
-    c->image_cls = 1, c->image_pos = IMAGE_POS_LEARNED;
-    int conv[7][3] = {{512, 10, 5}, {512, 3, 2}, {512, 3, 2}, {512, 3, 2},
-                      {512, 3, 2},  {512, 2, 2}, {512, 2, 2}};
-    c->speech_n_conv = 7;
-    memcpy(c->speech_conv, conv, sizeof conv);
-    c->speech_pos_layers = 5, c->speech_pos_kernel = 19, c->speech_pos_groups = 16;
-    c->speech_ln_eps = 1e-5;
-    c->mask_text_prob = 0.35, c->mask_text_span = 4;
-    c->mask_image_patches = 120, c->mask_image_min_patches = 16, c->mask_image_min_aspect = 0.3;
-    c->mask_speech_prob = 0.65, c->mask_speech_length = 10, c->mask_speech_min_masks = 1;
-    c->mask_speech_same = 1;
-    c->target_top_k = 8, c->target_tensor = 1, c->target_layer_norm = TARGET_NORM_INSTANCE;
-    c->target_eps = 1e-5, c->loss_beta = 0, c->loss_scale = -1;
-    c->ema_tau0 = 0.999, c->ema_tau_end = 0.9999, c->ema_tau_steps = 30000;
-    c->lr = 5e-4, c->beta1 = 0.9, c->beta2 = 0.98, c->adam_eps = 1e-6, c->weight_decay = 0.01;
-    c->schedule = LR_COSINE, c->warmup = 10000, c->tri_hold = 0.9, c->tri_decay = 0.07;
-    c->update_freq = 1;
-    c->batch_size = 8, c->text_block = 512, c->prefetch = 2;
-    c->crop_scale_min = 0.08, c->crop_scale_max = 1, c->flip_prob = 0.5;
-    c->mean[0] = 0.485, c->mean[1] = 0.456, c->mean[2] = 0.406; /* ImageNet */
-    c->std[0] = 0.229, c->std[1] = 0.224, c->std[2] = 0.225;
-    c->speech_max_samples = 320000, c->speech_min_samples = 32000, c->speech_normalize = 1;
-    c->max_updates = 400000, c->log_every = 100, c->seed = 1;
-    c->collapse_after = 5000, c->min_target_var = 0.1, c->min_pred_var = 0.01;
-    c->checkpoint_every = 1000, c->keep_last = 3;
-}
 
 static const KeySpec *find_key(const char *key) {
     for (size_t i = 0; i < N_KEYS; i++)
@@ -318,6 +288,19 @@ int train_config_load(TrainConfig *c, const char *path, char *err, size_t errlen
     return rc;
 }
 
+int train_config_load_string(TrainConfig *c, const char *text, const char *name, char *err,
+                             size_t errlen) {
+    config_t cf;
+    config_init(&cf);
+    int rc = 0;
+    if (!config_read_string(&cf, text))
+        rc = errf(err, errlen, "%s:%d: %s", name, config_error_line(&cf), config_error_text(&cf));
+    else
+        rc = walk(c, config_root_setting(&cf), "", name, err, errlen);
+    config_destroy(&cf);
+    return rc;
+}
+
 int train_config_set(TrainConfig *c, const char *assignment, char *err, size_t errlen) {
     const char *eq = strchr(assignment, '=');
     if (!eq) return errf(err, errlen, "--set %s: expected key=value", assignment);
@@ -344,7 +327,16 @@ int train_config_set(TrainConfig *c, const char *assignment, char *err, size_t e
     return rc;
 }
 
-int train_config_validate(const TrainConfig *c, char *err, size_t n) {
+void train_config_defaults(TrainConfig *c) {
+    memset(c, 0, sizeof *c);
+    char err[512], kv[512];
+    for (size_t i = 0; i < N_KEYS; i++) {
+        snprintf(kv, sizeof kv, "%s=%s", schema[i].key, schema[i].def);
+        if (train_config_set(c, kv, err, sizeof err)) die("config schema default: %s", err);
+    }
+}
+
+int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) {
     if (c->width % c->heads)
         return errf(err, n, "config: model.width %d is not a multiple of model.heads %d", c->width,
                     c->heads);
@@ -381,6 +373,20 @@ int train_config_validate(const TrainConfig *c, char *err, size_t n) {
     if (c->crop_scale_min > c->crop_scale_max)
         return errf(err, n, "config: data.crop_scale_min is above data.crop_scale_max");
     if (c->lr_min > c->lr) return errf(err, n, "config: optim.lr_min is above optim.lr");
+    if (c->modality == D2V_SPEECH) { /* clips must give the extractor more frames than a span */
+        ModelConfig m;
+        Dataset none = {0};
+        train_config_to_model(&m, c, &none);
+        if (speech_num_frames(&m.speech, c->speech_max_samples) < c->mask_speech_length + 1)
+            return errf(err, n,
+                        "config: data.speech_max_samples %d gives the conv extractor fewer than "
+                        "mask.speech_length + 1 = %d frames",
+                        c->speech_max_samples, c->mask_speech_length + 1);
+    }
+    if (ranks > 0) {
+        TrainSplit sp;
+        if (train_config_split(c, ranks, &sp, err, n)) return -1;
+    }
     if (c->schedule == LR_TRI_STAGE && !(c->lr_min > 0))
         return errf(err, n,
                     "config: the tri_stage schedule decays exponentially to optim.lr_min, "
@@ -389,6 +395,21 @@ int train_config_validate(const TrainConfig *c, char *err, size_t n) {
 }
 
 /* libconfig string syntax: quotes and backslashes escaped */
+int train_config_split(const TrainConfig *c, int ranks, TrainSplit *sp, char *err, size_t n) {
+    if (ranks < 1 || c->batch_size % ranks)
+        return errf(err, n,
+                    "config: data.batch_size %d (samples per update, over all ranks) is not a "
+                    "multiple of the %d ranks",
+                    c->batch_size, ranks);
+    int share = c->batch_size / ranks, freq = 1;
+    if (c->micro_batch > 0 && share > c->micro_batch)
+        freq = (share + c->micro_batch - 1) / c->micro_batch;
+    while (share % freq) /* equal micro-batches: the smallest count that splits the share */
+        freq++;
+    sp->per_rank = share, sp->update_freq = freq, sp->micro = share / freq;
+    return 0;
+}
+
 static void write_escaped(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
@@ -398,9 +419,7 @@ static void write_escaped(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-int train_config_write(const TrainConfig *c, const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
+static void write_config(FILE *f, const TrainConfig *c) {
     fprintf(f, "# resolved d2v-train configuration (every key, defaults included)\n");
     const char *group = "";
     for (size_t i = 0; i < N_KEYS; i++) {
@@ -454,68 +473,158 @@ int train_config_write(const TrainConfig *c, const char *path) {
         fprintf(f, ";\n");
     }
     if (*group) fprintf(f, "};\n");
+}
+
+int train_config_write(const TrainConfig *c, const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    write_config(f, c);
     return fclose(f) == 0 ? 0 : -1;
+}
+
+char *train_config_text(const TrainConfig *c) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) die("config: out of memory formatting the configuration");
+    write_config(f, c);
+    if (fclose(f) != 0) die("config: out of memory formatting the configuration");
+    return text;
 }
 
 void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *d) {
     memset(m, 0, sizeof *m);
+    int beit = c->model_init == MODEL_INIT_BEIT;
     m->modality = c->modality;
-    EncoderConfig e = {c->layers,
-                       c->width,
-                       c->heads,
-                       c->ffn,
-                       c->pre_ln,
-                       (float)c->layer_scale,
-                       c->k_bias,
-                       (float)c->ln_eps,
-                       (float)c->attn_dropout,
-                       (float)c->act_dropout,
-                       (float)c->dropout,
-                       (float)c->layerdrop,
-                       (float)c->drop_path};
-    m->enc = e;
+    m->enc = (EncoderConfig){.L = c->layers,
+                             .C = c->width,
+                             .NH = c->heads,
+                             .F = c->ffn,
+                             .pre_ln = c->pre_ln,
+                             .layer_scale_init = (float)c->layer_scale,
+                             .k_bias = c->k_bias,
+                             .ln_eps = (float)c->ln_eps,
+                             .attn_dropout = (float)c->attn_dropout,
+                             .act_dropout = (float)c->act_dropout,
+                             .resid_dropout = (float)c->dropout,
+                             .layerdrop = (float)c->layerdrop,
+                             .drop_path = (float)c->drop_path,
+                             .init_beit = beit};
     if (c->modality == D2V_TEXT) {
-        TextEmbedConfig t = {d->vocab_size,         c->width,
-                             c->text_max_positions, d->pad_id,
-                             (float)c->text_ln_eps, (float)c->text_dropout};
-        m->text = t;
-        TextMaskConfig tm = {(float)c->mask_text_prob,
-                             c->mask_text_span,
-                             (float)c->mask_text_leave,
-                             (float)c->mask_text_random,
-                             c->mask_text_loss_all,
-                             d->mask_id,
-                             d->vocab_size,
-                             0,
-                             {d->bos_id, d->pad_id, d->eos_id, d->unk_id, d->mask_id},
-                             5}; /* random tokens are never special ones, wherever they sit */
-        m->text_mask = tm;
+        m->text = (TextEmbedConfig){.V = d->vocab_size,
+                                    .C = c->width,
+                                    .max_positions = c->text_max_positions,
+                                    .pad_id = d->pad_id,
+                                    .ln_eps = (float)c->text_ln_eps,
+                                    .dropout = (float)c->text_dropout};
+        m->text_mask = (TextMaskConfig){
+            .mask_prob = (float)c->mask_text_prob,
+            .span = c->mask_text_span,
+            .leave_unmasked_prob = (float)c->mask_text_leave,
+            .random_token_prob = (float)c->mask_text_random,
+            .loss_on_all_selected = c->mask_text_loss_all,
+            .mask_id = d->mask_id,
+            .vocab_size = d->vocab_size,
+            .nspecial = 0,
+            /* random tokens are never special ones, wherever they sit in the vocabulary */
+            .exclude = {d->bos_id, d->pad_id, d->eos_id, d->unk_id, d->mask_id},
+            .n_exclude = 5};
     } else if (c->modality == D2V_IMAGE) {
-        ImageEmbedConfig im = {c->image_height, c->image_width, c->image_channels, c->image_patch,
-                               c->width,        c->image_cls,   c->image_pos,      c->heads};
-        m->image = im;
-        BlockMaskConfig bm = {c->mask_image_patches, c->mask_image_min_patches,
-                              c->mask_image_max_patches, (float)c->mask_image_min_aspect};
-        m->image_mask = bm;
+        m->image = (ImageEmbedConfig){.H = c->image_height,
+                                      .W = c->image_width,
+                                      .Cin = c->image_channels,
+                                      .P = c->image_patch,
+                                      .C = c->width,
+                                      .cls = c->image_cls,
+                                      .pos = c->image_pos,
+                                      .heads = c->heads,
+                                      .init_beit = beit};
+        m->image_mask = (BlockMaskConfig){.num_masking_patches = c->mask_image_patches,
+                                          .min_num_patches = c->mask_image_min_patches,
+                                          .max_num_patches = c->mask_image_max_patches,
+                                          .min_aspect = (float)c->mask_image_min_aspect};
     } else {
-        SpeechEmbedConfig s = {0};
-        s.n_conv = c->speech_n_conv;
+        SpeechEmbedConfig s = {.n_conv = c->speech_n_conv,
+                               .C = c->width,
+                               .pos_layers = c->speech_pos_layers,
+                               .pos_k = c->speech_pos_kernel,
+                               .pos_groups = c->speech_pos_groups,
+                               .ln_eps = (float)c->speech_ln_eps};
         for (int i = 0; i < s.n_conv; i++)
             s.conv_dim[i] = c->speech_conv[i][0], s.conv_k[i] = c->speech_conv[i][1],
             s.conv_s[i] = c->speech_conv[i][2];
-        s.C = c->width, s.pos_layers = c->speech_pos_layers, s.pos_k = c->speech_pos_kernel;
-        s.pos_groups = c->speech_pos_groups, s.ln_eps = (float)c->speech_ln_eps;
         m->speech = s;
-        SpanMaskConfig sm = {(float)c->mask_speech_prob, c->mask_speech_length,
-                             c->mask_speech_min_masks, c->mask_speech_same,
-                             (float)c->mask_speech_dropout};
-        m->speech_mask = sm;
+        m->speech_mask = (SpanMaskConfig){.mask_prob = (float)c->mask_speech_prob,
+                                          .mask_length = c->mask_speech_length,
+                                          .min_masks = c->mask_speech_min_masks,
+                                          .require_same_masks = c->mask_speech_same,
+                                          .mask_dropout = (float)c->mask_speech_dropout};
     }
-    m->final_norm = c->final_norm, m->final_norm_eps = (float)c->final_norm_eps;
-    m->head_layers = c->head_layers;
+    /* the regression head's init follows the modality's reference code (docs/algorithm.md §6) */
+    int head_init = beit                              ? HEAD_INIT_BEIT
+                    : c->model_init == MODEL_INIT_MAE ? HEAD_INIT_TORCH
+                    : c->modality == D2V_TEXT         ? HEAD_INIT_BERT
+                                                      : HEAD_INIT_TORCH;
+    m->head = (HeadConfig){.C = c->width,
+                           .layers = c->head_layers,
+                           .final_norm = c->final_norm,
+                           .final_norm_eps = (float)c->final_norm_eps,
+                           .init = head_init,
+                           /* vision averages the whole model, head included */
+                           .ema = c->ema_frontend ? EMA_AVERAGE : EMA_SHARED};
     m->top_k = c->target_top_k, m->target_ffn = c->target_tensor == 1;
     m->target_norm = c->target_layer_norm, m->target_final_norm = c->target_final_norm;
     m->target_eps = (float)c->target_eps;
     m->loss_beta = (float)c->loss_beta, m->loss_scale = (float)c->loss_scale;
     m->ema_frontend = c->ema_frontend;
+}
+
+LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch) {
+    LoaderConfig l = {.modality = c->modality,
+                      .batch_size = micro_batch,
+                      .seed = (uint64_t)c->seed,
+                      .shuffle = 1,
+                      .text_T = c->text_block,
+                      .text_stream = c->text_stream,
+                      .image_augment = c->augment,
+                      .crop_scale_min = (float)c->crop_scale_min,
+                      .crop_scale_max = (float)c->crop_scale_max,
+                      .crop_ratio_min = 0.75f,
+                      .crop_ratio_max = 4.0f / 3.0f,
+                      .flip_prob = (float)c->flip_prob,
+                      .out_H = c->image_height,
+                      .out_W = c->image_width,
+                      .mean = {(float)c->mean[0], (float)c->mean[1], (float)c->mean[2]},
+                      .std = {(float)c->std[0], (float)c->std[1], (float)c->std[2]},
+                      .speech_max_samples = c->speech_max_samples,
+                      .speech_min_samples = c->speech_min_samples,
+                      .speech_normalize = c->speech_normalize,
+                      .prefetch = c->prefetch};
+    if (c->modality == D2V_SPEECH) { /* shorter clips give fewer frames than one mask span */
+        ModelConfig m;
+        Dataset none = {0};
+        train_config_to_model(&m, c, &none);
+        while (l.speech_min_samples < l.speech_max_samples &&
+               speech_num_frames(&m.speech, l.speech_min_samples) < c->mask_speech_length + 1)
+            l.speech_min_samples++;
+    }
+    return l;
+}
+
+AdamW train_config_to_optim(const TrainConfig *c) {
+    return (AdamW){
+        .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps, .weight_decay = c->weight_decay};
+}
+
+LrSchedule train_config_to_schedule(const TrainConfig *c) {
+    LrSchedule s = {.kind = c->schedule,
+                    .lr = c->lr,
+                    .lr_min = c->lr_min,
+                    .warmup = c->warmup,
+                    .total = c->max_updates,
+                    .warmup_init = c->warmup_init,
+                    .tri_hold_frac = c->tri_hold,
+                    .tri_decay_frac = c->tri_decay};
+    if (c->schedule == LR_TRI_STAGE && c->warmup_init == 0) s.warmup_init = 0.01 * c->lr;
+    return s;
 }

@@ -35,44 +35,51 @@ void encoder_param_sizes(size_t s[ENCODER_NUM_PARAMS], const EncoderConfig *cfg)
     memcpy(s, v, sizeof v);
 }
 
-size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfig *cfg) {
-    size_t sizes[ENCODER_NUM_PARAMS];
-    encoder_param_sizes(sizes, cfg);
-    float **ptrs[ENCODER_NUM_PARAMS] = {&p->ln1_w,  &p->ln1_b, &p->qkv_w,  &p->qkv_b, &p->proj_w,
-                                        &p->proj_b, &p->ln2_w, &p->ln2_b,  &p->fc1_w, &p->fc1_b,
-                                        &p->fc2_w,  &p->fc2_b, &p->gamma1, &p->gamma2};
-    size_t n = 0;
-    for (int i = 0; i < ENCODER_NUM_PARAMS; i++) {
-        if (memory) *ptrs[i] = sizes[i] ? memory + n : NULL;
-        n += sizes[i];
+void encoder_declare(ParamTable *t, EncoderParams *p, const EncoderConfig *c) {
+    int64_t L = c->L, C = c->C, F = c->F;
+    /* init_bert_params: Linear weights N(0, 0.02), zero biases, LN (1, 0); BEiT: trunc_normal_
+     * cut at one std, then attn.proj and mlp.fc2 of block l divided by sqrt(2 l) (1-based,
+     * fix_init_weight). docs/algorithm.md §6. */
+    ParamInit w =
+        c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_NORMAL, 0.02f, 0);
+    ParamInit wr = w;
+    wr.layer_rescale = c->init_beit;
+    ptab_add(t, &p->ln1_w, "enc.ln1_w", SHAPE2(L, C), PINIT_ONE, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->ln1_b, "enc.ln1_b", SHAPE2(L, C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->qkv_w, "enc.qkv_w", SHAPE3(L, 3 * C, C), w, DECAY_YES, EMA_AVERAGE);
+    ptab_add(t, &p->qkv_b, "enc.qkv_b", SHAPE2(L, 3 * C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->proj_w, "enc.proj_w", SHAPE3(L, C, C), wr, DECAY_YES, EMA_AVERAGE);
+    ptab_add(t, &p->proj_b, "enc.proj_b", SHAPE2(L, C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->ln2_w, "enc.ln2_w", SHAPE2(L, C), PINIT_ONE, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->ln2_b, "enc.ln2_b", SHAPE2(L, C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->fc1_w, "enc.fc1_w", SHAPE3(L, F, C), w, DECAY_YES, EMA_AVERAGE);
+    ptab_add(t, &p->fc1_b, "enc.fc1_b", SHAPE2(L, F), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->fc2_w, "enc.fc2_w", SHAPE3(L, C, F), wr, DECAY_YES, EMA_AVERAGE);
+    ptab_add(t, &p->fc2_b, "enc.fc2_b", SHAPE2(L, C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    if (c->layer_scale_init > 0) {
+        ParamInit g = PINIT(INIT_CONST, c->layer_scale_init, 0);
+        ptab_add(t, &p->gamma1, "enc.gamma1", SHAPE2(L, C), g, DECAY_1D, EMA_AVERAGE);
+        ptab_add(t, &p->gamma2, "enc.gamma2", SHAPE2(L, C), g, DECAY_1D, EMA_AVERAGE);
     }
+}
+
+size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfig *cfg) {
+    ParamTable t;
+    ptab_begin(&t, p, sizeof *p);
+    encoder_declare(&t, p, cfg);
+    if (memory) ptab_bind(&t, p, memory);
+    size_t n = t.total;
+    ptab_free(&t);
     return n;
 }
 
-static void fill_normal(float *x, size_t n, float std, uint64_t seed, uint64_t tensor) {
-    uint64_t key = rng_key(seed, 0x1417, tensor, 0);
-    for (size_t i = 0; i < n; i++)
-        x[i] = std * rng_normal(key, i);
-}
-
-static void fill(float *x, size_t n, float v) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = v;
-}
-
 void encoder_params_init(EncoderParams *p, const EncoderConfig *cfg, uint64_t seed) {
-    size_t s[ENCODER_NUM_PARAMS];
-    encoder_param_sizes(s, cfg);
-    /* init_bert_params: every Linear weight N(0, 0.02) with zero bias; LayerNorm (1, 0). */
-    fill(p->ln1_w, s[0], 1.0f), fill(p->ln1_b, s[1], 0.0f);
-    fill_normal(p->qkv_w, s[2], 0.02f, seed, 2), fill(p->qkv_b, s[3], 0.0f);
-    fill_normal(p->proj_w, s[4], 0.02f, seed, 4), fill(p->proj_b, s[5], 0.0f);
-    fill(p->ln2_w, s[6], 1.0f), fill(p->ln2_b, s[7], 0.0f);
-    fill_normal(p->fc1_w, s[8], 0.02f, seed, 8), fill(p->fc1_b, s[9], 0.0f);
-    fill_normal(p->fc2_w, s[10], 0.02f, seed, 10), fill(p->fc2_b, s[11], 0.0f);
-    if (s[12])
-        fill(p->gamma1, s[12], cfg->layer_scale_init),
-            fill(p->gamma2, s[13], cfg->layer_scale_init);
+    ParamTable t;
+    EncoderParams tmp;
+    ptab_begin(&t, &tmp, sizeof tmp);
+    encoder_declare(&t, &tmp, cfg);
+    ptab_init_values(&t, p, seed);
+    ptab_free(&t);
     encoder_params_constrain(p, cfg);
 }
 

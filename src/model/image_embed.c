@@ -11,48 +11,46 @@
 int image_embed_num_patches(const ImageEmbedConfig *c) { return (c->H / c->P) * (c->W / c->P); }
 int image_embed_tokens(const ImageEmbedConfig *c) { return image_embed_num_patches(c) + !!c->cls; }
 
+void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedConfig *c, int ema) {
+    int64_t C = c->C, K = (int64_t)c->Cin * c->P * c->P;
+    /* data2vec vision (BEiT): trunc_normal_(0.02) cut at one std for the patch conv and the
+     * tokens; otherwise MAE's xavier_uniform over the (C, Cin P P) view and N(0, 0.02) tokens.
+     * docs/algorithm.md §6 */
+    float a = sqrtf(6.0f / (float)(C + K));
+    ParamInit w =
+        c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_UNIFORM, -a, a);
+    ParamInit tok =
+        c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_NORMAL, 0.02f, 0);
+    ptab_add(t, &p->patch_w, "image.patch_w", SHAPE4(C, c->Cin, c->P, c->P), w, DECAY_YES, ema);
+    ptab_add(t, &p->patch_b, "image.patch_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
+    if (c->cls) ptab_add(t, &p->cls, "image.cls", SHAPE1(C), tok, DECAY_1D, ema);
+    /* the official recipe decays the mask token and the relative table (3-D and 2-D tensors
+     * there), exempting only 1-D tensors, biases, pos_embed and cls_token */
+    ptab_add(t, &p->mask_token, "image.mask_token", SHAPE1(C), tok, DECAY_YES, ema);
+    if (c->pos == IMAGE_POS_LEARNED)
+        ptab_add(t, &p->pos, "image.pos", SHAPE2(image_embed_tokens(c), C), tok, DECAY_1D, ema);
+    if (c->pos == IMAGE_POS_RELATIVE) /* BEiT: zeros */
+        ptab_add(t, &p->rel_table, "image.rel_pos_table", SHAPE2(image_rel_table_rows(c), c->heads),
+                 PINIT_ZERO, DECAY_YES, ema);
+}
+
 size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c) {
-    size_t C = c->C, K = (size_t)c->Cin * c->P * c->P;
-    size_t sizes[IMAGE_EMBED_NUM_PARAMS] = {
-        C * K,
-        C,
-        c->cls ? C : 0,
-        C,
-        c->pos == IMAGE_POS_LEARNED ? (size_t)image_embed_tokens(c) * C : 0,
-        c->pos == IMAGE_POS_RELATIVE ? (size_t)image_rel_table_rows(c) * c->heads : 0};
-    float **ptrs[IMAGE_EMBED_NUM_PARAMS] = {&p->patch_w,    &p->patch_b, &p->cls,
-                                            &p->mask_token, &p->pos,     &p->rel_table};
-    size_t n = 0;
-    for (int i = 0; i < IMAGE_EMBED_NUM_PARAMS; i++) {
-        if (memory) *ptrs[i] = sizes[i] ? memory + n : NULL;
-        n += sizes[i];
-    }
+    ParamTable t;
+    ptab_begin(&t, p, sizeof *p);
+    image_embed_declare(&t, p, c, EMA_SHARED);
+    if (memory) ptab_bind(&t, p, memory);
+    size_t n = t.total;
+    ptab_free(&t);
     return n;
 }
 
 void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uint64_t seed) {
-    size_t C = c->C, K = (size_t)c->Cin * c->P * c->P;
-    /* MAE/data2vec 2.0: xavier_uniform on the flattened (C, Cin*P*P) patch weight */
-    float a = sqrtf(6.0f / (float)(C + K));
-    uint64_t key = rng_key(seed, 0x1a6e, 0, 0);
-    for (size_t i = 0; i < C * K; i++)
-        p->patch_w[i] = a * (2.0f * rng_uniform(key, i) - 1.0f);
-    memset(p->patch_b, 0, C * sizeof(float));
-    key = rng_key(seed, 0x1a6e, 1, 0);
-    for (size_t i = 0; i < C; i++)
-        p->mask_token[i] = 0.02f * rng_normal(key, i);
-    if (p->cls) {
-        key = rng_key(seed, 0x1a6e, 2, 0);
-        for (size_t i = 0; i < C; i++)
-            p->cls[i] = 0.02f * rng_normal(key, i);
-    }
-    if (p->rel_table) /* BEiT: zeros */
-        memset(p->rel_table, 0, sizeof(float) * image_rel_table_rows(c) * c->heads);
-    if (p->pos) {
-        key = rng_key(seed, 0x1a6e, 3, 0);
-        for (size_t i = 0; i < (size_t)image_embed_tokens(c) * C; i++)
-            p->pos[i] = 0.02f * rng_normal(key, i);
-    }
+    ParamTable t;
+    ImageEmbedParams tmp;
+    ptab_begin(&t, &tmp, sizeof tmp);
+    image_embed_declare(&t, &tmp, c, EMA_SHARED);
+    ptab_init_values(&t, p, seed);
+    ptab_free(&t);
 }
 
 int image_rel_table_rows(const ImageEmbedConfig *c) {

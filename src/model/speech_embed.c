@@ -3,6 +3,7 @@
  * LN and projection, then the learned mask embedding, the deep convolutional positional encoder
  * (conv -> parameter-less LN -> GELU per layer, added residually) and the encoder layer norm. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,67 +28,62 @@ static void check_config(const SpeechEmbedConfig *c) {
             c->pos_k, c->pos_groups, c->C);
 }
 
-size_t speech_embed_params_layout(SpeechEmbedParams *p, float *memory, const SpeechEmbedConfig *c) {
-    size_t n = 0, C = c->C, D = feat_dim(c);
-#define TAKE(ptr, count)                                                                           \
-    do {                                                                                           \
-        if (memory) (ptr) = memory + n;                                                            \
-        n += (count);                                                                              \
-    } while (0)
+void speech_embed_declare(ParamTable *t, SpeechEmbedParams *p, const SpeechEmbedConfig *c,
+                          int ema) {
+    int64_t C = c->C, D = feat_dim(c);
+    char name[48];
+    /* conv weights kaiming_normal_ (fan_in, ReLU gain), LNs (1, 0), projection and positional
+     * convs nn.Linear / nn.Conv1d defaults, mask embedding uniform_() (wav2vec2) */
     for (int i = 0; i < c->n_conv; i++) {
-        size_t dim = c->conv_dim[i];
-        TAKE(p->conv_w[i], dim * conv_in_dim(c, i) * c->conv_k[i]);
-        TAKE(p->conv_ln_w[i], dim);
-        TAKE(p->conv_ln_b[i], dim);
+        int64_t dim = c->conv_dim[i], fan_in = (int64_t)conv_in_dim(c, i) * c->conv_k[i];
+        snprintf(name, sizeof name, "speech.conv_w.%d", i);
+        ptab_add(t, &p->conv_w[i], name, SHAPE3(dim, conv_in_dim(c, i), c->conv_k[i]),
+                 PINIT(INIT_NORMAL, sqrtf(2.0f / (float)fan_in), 0), DECAY_YES, ema);
+        snprintf(name, sizeof name, "speech.conv_ln_w.%d", i);
+        ptab_add(t, &p->conv_ln_w[i], name, SHAPE1(dim), PINIT_ONE, DECAY_1D, ema);
+        snprintf(name, sizeof name, "speech.conv_ln_b.%d", i);
+        ptab_add(t, &p->conv_ln_b[i], name, SHAPE1(dim), PINIT_ZERO, DECAY_1D, ema);
     }
-    TAKE(p->feat_ln_w, D);
-    TAKE(p->feat_ln_b, D);
-    TAKE(p->proj_w, C * D);
-    TAKE(p->proj_b, C);
-    TAKE(p->mask_emb, C);
+    float a = 1.0f / sqrtf((float)D);
+    ptab_add(t, &p->feat_ln_w, "speech.feat_ln_w", SHAPE1(D), PINIT_ONE, DECAY_1D, ema);
+    ptab_add(t, &p->feat_ln_b, "speech.feat_ln_b", SHAPE1(D), PINIT_ZERO, DECAY_1D, ema);
+    ptab_add(t, &p->proj_w, "speech.proj_w", SHAPE2(C, D), PINIT(INIT_UNIFORM, -a, a), DECAY_YES,
+             ema);
+    ptab_add(t, &p->proj_b, "speech.proj_b", SHAPE1(C), PINIT(INIT_UNIFORM, -a, a), DECAY_1D, ema);
+    ptab_add(t, &p->mask_emb, "speech.mask_emb", SHAPE1(C), PINIT(INIT_UNIFORM, 0, 1), DECAY_1D,
+             ema);
     for (int j = 0; j < c->pos_layers; j++) {
-        TAKE(p->pos_w[j], C * (C / c->pos_groups) * c->pos_k);
-        TAKE(p->pos_b[j], C);
+        int64_t fan_in = (C / c->pos_groups) * c->pos_k;
+        float b = 1.0f / sqrtf((float)fan_in);
+        snprintf(name, sizeof name, "speech.pos_w.%d", j);
+        ptab_add(t, &p->pos_w[j], name, SHAPE3(C, C / c->pos_groups, c->pos_k),
+                 PINIT(INIT_UNIFORM, -b, b), DECAY_YES, ema);
+        snprintf(name, sizeof name, "speech.pos_b.%d", j);
+        ptab_add(t, &p->pos_b[j], name, SHAPE1(C), PINIT(INIT_UNIFORM, -b, b), DECAY_1D, ema);
     }
-    TAKE(p->enc_ln_w, C);
-    TAKE(p->enc_ln_b, C);
-#undef TAKE
+    /* v1 audio: the teacher averages the encoder's input layer norm even when it shares the
+     * rest of the front-end (docs/algorithm.md §5) */
+    ptab_add(t, &p->enc_ln_w, "speech.enc_ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, EMA_AVERAGE);
+    ptab_add(t, &p->enc_ln_b, "speech.enc_ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+}
+
+size_t speech_embed_params_layout(SpeechEmbedParams *p, float *memory, const SpeechEmbedConfig *c) {
+    ParamTable t;
+    ptab_begin(&t, p, sizeof *p);
+    speech_embed_declare(&t, p, c, EMA_SHARED);
+    if (memory) ptab_bind(&t, p, memory);
+    size_t n = t.total;
+    ptab_free(&t);
     return n;
 }
 
-static void fill_uniform(float *x, size_t n, float lo, float hi, uint64_t key) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = lo + (hi - lo) * rng_uniform(key, i);
-}
-
-static void fill_ln(float *w, float *b, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        w[i] = 1.0f, b[i] = 0.0f;
-}
-
 void speech_embed_params_init(SpeechEmbedParams *p, const SpeechEmbedConfig *c, uint64_t seed) {
-    size_t C = c->C, D = feat_dim(c);
-    for (int i = 0; i < c->n_conv; i++) {
-        size_t fan_in = (size_t)conv_in_dim(c, i) * c->conv_k[i];
-        size_t n = c->conv_dim[i] * fan_in;
-        float std = sqrtf(2.0f / fan_in); /* kaiming_normal_, fan_in, ReLU gain */
-        uint64_t key = rng_key(seed, 0x5bee, (uint64_t)i, 0);
-        for (size_t k = 0; k < n; k++)
-            p->conv_w[i][k] = std * rng_normal(key, k);
-        fill_ln(p->conv_ln_w[i], p->conv_ln_b[i], c->conv_dim[i]);
-    }
-    fill_ln(p->feat_ln_w, p->feat_ln_b, D);
-    float a = 1.0f / sqrtf((float)D); /* nn.Linear default init */
-    fill_uniform(p->proj_w, C * D, -a, a, rng_key(seed, 0x5bee, 100, 0));
-    fill_uniform(p->proj_b, C, -a, a, rng_key(seed, 0x5bee, 101, 0));
-    fill_uniform(p->mask_emb, C, 0.0f, 1.0f, rng_key(seed, 0x5bee, 102, 0)); /* uniform_() */
-    for (int j = 0; j < c->pos_layers; j++) {
-        size_t fan_in = (C / c->pos_groups) * c->pos_k;
-        float b = 1.0f / sqrtf((float)fan_in); /* nn.Conv1d default init */
-        fill_uniform(p->pos_w[j], C * fan_in, -b, b, rng_key(seed, 0x5bee, 200 + j, 0));
-        fill_uniform(p->pos_b[j], C, -b, b, rng_key(seed, 0x5bee, 300 + j, 0));
-    }
-    fill_ln(p->enc_ln_w, p->enc_ln_b, C);
+    ParamTable t;
+    SpeechEmbedParams tmp;
+    ptab_begin(&t, &tmp, sizeof tmp);
+    speech_embed_declare(&t, &tmp, c, EMA_SHARED);
+    ptab_init_values(&t, p, seed);
+    ptab_free(&t);
 }
 
 int speech_num_frames(const SpeechEmbedConfig *c, int S) {

@@ -9,30 +9,34 @@
 
 static int pos_rows(const TextEmbedConfig *c) { return c->max_positions + c->pad_id + 1; }
 
+void text_embed_declare(ParamTable *t, TextEmbedParams *p, const TextEmbedConfig *c, int ema) {
+    int64_t C = c->C;
+    /* init_bert_params N(0, 0.02); nn.Embedding(padding_idx): the pad rows stay zero */
+    ParamInit e = PINIT(INIT_NORMAL, 0.02f, 0);
+    e.zero_row = c->pad_id;
+    ptab_add(t, &p->tok, "text.tok", SHAPE2(c->V, C), e, DECAY_YES, ema);
+    ptab_add(t, &p->pos, "text.pos", SHAPE2(pos_rows(c), C), e, DECAY_YES, ema);
+    ptab_add(t, &p->ln_w, "text.ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, ema);
+    ptab_add(t, &p->ln_b, "text.ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
+}
+
 size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c) {
-    size_t sizes[TEXT_EMBED_NUM_PARAMS] = {(size_t)c->V * c->C, (size_t)pos_rows(c) * c->C,
-                                           (size_t)c->C, (size_t)c->C};
-    float **ptrs[TEXT_EMBED_NUM_PARAMS] = {&p->tok, &p->pos, &p->ln_w, &p->ln_b};
-    size_t n = 0;
-    for (int i = 0; i < TEXT_EMBED_NUM_PARAMS; i++) {
-        if (memory) *ptrs[i] = memory + n;
-        n += sizes[i];
-    }
+    ParamTable t;
+    ptab_begin(&t, p, sizeof *p);
+    text_embed_declare(&t, p, c, EMA_SHARED);
+    if (memory) ptab_bind(&t, p, memory);
+    size_t n = t.total;
+    ptab_free(&t);
     return n;
 }
 
 void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64_t seed) {
-    size_t C = c->C;
-    uint64_t k1 = rng_key(seed, 0x7e47, 0, 0), k2 = rng_key(seed, 0x7e47, 1, 0);
-    for (size_t i = 0; i < (size_t)c->V * C; i++)
-        p->tok[i] = 0.02f * rng_normal(k1, i);
-    for (size_t i = 0; i < (size_t)pos_rows(c) * C; i++)
-        p->pos[i] = 0.02f * rng_normal(k2, i);
-    /* nn.Embedding(padding_idx): the pad rows stay zero */
-    memset(p->tok + (size_t)c->pad_id * C, 0, C * sizeof(float));
-    memset(p->pos + (size_t)c->pad_id * C, 0, C * sizeof(float));
-    for (size_t i = 0; i < C; i++)
-        p->ln_w[i] = 1.0f, p->ln_b[i] = 0.0f;
+    ParamTable t;
+    TextEmbedParams tmp;
+    ptab_begin(&t, &tmp, sizeof tmp);
+    text_embed_declare(&t, &tmp, c, EMA_SHARED);
+    ptab_init_values(&t, p, seed);
+    ptab_free(&t);
 }
 
 void text_embed_init(TextEmbed *t, const TextEmbedConfig *c, int Bmax, int Tmax) {

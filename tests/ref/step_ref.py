@@ -244,10 +244,11 @@ def frontend_key(name):
 
 
 def decay_exempt(name, shape):
-    """optim.exempt_1d: 1-D tensors (per layer for the layer-stacked enc.*), plus image.pos
-    (timm's no_weight_decay: pos_embed, cls_token)."""
+    """optim.exempt_1d, as the official data2vec vision recipe: 1-D tensors (per layer for the
+    layer-stacked enc.*), biases, pos_embed and cls_token are exempt; the mask token, 3-D there,
+    and the relative position table decay."""
     rank = len(shape) - 1 if name.startswith("enc.") else len(shape)
-    return rank <= 1 or name in ("image.pos", "image.rel_pos_table")
+    return (rank <= 1 and name != "image.mask_token") or name == "image.pos"
 
 
 class RefModel:
@@ -301,8 +302,11 @@ class RefModel:
         # what the teacher averages (spec §6); the rest of its front-end is the student's
         self.ema_names = {n for n in self.student if n.startswith("enc.")}
         fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
+        head_names = {n for n in self.student if n.startswith("head.")}
         if sharing == "ema-all" or (sharing == "spec" and self.ema_frontend):
-            self.ema_names |= fe_names
+            # the official vision code averages the whole model, head included (it is never
+            # run by the teacher, so only the exported teacher sees it)
+            self.ema_names |= fe_names | head_names
         elif sharing == "spec" and self.modality == "speech":
             self.ema_names |= {"speech.enc_ln_w", "speech.enc_ln_b"}
         self.check_layout(dump)
@@ -319,10 +323,10 @@ class RefModel:
             r["enc." + name] = enc.layer_params(name)
         if head:
             if self.final_ln is not None:
-                r["final_ln_w"], r["final_ln_b"] = [self.final_ln.weight], [self.final_ln.bias]
-            r["head_w1"], r["head_b1"] = [self.head1.weight], [self.head1.bias]
+                r["head.ln_w"], r["head.ln_b"] = [self.final_ln.weight], [self.final_ln.bias]
+            r["head.w1"], r["head.b1"] = [self.head1.weight], [self.head1.bias]
             if self.head2 is not None:
-                r["head_w2"], r["head_b2"] = [self.head2.weight], [self.head2.bias]
+                r["head.w2"], r["head.b2"] = [self.head2.weight], [self.head2.bias]
         return r
 
     def check_layout(self, dump):

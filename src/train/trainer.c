@@ -1,0 +1,356 @@
+/* trainer.c: the training update of docs/algorithm.md §1 and §7 under MPI: every rank computes
+ * its micro-batches' gradients and targets, one allreduce sums them, and every replica applies
+ * the same AdamW step, so the replicas stay identical without a parameter broadcast. */
+#define _POSIX_C_SOURCE 200809L
+#include "d2v/trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "d2v/dist.h"
+#include "d2v/kernels.h"
+#include "d2v/objective.h"
+#include "d2v/util.h"
+
+static void make_dir(const char *path) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            mkdir(tmp, 0775);
+            *p = '/';
+        }
+    if (mkdir(tmp, 0775) != 0 && errno != EEXIST) die("%s: cannot create the run directory", path);
+}
+
+static const Batch *next_from_loader(void *ctx) { return loader_next(ctx); }
+
+static void open_loader(Trainer *t) {
+    if (t->opt.source.next) return;
+    if (t->loader) loader_destroy(t->loader);
+    LoaderConfig lc = train_config_to_loader(&t->cfg, t->split.micro);
+    if (lc.speech_min_samples != t->cfg.speech_min_samples)
+        log0("data.speech_min_samples raised from %d to %d (shorter clips give fewer than %d "
+             "frames)\n",
+             t->cfg.speech_min_samples, lc.speech_min_samples, t->cfg.mask_speech_length + 1);
+    t->loader = loader_create(&t->ds, &lc, g_dist.rank, g_dist.world, t->st.cursor);
+    t->source = (BatchSource){next_from_loader, t->loader};
+}
+
+void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
+    memset(t, 0, sizeof *t);
+    t->cfg = *cfg, t->opt = *o;
+    char err[1024];
+    if (train_config_validate(cfg, g_dist.world, err, sizeof err) ||
+        train_config_split(cfg, g_dist.world, &t->split, err, sizeof err))
+        die("%s", err);
+    if (o->dump && t->split.update_freq != 1)
+        die("--dump-step records one micro-batch per update: set data.micro_batch = 0");
+    if (!o->dump_updates) t->opt.dump_updates = 1;
+    if (o->run_dir) snprintf(t->run_dir, sizeof t->run_dir, "%s", o->run_dir);
+    t->arch = gemm_init(cfg->threads);
+    if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
+
+    /* data: every rank opens the dataset read-only and validates it now, not at step time */
+    if (o->source.next) {
+        if (!o->dataset) die("trainer: a batch source needs a dataset description");
+        t->ds = *o->dataset, t->source = o->source;
+    } else {
+        if (dataset_open(&t->ds, cfg->train_path, cfg->modality, err, sizeof err) < 0)
+            die("%s", err);
+        t->own_ds = 1;
+    }
+    if (cfg->modality == D2V_IMAGE && t->ds.C != cfg->image_channels)
+        die("%s: images have %d channels, image.channels is %d", cfg->train_path, t->ds.C,
+            cfg->image_channels);
+
+    /* model: student, gradients, AdamW moments and teacher share the table's layout */
+    train_config_to_model(&t->mc, cfg, &t->ds);
+    model_declare(&t->table, &t->mc);
+    size_t np = t->np = t->table.total;
+    t->params = xalloc(np * 4, "parameters"), t->grads = xalloc(np * 4, "gradients");
+    t->adam_m = xalloc(np * 4, "AdamW m"), t->adam_v = xalloc(np * 4, "AdamW v");
+    t->teacher = xalloc(np * 4, "teacher"), t->decay = xalloc(np, "weight-decay mask");
+    ptab_bind(&t->table, &t->ps, t->params), ptab_bind(&t->table, &t->pg, t->grads);
+    if (g_dist.rank == 0) {
+        ptab_init_values(&t->table, &t->ps, (uint64_t)cfg->seed);
+        encoder_params_constrain(&t->ps.enc, &t->mc.enc);
+    }
+    dist_bcast_bytes(t->params, np * 4); /* one initialisation for all replicas */
+    memcpy(t->teacher, t->params, np * 4);
+    ptab_bind_teacher(&t->table, &t->pt, t->teacher, t->params);
+    ptab_decay_mask(&t->table, t->decay, cfg->exempt_1d);
+    t->n_ema = ptab_ema_ranges(&t->table, t->ema, 64);
+    int len = cfg->modality == D2V_TEXT     ? cfg->text_block
+              : cfg->modality == D2V_SPEECH ? cfg->speech_max_samples
+                                            : 0;
+    t->model = model_create(&t->mc, t->split.micro, len);
+    t->adamw = train_config_to_optim(cfg), t->sched = train_config_to_schedule(cfg);
+    t->n_sums = 2 + 2 * (1 + 2 * (size_t)t->mc.enc.C);
+    t->sums = xalloc(sizeof(double) * t->n_sums, "metric sums");
+    if (o->dump) {
+        t->dump_p = xalloc(np * 4, "dump copy"), t->dump_t = xalloc(np * 4, "dump copy");
+        t->dump_g = xalloc(np * 4, "dump copy");
+    }
+    t->config_text = train_config_text(cfg);
+    t->last_ckpt = -1;
+    open_loader(t);
+
+    if (g_dist.rank == 0 && o->run_dir) {
+        char path[PATH_MAX + 32];
+        make_dir(t->run_dir);
+        snprintf(path, sizeof path, "%s/config.resolved.cfg", t->run_dir);
+        if (train_config_write(cfg, path) != 0) die("%s: cannot write", path);
+        snprintf(path, sizeof path, "%s/metrics.jsonl", t->run_dir);
+        t->metrics = fopen(path, "a");
+        if (!t->metrics) die("%s: cannot open for appending", path);
+    }
+    t->t_start = t->t_log = now_seconds();
+}
+
+int trainer_resume(Trainer *t) {
+    double resumed = 0;
+    if (!t->run_dir[0]) die("--resume needs a run directory");
+    if (g_dist.rank == 0) {
+        char ck[PATH_MAX + 32], err[1024];
+        if (ckpt_find_latest(t->run_dir, ck, sizeof ck) == 0) {
+            if (ckpt_read(ck, &t->mc, t->params, t->teacher, t->adam_m, t->adam_v, t->np, &t->st,
+                          err, sizeof err))
+                die("%s", err);
+            resumed = 1;
+            log0("resuming from %s: update %lld, epoch %lld, position %lld\n", ck,
+                 (long long)t->st.update, (long long)t->st.cursor.epoch,
+                 (long long)t->st.cursor.position);
+        } else {
+            log0("--resume: no complete checkpoint under %s/ckpt, starting fresh\n", t->run_dir);
+        }
+    }
+    dist_bcast_bytes(&resumed, sizeof resumed);
+    if (!resumed) return 0;
+    dist_bcast_bytes(&t->st, sizeof t->st);
+    dist_bcast_bytes(t->params, t->np * 4), dist_bcast_bytes(t->teacher, t->np * 4);
+    dist_bcast_bytes(t->adam_m, t->np * 4), dist_bcast_bytes(t->adam_v, t->np * 4);
+    t->last_ckpt = t->st.update;
+    open_loader(t); /* the loader starts where the checkpoint left off (a global cursor) */
+    return 1;
+}
+
+void trainer_banner(const Trainer *t) {
+    if (g_dist.rank != 0) return;
+    const TrainConfig *c = &t->cfg;
+    const ModelConfig *mc = &t->mc;
+    log0("d2v-train: %s pretraining on %s (%lld samples, %lld per epoch for the loader)\n",
+         d2v_modality_names[c->modality], c->train_path, (long long)t->ds.num_samples,
+         t->loader ? (long long)loader_epoch_samples(t->loader) : 0LL);
+    log0("ranks=%d threads/rank: omp=%d blis=%d (%s kernels)  run dir %s\n", g_dist.world,
+         omp_get_max_threads(), gemm_threads(), t->arch, t->run_dir[0] ? t->run_dir : "(none)");
+    log0("batch %d per update = %d ranks x %d micro-batches x %d\n", c->batch_size, g_dist.world,
+         t->split.update_freq, t->split.micro);
+    log0("model L=%d C=%d heads=%d ffn=%d: %.2fM parameters; arenas: params+grads+adam+teacher "
+         "%.1f MiB, activations %.1f MiB\n",
+         mc->enc.L, mc->enc.C, mc->enc.NH, mc->enc.F, t->np / 1e6, 5.0 * t->np * 4 / 1048576.0,
+         model_act_mib(t->model));
+    char names[16][16];
+    size_t counts[16];
+    int nm = ptab_modules(&t->table, names, counts, 16);
+    log0("parameters by module:");
+    for (int i = 0; i < nm; i++)
+        log0(" %s %.2fM (%.1f MiB x5)", names[i], counts[i] / 1e6, counts[i] * 4 / 1048576.0);
+    log0("\n");
+    for (const char *l = t->config_text; *l;) {
+        size_t len = strcspn(l, "\n");
+        log0("  %.*s\n", (int)len, l);
+        l += len + (l[len] == '\n');
+    }
+}
+
+static void ema_step(Trainer *t, float *teacher, double tau) {
+    for (int r = 0; r < t->n_ema; r++)
+        ema_update(teacher + t->ema[r].offset, t->params + t->ema[r].offset, t->ema[r].count, tau);
+}
+
+int trainer_update(Trainer *t, TrainMetrics *out) {
+    const TrainConfig *c = &t->cfg;
+    int64_t n = t->st.update;
+    size_t np = t->np;
+    int C = t->mc.enc.C;
+    double t_begin = now_seconds(), t0 = t_begin, t1;
+    /* the teacher absorbs theta after update n-1, before the forward of update n (once per
+     * update, also under gradient accumulation: fairseq v1 steps it per micro-batch;
+     * docs/algorithm.md §8) */
+    double tau = ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n);
+    if (n > 0) ema_step(t, t->teacher, tau);
+    int dumping = t->opt.dump && n < t->opt.dump_updates;
+    if (dumping) memcpy(t->dump_p, t->params, np * 4), memcpy(t->dump_t, t->teacher, np * 4);
+    t1 = now_seconds(), t->times.ema += t1 - t0;
+    memset(t->grads, 0, np * 4);
+    memset(t->sums, 0, sizeof(double) * t->n_sums);
+    double *loss_sum = &t->sums[0], *masked = &t->sums[1];
+    double *pred_stats = t->sums + 2, *target_stats = t->sums + 2 + 1 + 2 * C;
+    const Batch *b = NULL;
+    int64_t samples = 0;
+    double phase0[PHASE_NUM], phase1[PHASE_NUM];
+    model_phase_times(t->model, phase0);
+    for (int k = 0; k < t->split.update_freq; k++) {
+        double tb = now_seconds();
+        b = t->source.next(t->source.ctx);
+        t->times.batches += now_seconds() - tb;
+        MicroResult r = {0, 0, pred_stats, target_stats};
+        /* dropout keyed on (update, sample): the same masks however the batch is split */
+        model_micro_step(t->model, &t->ps, &t->pt, &t->pg, b, (uint64_t)c->seed, (uint64_t)n, &r);
+        *loss_sum += r.loss_sum, *masked += (double)r.masked;
+        samples += b->B;
+    }
+    model_phase_times(t->model, phase1);
+    for (int i = 0; i < PHASE_NUM; i++)
+        t->times.model[i] += phase1[i] - phase0[i];
+    /* one allreduce of the flat gradients and one of the metric sums */
+    t0 = now_seconds();
+    dist_allreduce_sum_f32(t->grads, np);
+    dist_allreduce_sum_f64(t->sums, t->n_sums);
+    t1 = now_seconds(), t->times.allreduce += t1 - t0, t0 = t1;
+    TrainMetrics m = {.update = n + 1, .tau = tau, .masked = *masked};
+    m.samples = samples * g_dist.world;
+    t->samples_since_log += m.samples;
+    m.loss = *masked > 0 ? *loss_sum / *masked : 0;
+    if (*masked > 0) { /* the gradient of the per-masked-token mean over all ranks */
+        float inv = (float)(1.0 / *masked);
+        float *g = t->grads;
+#pragma omp parallel for
+        for (size_t i = 0; i < np; i++)
+            g[i] *= inv;
+    }
+    m.grad_norm = grad_norm(t->grads, np);
+    m.lr = lr_at(&t->sched, n);
+    t->st.update = n + 1;
+    if (!isfinite(m.loss) || !isfinite(m.grad_norm)) {
+        if (!c->skip_nonfinite)
+            die("non-finite %s at update %lld: loss %g, gradient norm %g (lr %g). Lower "
+                "optim.lr, raise optim.warmup or set run.skip_nonfinite = true",
+                isfinite(m.loss) ? "gradient" : "loss", (long long)n, m.loss, m.grad_norm, m.lr);
+        t->st.skipped++, t->skipped_in_a_row++;
+        log0("update %lld skipped: non-finite loss or gradient (%lld so far)\n", (long long)n,
+             (long long)t->st.skipped);
+        if (t->skipped_in_a_row >= 20) /* nothing recovers by itself after this */
+            die("20 updates in a row had a non-finite loss or gradient (update %lld); lower "
+                "optim.lr or raise optim.warmup and restart",
+                (long long)n);
+        m.skipped = 1, m.skipped_total = t->st.skipped;
+        m.seconds = now_seconds() - t_begin;
+        t->times.total += m.seconds;
+        if (out) *out = m;
+        return 1;
+    }
+    t->skipped_in_a_row = 0;
+    if (dumping) memcpy(t->dump_g, t->grads, np * 4); /* the dump holds them before clipping */
+    clip_grad_norm(t->grads, np, m.grad_norm, c->clip);
+    if (!isfinite(m.lr) || m.lr < 0) die("learning rate %g at update %lld", m.lr, (long long)n);
+    adamw_step(t->params, t->adam_m, t->adam_v, t->grads, t->decay, np, &t->adamw, m.lr,
+               n + 1 - t->st.skipped);
+    t1 = now_seconds(), t->times.optimizer += t1 - t0;
+    m.target_var = var_from_stats(target_stats, C);
+    m.pred_var = var_from_stats(pred_stats, C);
+    m.skipped_total = t->st.skipped;
+    if (dumping) {
+        /* the teacher after the EMA that follows this update: the one update n+1 uses */
+        float *t_after = xalloc(np * 4, "dump teacher");
+        memcpy(t_after, t->teacher, np * 4);
+        ema_step(t, t_after, ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n + 1));
+        char path[PATH_MAX + 16];
+        const char *d = t->opt.dump;
+        if (t->opt.dump_updates == 1)
+            snprintf(path, sizeof path, "%s", d);
+        else {
+            size_t len = strlen(d);
+            int h5 = len > 3 && !strcmp(d + len - 3, ".h5");
+            snprintf(path, sizeof path, "%.*s_%04lld.h5", (int)(h5 ? len - 3 : len), d,
+                     (long long)n);
+        }
+        if (g_dist.rank == 0)
+            dump_step(path, t, b, t->dump_p, t->dump_t, t_after, t->dump_g, m.loss, tau, m.lr);
+        free(t_after);
+    }
+    /* collapse guard (docs/algorithm.md §7): targets or predictions lost their variance */
+    if (n >= c->collapse_after && c->collapse_after > 0 &&
+        (m.target_var < c->min_target_var || m.pred_var < c->min_pred_var))
+        die("representation collapse at update %lld: target_var %.4g (min %g), pred_var "
+            "%.4g (min %g). Usual remedies: lower optim.lr, longer optim.warmup, higher "
+            "ema.tau0/ema.tau_end",
+            (long long)n, m.target_var, c->min_target_var, m.pred_var, c->min_pred_var);
+    m.seconds = now_seconds() - t_begin;
+    t->times.total += m.seconds;
+    if (out) *out = m;
+    return 0;
+}
+
+void trainer_log(Trainer *t, const TrainMetrics *m) {
+    const TrainConfig *c = &t->cfg;
+    double now = now_seconds(), rate = t->samples_since_log / (now - t->t_log);
+    double eta = (now - t->t_start) / m->update * (c->max_updates - m->update);
+    log0("update %7lld  loss %.4f  target_var %.4f  pred_var %.4f  tau %.5f  lr %.3e  "
+         "gnorm %.3f  %.1f samples/s  eta %.0f s\n",
+         (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr, m->grad_norm,
+         rate, eta);
+    if (t->metrics) {
+        fprintf(t->metrics,
+                "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
+                "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+                "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld}\n",
+                (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr,
+                m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total);
+        fflush(t->metrics);
+    }
+    t->t_log = now, t->samples_since_log = 0;
+}
+
+int trainer_stop_requested(Trainer *t, int local) {
+    double stop = local != 0;
+    if (g_dist.rank == 0 && t->run_dir[0]) {
+        char path[PATH_MAX + 8];
+        snprintf(path, sizeof path, "%s/stop", t->run_dir);
+        stop += access(path, F_OK) == 0;
+    }
+    dist_allreduce_sum_f64(&stop, 1);
+    return stop > 0;
+}
+
+void trainer_checkpoint(Trainer *t) {
+    if (!t->run_dir[0]) die("trainer: checkpoints need a run directory");
+    TrainState now = t->st;
+    now.cursor = t->loader ? loader_cursor(t->loader) : (LoaderCursor){0, 0};
+    if (g_dist.rank == 0)
+        ckpt_write(t->run_dir, &t->mc, t->config_text, t->params, t->teacher, t->adam_m, t->adam_v,
+                   t->np, &now, t->cfg.keep_last);
+    t->last_ckpt = t->st.update;
+    dist_barrier();
+}
+
+void trainer_finish(Trainer *t) {
+    if (t->run_dir[0] && t->last_ckpt != t->st.update && t->st.update > 0)
+        trainer_checkpoint(t); /* the final state, unless just written */
+    log0("done: update %lld of %lld, %.1f s\n", (long long)t->st.update,
+         (long long)t->cfg.max_updates, now_seconds() - t->t_start);
+}
+
+void trainer_reset_times(Trainer *t) {
+    memset(&t->times, 0, sizeof t->times);
+    model_phase_reset(t->model);
+}
+
+void trainer_free(Trainer *t) {
+    if (t->metrics) fclose(t->metrics);
+    if (t->loader) loader_destroy(t->loader);
+    model_destroy(t->model);
+    if (t->own_ds) dataset_close(&t->ds);
+    ptab_free(&t->table);
+    free(t->params), free(t->grads), free(t->adam_m), free(t->adam_v), free(t->teacher);
+    free(t->decay), free(t->sums), free(t->dump_p), free(t->dump_t), free(t->dump_g);
+    free(t->config_text);
+    memset(t, 0, sizeof *t);
+}
