@@ -1,8 +1,6 @@
-/* test_ckpt.c: checkpoints through ckpt.h: a bit-exact round trip of the four arenas and the
- * TrainState; DONE semantics (a step directory without DONE is never the latest, nor counted by
- * retention); keep_last; and reads that must fail with one line naming the file: another config
- * (width, layers, head), another modality, not a checkpoint, truncated, missing, not HDF5; an I/O
- * failure in ckpt_write ends the process naming the path. Run from the repository root. */
+/* test_ckpt.c: checkpoints through ckpt.h: a bit-exact round trip, DONE and keep_last, and reads
+ * that fail with one line naming the file (another config or modality, truncated, missing).
+ * Run from the repository root (reads configs/). */
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/ckpt.h"
 

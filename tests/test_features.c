@@ -1,11 +1,7 @@
-/* test_features.c: model_features (the frozen features d2v-eval probes) against a second route
- * through the public front-end and encoder APIs (train off, the mean taken here over the tokens
- * that must count): text over real tokens only, images over patches (cls excluded), speech over
- * all frames. Also: shape (B, C) with nothing written past it, padding and batch independence,
- * no dropout (configs keep theirs on), determinism, and no state carried over from a training
- * micro-step. Run from the repository root (reads configs/). */
+/* test_features.c: model_features against the front-end and encoder run through the public API:
+ * the mean over real tokens, patches (not cls) or frames; padding and batch independent, no
+ * dropout, deterministic. Run from the repository root (reads configs/). */
 #define _POSIX_C_SOURCE 200809L
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
