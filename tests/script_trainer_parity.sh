@@ -10,7 +10,7 @@
 #   negative controls, which must make the reference FAIL: one weight of params_before, one of
 #               teacher_before, one gradient element, and a wrong teacher sharing rule.
 # Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
-# A modality whose prep tool or fixtures are missing is reported as "skipped", not failed.
+# A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
 build=${1:-build/release}
 passed=0 failed=0
@@ -126,11 +126,26 @@ modality() {
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 
-skip() { echo "skipped $1"; }
+# present MOD PATH...: 0 when every path is there (tools under $build/bin executable); each one
+# that is not counts as a failure, since that modality's checks cannot run.
+present() {
+    pm=$1 pall=0
+    shift
+    for pf in "$@"; do
+        pwhy=
+        case $pf in
+        "$build"/bin/*) [ -x "$pf" ] || pwhy="missing or not executable (make all)" ;;
+        *) [ -e "$pf" ] || pwhy="missing (a committed fixture)" ;;
+        esac
+        [ -z "$pwhy" ] || { bad "$pm: $pf $pwhy; $pm not checked"; pall=1; }
+    done
+    return $pall
+}
 
 # image: Fashion-MNIST, 500 test images
 echo "-- image"
-if [ -x "$build/bin/d2v-prep-image" ] && [ -e "$FX/fmnist-t500-images-idx3.gz" ]; then
+if present image "$build/bin/d2v-prep-image" "$FX/fmnist-t500-images-idx3.gz" \
+    "$FX/fmnist-t500-labels-idx1.gz"; then
     if "$build/bin/d2v-prep-image" --idx-images "$FX/fmnist-t500-images-idx3.gz" \
         --idx-labels "$FX/fmnist-t500-labels-idx1.gz" -o "$T/fm.h5" >"$T/prep-image.log" 2>&1; then
         ok "image: $(tail -n 1 "$T/prep-image.log")"
@@ -138,13 +153,11 @@ if [ -x "$build/bin/d2v-prep-image" ] && [ -e "$FX/fmnist-t500-images-idx3.gz" ]
     else
         bad "image: d2v-prep-image failed"; tail -n 3 "$T/prep-image.log"
     fi
-else
-    skip "image: $build/bin/d2v-prep-image or $FX/fmnist-t500-images-idx3.gz missing"
 fi
 
 # text: Moby-Dick chapters, a 512-token BPE vocabulary trained on them, paragraphs as documents
 echo "-- text"
-if [ -x "$build/bin/d2v-prep-text" ] && [ -d "$FX/text" ]; then
+if present text "$build/bin/d2v-prep-text" "$FX/text"; then
     if "$build/bin/d2v-prep-text" --vocab-size 512 --split-blank -o "$T/text.h5" "$FX/text" \
         >"$T/prep-text.log" 2>&1; then
         ok "text: $(tail -n 1 "$T/prep-text.log")"
@@ -152,13 +165,11 @@ if [ -x "$build/bin/d2v-prep-text" ] && [ -d "$FX/text" ]; then
     else
         bad "text: d2v-prep-text failed"; tail -n 3 "$T/prep-text.log"
     fi
-else
-    skip "text: $build/bin/d2v-prep-text or $FX/text missing (step, trajectory and controls not run)"
 fi
 
 # speech: "zero".."nine" in four espeak-ng voices
 echo "-- speech"
-if [ -x "$build/bin/d2v-prep-speech" ] && [ -d "$FX/speech" ]; then
+if present speech "$build/bin/d2v-prep-speech" "$FX/speech"; then
     if "$build/bin/d2v-prep-speech" --tree "$FX/speech" -o "$T/speech.h5" >"$T/prep-speech.log" 2>&1
     then
         ok "speech: $(tail -n 1 "$T/prep-speech.log")"
@@ -166,8 +177,6 @@ if [ -x "$build/bin/d2v-prep-speech" ] && [ -d "$FX/speech" ]; then
     else
         bad "speech: d2v-prep-speech failed"; tail -n 3 "$T/prep-speech.log"
     fi
-else
-    skip "speech: $build/bin/d2v-prep-speech or $FX/speech missing (step, trajectory and controls not run)"
 fi
 
 echo "$passed passed, $failed failed"

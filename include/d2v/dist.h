@@ -23,8 +23,10 @@ void dist_abort(int code) __attribute__((noreturn));
 void dist_allreduce_sum_f32(float *buf, size_t n);
 /// In-place sum of n doubles over all ranks.
 void dist_allreduce_sum_f64(double *buf, size_t n);
-/// Broadcast n bytes from rank 0.
+/// Broadcast n bytes from rank 0 (chunked likewise).
 void dist_bcast_bytes(void *buf, size_t n);
+/// Tests only: elements (bytes for broadcasts) per MPI call; 0 restores the default 2^30.
+void dist_set_chunk_elems(size_t n);
 /// Gather one int64 from every rank into all[world] on every rank.
 void dist_allgather_i64(int64_t mine, int64_t *all);
 void dist_barrier(void);

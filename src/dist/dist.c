@@ -50,12 +50,15 @@ void dist_abort(int code) {
 
 /* Open MPI 4.1 has no large-count calls: chunk below INT_MAX elements. */
 #define CHUNK ((size_t)1 << 30)
+static size_t chunk = CHUNK;
+
+void dist_set_chunk_elems(size_t n) { chunk = n > 0 && n <= CHUNK ? n : CHUNK; }
 
 static void allreduce_sum(void *buf, size_t n, MPI_Datatype type, size_t elem_size) {
     if (!g_dist.initialized || g_dist.world == 1) return;
     char *p = buf;
-    for (size_t off = 0; off < n; off += CHUNK) {
-        size_t m = n - off < CHUNK ? n - off : CHUNK;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t m = n - off < chunk ? n - off : chunk;
         MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + off * elem_size, (int)m, type, MPI_SUM,
                                 MPI_COMM_WORLD));
     }
@@ -72,8 +75,8 @@ void dist_allreduce_sum_f64(double *buf, size_t n) {
 void dist_bcast_bytes(void *buf, size_t n) {
     if (!g_dist.initialized || g_dist.world == 1) return;
     char *p = buf;
-    for (size_t off = 0; off < n; off += CHUNK) {
-        size_t m = n - off < CHUNK ? n - off : CHUNK;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t m = n - off < chunk ? n - off : chunk;
         MPI_CHECK(MPI_Bcast(p + off, (int)m, MPI_BYTE, 0, MPI_COMM_WORLD));
     }
 }
