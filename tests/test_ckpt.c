@@ -34,7 +34,7 @@ static int tiny_model(ModelConfig *mc, int modality, const char *const *extra) {
         return check_record(0, err), -1;
     for (int i = 0; extra && extra[i]; i++)
         if (train_config_set(&cfg, extra[i], err, sizeof err) != 0) return check_record(0, err), -1;
-    if (train_config_validate(&cfg, err, sizeof err) != 0) return check_record(0, err), -1;
+    if (train_config_validate(&cfg, 1, err, sizeof err) != 0) return check_record(0, err), -1;
     Dataset ds;
     memset(&ds, 0, sizeof ds);
     ds.vocab_size = 64, ds.bos_id = 0, ds.pad_id = 1, ds.eos_id = 2, ds.unk_id = 3;

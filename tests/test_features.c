@@ -28,7 +28,7 @@ static int tiny_model(ModelConfig *mc, TrainConfig *cfg, int modality, const cha
         return check_record(0, err), -1;
     for (int i = 0; sets[i]; i++)
         if (train_config_set(cfg, sets[i], err, sizeof err) != 0) return check_record(0, err), -1;
-    if (train_config_validate(cfg, err, sizeof err) != 0) return check_record(0, err), -1;
+    if (train_config_validate(cfg, 1, err, sizeof err) != 0) return check_record(0, err), -1;
     Dataset ds;
     memset(&ds, 0, sizeof ds);
     ds.vocab_size = VOCAB, ds.bos_id = 0, ds.pad_id = PAD, ds.eos_id = 2, ds.unk_id = 3;
