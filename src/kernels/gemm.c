@@ -14,8 +14,8 @@ static int g_gemm_threads = 1;
 static char g_arch_name[64] = "uninitialised";
 
 /* Debian's BLIS 0.9 does not recognise newer AVX-512 Xeons and falls back to its AVX2 haswell
- * kernels; skx (arch id 0) runs about 2x faster there (../shared/PITFALLS.md). Pick skx when the
- * CPU has the AVX-512 subsets skx kernels use, unless the user chose a set with BLIS_ARCH_TYPE. */
+ * kernels; skx (arch id 0) runs about 2x faster there. Pick skx when the CPU has the AVX-512
+ * subsets skx kernels use, unless the user chose a set with BLIS_ARCH_TYPE. */
 static void choose_arch(void) {
     const char *user = getenv("BLIS_ARCH_TYPE");
     if (user && *user) return;

@@ -48,7 +48,7 @@ Dumps of single-rank runs only: on several ranks a dump's batch is rank 0's whil
 gradients are global.
 
 The float32 reference is cross-checked once against a float64 run of itself on the first dump
-(torch 1.13's oneDNN GELU backward bug, /work/shared/PITFALLS.md).
+(torch 1.13's oneDNN GELU backward bug: wrong gradients for a non-contiguous incoming gradient).
 
 Usage: /usr/bin/python3 tests/ref/step_ref.py [--trajectory] [--traj-rtol R] [--verbose]
            [--dtype float32|float64] [--sharing spec|ema-all|share-all] DUMP.h5 [DUMP_0001.h5 ...]
