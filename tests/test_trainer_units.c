@@ -1,8 +1,9 @@
 /* test_trainer_units.c: trainer pieces checked through the model and config APIs (no dataset, no
  * MPI): gradient accumulation (a batch of 2B equals its two halves of B, image and text), the EMA
- * teacher's placement (which tensors it averages, which it shares with the student, spec §6), the
- * AdamW decay mask (exactly the 1-D tensors, spec §7), and configuration errors (each returns -1
- * with a message naming the file, line and key). Run from the repository root (reads configs/). */
+ * teacher's placement (which tensors it averages, which it shares with the student,
+ * docs/algorithm.md §4.1), the AdamW decay mask (docs/algorithm.md §5.1, §6.4), and configuration
+ * errors (each returns -1 with a message naming the file, line and key). Run from the repository
+ * root (reads configs/). */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdarg.h>
@@ -149,7 +150,8 @@ static void test_accumulation(int modality) {
     free(params), free(teacher), free(g_full), free(g_halves);
 }
 
-/* ---- EMA placement (spec §6) ----------------------------------------------------------------- */
+/* ---- EMA placement (docs/algorithm.md §4.1)
+ * ------------------------------------------------------------ */
 
 /* Where the teacher reads tensor `ptr` of the student from: 1 = its own arena at the same
  * offset, 0 = the student's own tensor, -1 = anything else. */
@@ -176,7 +178,7 @@ static void enc_ptrs(const EncoderParams *e, const float *out[ENCODER_NUM_PARAMS
     memcpy(out, v, sizeof v);
 }
 
-/* Whether the spec's table averages tensor `name` of this modality. */
+/* Whether docs/algorithm.md §4.1 averages tensor `name` of this modality. */
 static int spec_ema(const char *name, int modality) {
     if (!strncmp(name, "enc.", 4)) return 1; /* the transformer blocks, always */
     if (modality == D2V_IMAGE) /* everything, head included (the official vision EMA) */
@@ -242,7 +244,7 @@ static void test_ema_placement(int modality) {
     for (int i = 0; i < ENCODER_NUM_PARAMS; i++)
         if (es[i]) enc_ok &= teacher_place(et[i], es[i], params, teacher) == 1;
     check_record(enc_ok, "teacher view: enc.* (every tensor)    in the teacher arena (EMA)");
-    /* the ranges the trainer averages: every table tensor fully in or fully out, as the spec */
+    /* the ranges the trainer averages: every table tensor fully in or fully out, as §4.1 says */
     ParamRange r[8];
     int nr = model_ema_ranges(r, 8, &mc);
     uint8_t *in = xalloc(np, "ema coverage");
@@ -266,13 +268,13 @@ static void test_ema_placement(int modality) {
                  want ? "averaged (EMA)" : "not averaged");
         check_record(n_in == (want ? table[i].count : 0), label);
     }
-    snprintf(label, sizeof label, "%s: EMA covers %zu floats = the spec's tensors (%zu)", mname,
+    snprintf(label, sizeof label, "%s: EMA covers %zu floats = §4.1's tensors (%zu)", mname,
              covered, want_cov);
     check_record(covered == want_cov, label);
     free(in), free(params), free(teacher);
 }
 
-/* ---- decay mask (spec §7: data2vec 2.0 / timm exempt 1-D tensors) ---------------------------- */
+/* ---- decay mask (docs/algorithm.md §6.4: the official vision rule) ------------------------ */
 
 static void test_decay_mask(int modality) {
     const char *mname = d2v_modality_names[modality];

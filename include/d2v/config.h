@@ -13,7 +13,7 @@
 
 #define CFG_MAX_CONV 16
 
-/// model.init: the initialisation recipe (docs/algorithm.md §6).
+/// model.init: the initialisation recipe (docs/algorithm.md §6.5).
 enum {
     MODEL_INIT_FAIRSEQ = 0, // init_bert_params; head N(0, 0.02) for text, nn.Linear for speech
     MODEL_INIT_BEIT = 1,    // data2vec vision: trunc_normal_(0.02) everywhere, fix_init_weight

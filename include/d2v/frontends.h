@@ -1,7 +1,7 @@
 /* frontends.h: the modality input encoders that feed the transformer: text token embedding,
  * ViT patch embedding, and the wav2vec 2.0 conv feature extractor with the convolutional
- * positional encoder (spec §1). Parameters live in caller-owned arenas (layout functions as for
- * the encoder); activations are allocated once at init for the largest batch. */
+ * positional encoder (docs/algorithm.md §2). Parameters live in caller-owned arenas (layout
+ * functions as for the encoder); activations are allocated once at init for the largest batch. */
 #ifndef D2V_FRONTENDS_H
 #define D2V_FRONTENDS_H
 
@@ -171,7 +171,8 @@ typedef struct {
     float *dbuf[2];                         // backward scratch (largest activation) x2
 } SpeechFeatures;
 
-/// Stage 1, shared by student and teacher (spec: feature extractor not EMA'd): waveform (B, S)
+/// Stage 1, shared by student and teacher (docs/algorithm.md §4.1: the extractor is not averaged):
+/// waveform (B, S)
 /// -> conv stack (conv, LN over channels, GELU) -> LN -> projection, into f->features.
 void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bmax, int Smax);
 void speech_features_free(SpeechFeatures *f);

@@ -9,7 +9,8 @@
 
 #include "d2v/rng.h"
 
-/* ---- text: fairseq MaskTokensDataset (spec §3.2) ------------------------------------------- */
+/* ---- text: fairseq MaskTokensDataset (docs/algorithm.md §3.2)
+ * ------------------------------------------- */
 typedef struct {
     float mask_prob;           // 0.35 span mode (data2vec release), 0.15 BERT mode
     int span;                  // mask_multiple_length: 4 span mode, 1 BERT mode
@@ -30,7 +31,8 @@ typedef struct {
 int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len,
                      const TextMaskConfig *c, RngStream *rng, int *scratch);
 
-/* ---- image: BEiT block-wise masking (spec §3.3) ---------------------------------------------- */
+/* ---- image: BEiT block-wise masking (docs/algorithm.md §3.3)
+ * ---------------------------------------------- */
 typedef struct {
     int num_masking_patches; // 120 of 196 for 224/16 (about 60 %)
     int min_num_patches;     // 16
@@ -42,7 +44,8 @@ typedef struct {
 /// BEiT it may stop early when no block fits).
 int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, RngStream *rng);
 
-/* ---- speech: wav2vec 2.0 compute_mask_indices (spec §3.1) ------------------------------------ */
+/* ---- speech: wav2vec 2.0 compute_mask_indices (docs/algorithm.md §3.1)
+ * ------------------------------------ */
 typedef struct {
     float mask_prob;        // 0.65
     int mask_length;        // 10

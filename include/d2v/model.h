@@ -1,6 +1,6 @@
 /* model.h: one data2vec model: a modality front-end (frontend.h), the transformer encoder, the
  * student's regression head, and the EMA teacher that shares or averages each tensor as its
- * declaration says (docs/algorithm.md §5). Parameters, gradients, AdamW moments and the teacher
+ * declaration says (docs/algorithm.md §4.1). Parameters, gradients, AdamW moments and the teacher
  * are flat arenas of one table's layout; activations are sized once for the largest batch. */
 #ifndef D2V_MODEL_H
 #define D2V_MODEL_H
@@ -23,16 +23,16 @@ typedef struct ModelConfig {
     SpeechEmbedConfig speech;
     EncoderConfig enc;
     HeadConfig head;
-    /* targets (docs/algorithm.md §1.2) */
+    /* targets (docs/algorithm.md §1.3, §4.2) */
     int top_k;             // K blocks averaged
     int target_ffn;        // 1: FFN branch before the last residual; 0: end of block (vision)
     int target_norm;       // TARGET_NORM_* per layer
     int target_final_norm; // LN over C after averaging (vision)
     float target_eps;
-    /* loss (§1.3) */
+    /* loss (§1.4) */
     float loss_beta;  // 0: L2; > 0: smooth L1 with this beta
     float loss_scale; // <= 0: 1 / sqrt(C)
-    /* teacher sharing (§5): average the front-end too (vision), or reuse the student's (text,
+    /* teacher sharing (§4.1): average the front-end too (vision), or reuse the student's (text,
      * speech: speech still averages the encoder layer norm, and shares the positional conv) */
     int ema_frontend;
     /* masking (§3) */

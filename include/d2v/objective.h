@@ -1,6 +1,6 @@
-/* objective.h: the data2vec learning objective (spec §4-§6, §8): teacher targets from the top-K
- * blocks, the regression loss on masked positions, the collapse statistics, and the EMA teacher
- * update with its decay schedule. */
+/* objective.h: the data2vec learning objective (docs/algorithm.md §1.2-§1.5, §4): teacher targets
+ * from the top-K blocks, the regression loss on masked positions, the collapse statistics, and the
+ * EMA teacher update with its decay schedule. */
 #ifndef D2V_OBJECTIVE_H
 #define D2V_OBJECTIVE_H
 

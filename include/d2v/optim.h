@@ -1,5 +1,6 @@
 /* optim.h: AdamW with decoupled weight decay, the learning-rate schedules data2vec uses (cosine
- * with warmup, tri-stage, linear), and global gradient-norm clipping (spec §7). */
+ * with warmup, tri-stage, linear), and global gradient-norm clipping (docs/algorithm.md §5.1-§5.2).
+ */
 #ifndef D2V_OPTIM_H
 #define D2V_OPTIM_H
 

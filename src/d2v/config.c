@@ -361,9 +361,10 @@ int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) 
                     "config: speech.pos_kernel must be odd and speech.pos_groups must "
                     "divide model.width");
     if (c->modality == D2V_SPEECH && c->ema_frontend) /* model_micro_step: shared stage 1 */
-        return errf(err, n,
-                    "config: ema.frontend = true is not supported for speech: the teacher always "
-                    "reads the student's conv feature extractor (spec §6); set it to false");
+        return errf(
+            err, n,
+            "config: ema.frontend = true is not supported for speech: the teacher always "
+            "reads the student's conv feature extractor (docs/algorithm.md §4.1); set it to false");
     if (c->modality == D2V_TEXT && c->text_block > c->text_max_positions)
         return errf(err, n, "config: data.text_block %d exceeds text.max_positions %d",
                     c->text_block, c->text_max_positions);
@@ -560,7 +561,7 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                                           .require_same_masks = c->mask_speech_same,
                                           .mask_dropout = (float)c->mask_speech_dropout};
     }
-    /* the regression head's init follows the modality's reference code (docs/algorithm.md §6) */
+    /* the regression head's init follows the modality's reference code (docs/algorithm.md §6.5) */
     int head_init = beit                              ? HEAD_INIT_BEIT
                     : c->model_init == MODEL_INIT_MAE ? HEAD_INIT_TORCH
                     : c->modality == D2V_TEXT         ? HEAD_INIT_BERT

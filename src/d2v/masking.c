@@ -1,5 +1,6 @@
-/* masking.c: data2vec v1 masks (spec §3): text spans/BERT, BEiT image blocks, wav2vec speech spans.
- * fairseq MaskTokensDataset, BEiT MaskingGenerator and compute_mask_indices, on a keyed RNG.
+/* masking.c: data2vec v1 masks (docs/algorithm.md §3): text spans/BERT, BEiT image blocks, wav2vec
+ * speech spans. fairseq MaskTokensDataset, BEiT MaskingGenerator and compute_mask_indices, on a
+ * keyed RNG.
  *
  * Every draw comes from a RngStream keyed on (seed, epoch, global sample id, stream), as fairseq
  * keys numpy's default_rng on hash((seed, epoch, index)): a sample's mask never depends on the rank
@@ -30,7 +31,8 @@ static void choose_without_replacement(int *idx, int n, int k, RngStream *r) {
     shuffle_prefix(idx, n, k, r);
 }
 
-/* ---- text (spec §3.2) ----------------------------------------------------------------------- */
+/* ---- text (docs/algorithm.md §3.2)
+ * ----------------------------------------------------------------------- */
 
 /* A uniform ordinary token: specials are redrawn (a few tries, then the first ordinary id). */
 static int32_t random_token(const TextMaskConfig *c, RngStream *rng) {
@@ -98,7 +100,8 @@ int text_mask_sample(int32_t *out, uint8_t *loss, const int32_t *tokens, int len
     return count;
 }
 
-/* ---- image (spec §3.3) ---------------------------------------------------------------------- */
+/* ---- image (docs/algorithm.md §3.3)
+ * ---------------------------------------------------------------------- */
 
 /* One BEiT block: up to 10 attempts to place an h x w rectangle (area U(min, max_new), aspect
  * log-uniform) that adds between 1 and max_new new cells. Returns the cells added (0 = none). */
@@ -145,7 +148,8 @@ int block_mask_sample(uint8_t *mask, int H, int W, const BlockMaskConfig *c, Rng
     return count;
 }
 
-/* ---- speech (spec §3.1) --------------------------------------------------------------------- */
+/* ---- speech (docs/algorithm.md §3.1)
+ * --------------------------------------------------------------------- */
 
 int span_mask_sample(uint8_t *mask, int T, const SpanMaskConfig *c, RngStream *rng, int *scratch) {
     if (T <= 0) return 0;

@@ -1,4 +1,4 @@
-/* model.c: the data2vec student and EMA teacher around one front-end (docs/algorithm.md §1):
+/* model.c: the data2vec student and EMA teacher around one front-end (docs/algorithm.md §1.1):
  * masks, the teacher's forward-only pass on the unmasked input, top-K targets, the student's
  * forward, the regression head, the loss and the student's backward. Modality-specific work is
  * the front-end's (frontend.h); this file has none. */

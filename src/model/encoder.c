@@ -1,7 +1,8 @@
 /* encoder.c: the transformer encoder stack. Post-LN blocks follow fairseq's
  * TransformerSentenceEncoderLayer (data2vec speech/text); pre-LN blocks with layer scale and drop
- * path follow BEiT (data2vec vision, spec §2). Each block exposes the FFN branch before the last
- * residual and the end-of-block output, the two candidate teacher targets (spec §4). */
+ * path follow BEiT (data2vec vision, docs/algorithm.md §2.4). Each block exposes the FFN branch
+ * before the last residual and the end-of-block output, the two candidate teacher targets (§1.3).
+ */
 #include "d2v/encoder.h"
 
 #include <stdlib.h>
@@ -39,7 +40,7 @@ void encoder_declare(ParamTable *t, EncoderParams *p, const EncoderConfig *c) {
     int64_t L = c->L, C = c->C, F = c->F;
     /* init_bert_params: Linear weights N(0, 0.02), zero biases, LN (1, 0); BEiT: trunc_normal_
      * cut at one std, then attn.proj and mlp.fc2 of block l divided by sqrt(2 l) (1-based,
-     * fix_init_weight). docs/algorithm.md §6. */
+     * fix_init_weight). docs/algorithm.md §6.5. */
     ParamInit w =
         c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_NORMAL, 0.02f, 0);
     ParamInit wr = w;

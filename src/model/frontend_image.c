@@ -1,5 +1,5 @@
 /* frontend_image.c: the image front-end: BEiT block masks over the patch grid (docs/algorithm.md
- * §3.2), the ViT patch embedding with the mask token, and BEiT's shared relative position bias. */
+ * §3.3), the ViT patch embedding with the mask token, and BEiT's shared relative position bias. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* frontend_speech.c: the speech front-end: the shared wav2vec 2.0 conv feature extractor, span
- * masks over its frames (docs/algorithm.md §3.3), and the context stage (mask embedding,
+ * masks over its frames (docs/algorithm.md §3.1), and the context stage (mask embedding,
  * convolutional positions, encoder layer norm) per network. */
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* frontend_text.c: the text front-end: span/BERT masking of token ids (docs/algorithm.md §3.1)
+/* frontend_text.c: the text front-end: span/BERT masking of token ids (docs/algorithm.md §3.2)
  * and the token + position embedding, one instance for the student and one for the teacher. */
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* head.c: the regression head (docs/algorithm.md §1): final norm, one or two linear layers. */
+/* head.c: the regression head (docs/algorithm.md §1.4): final norm, one or two linear layers. */
 #include "d2v/head.h"
 
 #include <math.h>

@@ -1,6 +1,6 @@
-/* image_embed.c: the ViT image input encoder (spec §1.2): a P x P stride-P patch convolution as
- * im2col + GEMM, BEiT's mask token replacing masked patch embeddings, an optional cls token, and
- * learned absolute (BEiT) or fixed 2-D sin-cos (MAE, data2vec 2.0) positions. */
+/* image_embed.c: the ViT image input encoder (docs/algorithm.md §2.2): a P x P stride-P patch
+ * convolution as im2col + GEMM, BEiT's mask token replacing masked patch embeddings, an optional
+ * cls token, and learned absolute (BEiT) or fixed 2-D sin-cos (MAE, data2vec 2.0) positions. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +15,7 @@ void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedCon
     int64_t C = c->C, K = (int64_t)c->Cin * c->P * c->P;
     /* data2vec vision (BEiT): trunc_normal_(0.02) cut at one std for the patch conv and the
      * tokens; otherwise MAE's xavier_uniform over the (C, Cin P P) view and N(0, 0.02) tokens.
-     * docs/algorithm.md §6 */
+     * docs/algorithm.md §6.5 */
     float a = sqrtf(6.0f / (float)(C + K));
     ParamInit w =
         c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_UNIFORM, -a, a);

@@ -1,7 +1,8 @@
-/* speech_embed.c: the data2vec speech input encoder (spec §1.1): wav2vec 2.0's conv feature
- * extractor in layer-norm mode (conv without bias -> LN over channels -> GELU per layer), feature
- * LN and projection, then the learned mask embedding, the deep convolutional positional encoder
- * (conv -> parameter-less LN -> GELU per layer, added residually) and the encoder layer norm. */
+/* speech_embed.c: the data2vec speech input encoder (docs/algorithm.md §2.1): wav2vec 2.0's conv
+ * feature extractor in layer-norm mode (conv without bias -> LN over channels -> GELU per layer),
+ * feature LN and projection, then the learned mask embedding, the deep convolutional positional
+ * encoder (conv -> parameter-less LN -> GELU per layer, added residually) and the encoder layer
+ * norm. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +63,7 @@ void speech_embed_declare(ParamTable *t, SpeechEmbedParams *p, const SpeechEmbed
         ptab_add(t, &p->pos_b[j], name, SHAPE1(C), PINIT(INIT_UNIFORM, -b, b), DECAY_1D, ema);
     }
     /* v1 audio: the teacher averages the encoder's input layer norm even when it shares the
-     * rest of the front-end (docs/algorithm.md §5) */
+     * rest of the front-end (docs/algorithm.md §4.1) */
     ptab_add(t, &p->enc_ln_w, "speech.enc_ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, EMA_AVERAGE);
     ptab_add(t, &p->enc_ln_b, "speech.enc_ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
 }

@@ -1,6 +1,7 @@
 /* text_embed.c: the text input encoder, fairseq TransformerEncoder.forward_embedding as data2vec
- * text uses it (spec §1.3): token + learned position embedding (no scaling), layer norm, dropout,
- * padding positions zeroed. Positions follow fairseq's make_positions (real tokens from pad+1). */
+ * text uses it (docs/algorithm.md §2.3): token + learned position embedding (no scaling), layer
+ * norm, dropout, padding positions zeroed. Positions follow fairseq's make_positions (real tokens
+ * from pad+1). */
 #include <stdlib.h>
 #include <string.h>
 

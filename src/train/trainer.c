@@ -1,4 +1,4 @@
-/* trainer.c: the training update of docs/algorithm.md §1 and §7 under MPI: every rank computes
+/* trainer.c: the training update of docs/algorithm.md §1 and §5 under MPI: every rank computes
  * its micro-batches' gradients and targets, one allreduce sums them, and every replica applies
  * the same AdamW step, so the replicas stay identical without a parameter broadcast. */
 #define _POSIX_C_SOURCE 200809L
@@ -183,7 +183,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     double t_begin = now_seconds(), t0 = t_begin, t1;
     /* the teacher absorbs theta after update n-1, before the forward of update n (once per
      * update, also under gradient accumulation: fairseq v1 steps it per micro-batch;
-     * docs/algorithm.md §8) */
+     * docs/algorithm.md §6.1) */
     double tau = ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n);
     if (n > 0) ema_step(t, t->teacher, tau);
     int dumping = t->opt.dump && n < t->opt.dump_updates;
@@ -276,7 +276,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
             dump_step(path, t, b, t->dump_p, t->dump_t, t_after, t->dump_g, m.loss, tau, m.lr);
         free(t_after);
     }
-    /* collapse guard (docs/algorithm.md §7): targets or predictions lost their variance */
+    /* collapse guard (docs/algorithm.md §1.5): targets or predictions lost their variance */
     if (n >= c->collapse_after && c->collapse_after > 0 &&
         (m.target_var < c->min_target_var || m.pred_var < c->min_pred_var))
         die("representation collapse at update %lld: target_var %.4g (min %g), pred_var "

@@ -1,5 +1,5 @@
 # d2vref.py: PyTorch modules shared by the reference scripts: encoder blocks and input encoders.
-"""Written from the spec (§1, §2) and fairseq / BEiT / MAE / wav2vec 2.0 semantics, independently
+"""Written from docs/algorithm.md (§2) and fairseq / BEiT / MAE / wav2vec 2.0 semantics, independently
 of the C code. Used by encoder_ref.py, frontends_ref.py (fixture generators) and step_ref.py (the
 trainer-step check).
 
@@ -160,7 +160,7 @@ class TextEmbed(nn.Module):
 # ---- image: BEiT / MAE patch embedding ----------------------------------------------------------
 
 def sincos_2d(gh, gw, C):
-    """MAE get_2d_sincos_pos_embed without cls, written from the spec: (gh*gw, C) float64,
+    """MAE get_2d_sincos_pos_embed without cls, written from the MAE formula: (gh*gw, C) float64,
     row p = row*gw + col; first C/2 dims encode the column, second C/2 the row; each half is
     [sin(pos*w_k) for k] + [cos(pos*w_k) for k], w_k = 1/10000^(k/(C/4))."""
     assert C % 4 == 0

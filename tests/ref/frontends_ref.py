@@ -5,7 +5,7 @@ TextEmbedParams / ImageEmbedParams / SpeechEmbedParams: PyTorch weight layouts, 
 channels last), the forward outputs, a random R and the gradients of loss = sum(out * R) with
 respect to every parameter ("grad_<name>").
 
-The modules (tests/ref/d2vref.py) are written from the spec (§1) and fairseq / BEiT / MAE
+The modules (tests/ref/d2vref.py) are written from docs/algorithm.md (§2) and fairseq / BEiT / MAE
 semantics, independently of the C code. Every group's float32 outputs and gradients are checked
 once against a float64 run of the same module (guards against torch 1.13's oneDNN GELU backward
 bug).

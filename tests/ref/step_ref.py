@@ -6,9 +6,9 @@ here: the libconfig subset d2v writes) and its parameter table (param_names, par
 param_shapes). params_before / teacher_before are loaded into it, and the dumped batch and masks
 are fed as they are (student_tokens for text, patch_mask for image, frame_mask for speech, and
 loss_positions), so no random number generator needs replicating. Everything else is written
-from the spec (§4-§7) with torch doing the maths and the autograd:
+from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autograd:
 
-  teacher   EMA copy; sharing per spec §6: image everything incl. the front-end (ema.frontend),
+  teacher   EMA copy; sharing per docs/algorithm.md §4.1: image everything incl. the front-end (ema.frontend),
             text the encoder only (embeddings shared), speech the encoder + its input LN
             (feature extractor, projection, mask embedding, positional convs shared). The
             teacher sees the unmasked input, no dropout; head and final norm are student-only.
@@ -41,7 +41,7 @@ Modes:
                   curve must follow the dumped one within --traj-rtol (relative, default
                   1e-4: fp32 rounding differences grow to ~1e-6 over 20 updates here), printed
                   step by step.
-  --sharing       ema-all / share-all replace the spec's sharing rule by a wrong one (the teacher
+  --sharing       ema-all / share-all replace docs/algorithm.md §4.1's sharing rule by a wrong one (the teacher
                   averages / borrows its whole front-end): negative controls only.
 
 Dumps of single-rank runs only: on several ranks a dump's batch is rank 0's while its loss and
@@ -167,7 +167,7 @@ def parse_libconfig(text):
     return flat
 
 
-# ---- schedules (spec §6, §7; optim.h) ------------------------------------------------------------
+# ---- schedules (docs/algorithm.md §1.2, §5.2; optim.h) ------------------------------------------------------------
 
 def ema_tau(cfg, n):
     tau0, tau_end, steps = cfg["ema.tau0"], cfg["ema.tau_end"], cfg["ema.tau_steps"]
@@ -299,7 +299,7 @@ class RefModel:
             p.requires_grad_(False)
         self.student = self.refs(self.fe, self.enc, head=True)
         self.teacher = self.refs(self.fe_t, self.enc_t, head=False)
-        # what the teacher averages (spec §6); the rest of its front-end is the student's
+        # what the teacher averages (docs/algorithm.md §4.1); the rest of its front-end is the student's
         self.ema_names = {n for n in self.student if n.startswith("enc.")}
         fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
         head_names = {n for n in self.student if n.startswith("head.")}
@@ -413,7 +413,7 @@ class RefModel:
             x_s = self.fe.context(feats, torch.from_numpy(dump["frame_mask"].astype(bool)))
             with torch.no_grad():
                 x_t = self.fe_t.context(self.fe_t.features(wav), None)
-        # teacher targets (spec §4)
+        # teacher targets (docs/algorithm.md §1.3)
         with torch.no_grad():
             _, ffn_t, end_t = self.enc_t(x_t, pad_t, bias_t)
             layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
@@ -421,7 +421,7 @@ class RefModel:
             if self.target_final:
                 y = F.layer_norm(y, (self.C,), eps=self.target_eps)
             y = y[sel]
-        # student prediction and loss (spec §5)
+        # student prediction and loss (docs/algorithm.md §1.4)
         h, _, _ = self.enc(x_s, pad_s, bias_s)
         z = h[sel]
         if self.final_ln is not None:
@@ -556,7 +556,7 @@ def tensor_errors(table, got, want, names=None):
 
 
 def check_batch(rep, dump, tag):
-    """The masks the trainer used are consistent with the spec (§3, §5)."""
+    """The masks the trainer used are consistent with docs/algorithm.md (§3, §1.4)."""
     sel = dump["loss_positions"].astype(bool)
     if dump.modality == "image":
         pm = dump["patch_mask"].astype(bool)
