@@ -1111,14 +1111,13 @@ int bpe_save_gpt2(const Bpe *b, const char *vocab_json, const char *merges_txt, 
 /* ---- HDF5 ---- */
 
 void bpe_write_h5(const Bpe *b, hid_t file) {
-    hid_t g = H5Gcreate2(file, "tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (g < 0) die("HDF5: cannot create group /tokenizer");
+    hid_t g = h5_group_create(file, "tokenizer");
     h5_write_strings(g, "vocab", (const char *const *)b->vocab, (size_t)b->n_vocab);
     char *buf;
     char **m = merge_strings_alloc(b, &buf);
     h5_write_strings(g, "merges", (const char *const *)m, (size_t)b->n_merges);
     free(m), free(buf);
-    H5Gclose(g);
+    h5_close(g);
     h5_attr_i32(file, "vocab_size", b->n_vocab);
     for (int s = 0; s < BPE_N_SPECIAL; s++)
         h5_attr_i32(file, special_attrs[s], b->special[s]);

@@ -89,25 +89,6 @@ static const char *base_name(const char *p) {
     return s ? s + 1 : p;
 }
 
-/* Copy every root attribute of shard 0 except the ones an index sets itself. */
-static herr_t copy_attr(hid_t src, const char *name, const H5A_info_t *info, void *dst_v) {
-    (void)info;
-    if (!strcmp(name, "kind") || !strcmp(name, "num_samples") || !strcmp(name, "created_by") ||
-        !strcmp(name, "format_version") || !strcmp(name, "modality"))
-        return 0;
-    hid_t dst = *(hid_t *)dst_v;
-    hid_t a = H5Aopen(src, name, H5P_DEFAULT), t = H5Aget_type(a), s = H5Aget_space(a);
-    size_t n = H5Tget_size(t) *
-               (size_t)(H5Sget_simple_extent_npoints(s) > 0 ? H5Sget_simple_extent_npoints(s) : 1);
-    void *buf = xalloc(n, "attribute copy");
-    hid_t b = H5Acreate2(dst, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-    if (H5Aread(a, t, buf) < 0 || b < 0 || H5Awrite(b, t, buf) < 0)
-        die("index: cannot copy attribute %s", name);
-    free(buf);
-    H5Aclose(b), H5Sclose(s), H5Tclose(t), H5Aclose(a);
-    return 0;
-}
-
 void prep_write_index(const char *out, const char *modality, const char *created_by,
                       int64_t count) {
     int world = g_dist.world;
@@ -129,9 +110,11 @@ void prep_write_index(const char *out, const char *modality, const char *created
         H5Out o;
         h5out_create(&o, out);
         h5_write_root_attrs(o.file, modality, "index", total, created_by);
-        hsize_t idx = 0;
-        H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_attr, &o.file);
-        H5Fclose(src);
+        /* every root attribute of shard 0 except the ones an index sets itself */
+        static const char *const own[] = {"kind",           "num_samples", "created_by",
+                                          "format_version", "modality",    NULL};
+        h5_copy_attrs(o.file, src, own);
+        h5_close(src);
         h5_write_strings(o.file, "shards", (const char *const *)names, (size_t)world);
         hsize_t dims[1] = {(hsize_t)world};
         h5_write(o.file, "shard_samples", H5T_NATIVE_INT64, 1, dims, NULL, counts);

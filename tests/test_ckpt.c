@@ -397,6 +397,45 @@ static void test_write_failure(void) {
     unlink(log), unlink(run);
 }
 
+/* The resolved configuration a checkpoint carries comes back through the checkpoint API alone:
+ * every key equal, and a broken or missing config a one-line error naming the file. */
+static void test_config(void) {
+    printf("-- ckpt_read_config\n");
+    TrainConfig c, back;
+    char err[1024], run[PATH_MAX], path[PATH_MAX + 64];
+    train_config_defaults(&c);
+    int ok = train_config_load(&c, "configs/speech-tiny.cfg", err, sizeof err) == 0 &&
+             train_config_set(&c, "data.train=some/where.h5", err, sizeof err) == 0 &&
+             train_config_set(&c, "optim.lr=3.25e-4", err, sizeof err) == 0;
+    check_record(ok, "speech-tiny.cfg with two overrides loads");
+    ModelConfig mc;
+    Dataset ds = {0};
+    train_config_to_model(&mc, &c, &ds);
+    Arenas r = arenas_new(&mc, 5);
+    TrainState st = {3, 0, {0, 0}};
+    char *text = train_config_text(&c);
+    run_dir(run, sizeof run, "config");
+    ckpt_write(run, &mc, text, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, 0);
+    step_path(path, sizeof path, run, 3, "model.h5");
+    int rc = ckpt_read_config(path, &back, err, sizeof err);
+    char *again = rc ? NULL : train_config_text(&back);
+    check_record(rc == 0 && again && !strcmp(text, again),
+                 "the resolved config reads back key for key");
+    check_record(rc == 0 && back.lr == 3.25e-4 && !strcmp(back.train_path, "some/where.h5") &&
+                     back.modality == D2V_SPEECH,
+                 "overrides and the modality survive the round trip");
+    ckpt_write(run, &mc, "model: { layers = oops; };", r.a[0], r.a[1], r.a[2], r.a[3], r.np,
+               &(TrainState){4, 0, {0, 0}}, 0);
+    step_path(path, sizeof path, run, 4, "model.h5");
+    rc = ckpt_read_config(path, &back, err, sizeof err);
+    expect_fail("a checkpoint whose config does not parse", rc, err, path, NULL);
+    snprintf(path, sizeof path, "%s/none.h5", run);
+    rc = ckpt_read_config(path, &back, err, sizeof err);
+    expect_fail("ckpt_read_config of a missing file", rc, err, path, NULL);
+    free(text), free(again);
+    arenas_free(&r);
+}
+
 /* rm -r of the test directory */
 static void remove_tree(const char *path) {
     DIR *d = opendir(path);
@@ -424,6 +463,7 @@ int main(void) {
     test_done_and_retention();
     test_bad_reads();
     test_write_failure();
+    test_config();
     remove_tree(dir);
     check_record(!exists(dir), "the test directory is removed");
     return check_summary();

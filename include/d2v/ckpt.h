@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "d2v/config.h"
 #include "d2v/dataset.h"
 #include "d2v/h5io.h"
 #include "d2v/model.h"
@@ -32,5 +33,9 @@ int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen);
 /// names and shapes). 0, or -1 with a one-line message naming the file in err.
 int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *teacher, float *adam_m,
               float *adam_v, size_t np, TrainState *st, char *err, size_t errlen);
+
+/// The resolved configuration a checkpoint carries, read into cfg (defaults first, so keys
+/// added since keep their defaults). 0, or -1 with a one-line message naming the file.
+int ckpt_read_config(const char *path, TrainConfig *cfg, char *err, size_t errlen);
 
 #endif

@@ -13,10 +13,17 @@
 
 /// Silence HDF5's own error-stack printing (d2v reports one line per failure instead).
 void h5io_init(void);
-/// Debian's serial HDF5 is not thread-safe: every HDF5 call made while a prefetching loader runs
-/// (the loader's thread, checkpoint writes) must hold this lock.
-void h5_lock(void);
-void h5_unlock(void);
+/* Every function here serialises itself on one lock (Debian's serial HDF5 is not thread-safe
+ * and the loader reads on its own thread): callers need no locking, and no other file calls
+ * HDF5 directly. */
+/// Close a file, group or dataset handle.
+void h5_close(hid_t id);
+/// 1 if link `name` exists under loc.
+int h5_exists(hid_t loc, const char *name);
+/// Create group `name` under loc; dies naming it on failure.
+hid_t h5_group_create(hid_t loc, const char *name);
+/// Copy every attribute of src to dst except those named in the NULL-terminated skip list.
+void h5_copy_attrs(hid_t dst, hid_t src, const char *const *skip);
 
 /* ---- writing ----------------------------------------------------------------------------------
  */

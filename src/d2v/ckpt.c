@@ -92,7 +92,6 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     ckpt_dir(dir, sizeof dir, run_dir, st->update);
     if (mkdir(dir, 0775) != 0 && errno != EEXIST) die("%s: cannot create", dir);
     snprintf(path, sizeof path, "%s/model.h5", dir);
-    h5_lock(); /* the loader's prefetch thread also uses HDF5 */
     H5Out o;
     h5out_create(&o, path);
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
@@ -110,7 +109,6 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     h5_write(o.file, "adam_m", H5T_NATIVE_FLOAT, 1, n, NULL, adam_m);
     h5_write(o.file, "adam_v", H5T_NATIVE_FLOAT, 1, n, NULL, adam_v);
     h5out_commit(&o);
-    h5_unlock();
     snprintf(path, sizeof path, "%s/DONE", dir);
     FILE *f = fopen(path, "w");
     if (!f || fclose(f) != 0) die("%s: cannot write", path);
@@ -201,6 +199,25 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
                 h5_read_attr_i64(f, path, "epoch", &st->cursor.epoch, err, errlen) < 0 ||
                 h5_read_attr_i64(f, path, "position", &st->cursor.position, err, errlen) < 0))
         rc = -1;
-    H5Fclose(f);
+    h5_close(f);
+    return rc ? -1 : 0;
+}
+
+int ckpt_read_config(const char *path, TrainConfig *cfg, char *err, size_t errlen) {
+    hid_t f = h5_open_ro(path, err, errlen);
+    if (f < 0) return -1;
+    size_t cap = 1 << 20;
+    char *text = xalloc(cap, "config text"), kind[32];
+    int rc = h5_read_attr_str(f, path, "kind", kind, sizeof kind, err, errlen);
+    if (!rc && strcmp(kind, "checkpoint")) rc = ERR("%s: not a d2v checkpoint", path);
+    if (!rc) rc = h5_read_attr_str(f, path, "config", text, cap, err, errlen);
+    h5_close(f);
+    if (!rc) {
+        char inner[1024];
+        train_config_defaults(cfg);
+        if (train_config_load_string(cfg, text, path, inner, sizeof inner))
+            rc = ERR("%s: its configuration: %s", path, inner);
+    }
+    free(text);
     return rc ? -1 : 0;
 }

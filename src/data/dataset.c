@@ -132,7 +132,7 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
             return ERR("%s: sample rate or format differs from the other shards'", s->path);
         if (load_offsets(s, "offsets", "audio", err, errlen) < 0) return -1;
     }
-    int has_labels = H5Lexists(s->file, "labels", H5P_DEFAULT) > 0;
+    int has_labels = h5_exists(s->file, "labels");
     if (first && has_labels) d->labels = calloc((size_t)d->num_samples + 1, sizeof(int32_t));
     if (!!has_labels != !!d->labels)
         return ERR("%s: has %slabels but the first shard has %s", s->path, has_labels ? "" : "no ",
@@ -149,7 +149,7 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
                 return ERR("%s: label %d of sample %lld is negative", s->path,
                            d->labels[s->first + i], (long long)i);
     }
-    if (first && H5Lexists(s->file, "label_names", H5P_DEFAULT) > 0) {
+    if (first && h5_exists(s->file, "label_names")) {
         d->label_names =
             h5_read_strings(s->file, s->path, "label_names", &d->n_label_names, err, errlen);
         if (!d->label_names) return -1;
@@ -199,7 +199,7 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
         if (rc == 0)
             rc =
                 h5_read_rows(f, path, "shard_samples", H5T_NATIVE_INT64, 0, n, counts, err, errlen);
-        H5Fclose(f);
+        h5_close(f);
         d->shards = calloc(n + 1, sizeof(DatasetShard));
         d->n_shards = (int)n;
         int64_t total = 0;
@@ -221,13 +221,13 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
         h5_free_strings(names, n);
         free(counts);
     } else if (rc == 0 && !strcmp(kind, "shard")) {
-        H5Fclose(f);
+        h5_close(f);
         d->shards = calloc(1, sizeof(DatasetShard));
         d->n_shards = 1;
         rc = open_shard(d, &d->shards[0], path, d->num_samples, err, errlen);
     } else {
         if (rc == 0) rc = ERR("%s: kind '%s' (shard or index)", path, kind);
-        H5Fclose(f);
+        h5_close(f);
     }
     for (int i = 0; rc == 0 && i < d->n_shards; i++)
         rc = validate_shard(d, &d->shards[i], i == 0, err, errlen);
@@ -242,7 +242,7 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
 
 void dataset_close(Dataset *d) {
     for (int i = 0; i < d->n_shards; i++) {
-        if (d->shards[i].file > 0) H5Fclose(d->shards[i].file);
+        if (d->shards[i].file > 0) h5_close(d->shards[i].file);
         free(d->shards[i].offsets);
     }
     free(d->shards), free(d->labels);

@@ -12,11 +12,33 @@
 
 #include "d2v/util.h"
 
-void h5io_init(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+/* Debian's serial HDF5 is not thread-safe and the loader's prefetch thread reads while the main
+ * thread writes checkpoints: every function here holds this lock for its whole body (recursive,
+ * since some call others), so no caller ever takes it. */
+static pthread_mutex_t g_mu;
+static pthread_once_t g_mu_once = PTHREAD_ONCE_INIT;
+static void mu_init(void) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g_mu, &a);
+    pthread_mutexattr_destroy(&a);
+}
+static int guard_take(void) {
+    pthread_once(&g_mu_once, mu_init);
+    pthread_mutex_lock(&g_mu);
+    return 0;
+}
+static void guard_release(int *unused) {
+    (void)unused;
+    pthread_mutex_unlock(&g_mu);
+}
+#define LOCKED int guard_ __attribute__((cleanup(guard_release), unused)) = guard_take()
 
-static pthread_mutex_t g_h5_mutex = PTHREAD_MUTEX_INITIALIZER;
-void h5_lock(void) { pthread_mutex_lock(&g_h5_mutex); }
-void h5_unlock(void) { pthread_mutex_unlock(&g_h5_mutex); }
+void h5io_init(void) {
+    LOCKED;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 
 static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t n, const char *fmt, ...) {
@@ -30,6 +52,7 @@ static int fail(char *err, size_t n, const char *fmt, ...) {
 /* ---- writing ---- */
 
 void h5out_create(H5Out *o, const char *path) {
+    LOCKED;
     h5io_init();
     memset(o, 0, sizeof *o);
     if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path ||
@@ -40,12 +63,14 @@ void h5out_create(H5Out *o, const char *path) {
 }
 
 void h5out_commit(H5Out *o) {
+    LOCKED;
     if (H5Fclose(o->file) < 0) die("%s: cannot close (disk full?)", o->tmp);
     o->file = -1;
     if (rename(o->tmp, o->path) != 0) die("%s: cannot rename to %s", o->tmp, o->path);
 }
 
 void h5out_abort(H5Out *o) {
+    LOCKED;
     if (o->file >= 0) H5Fclose(o->file);
     o->file = -1;
     unlink(o->tmp);
@@ -59,13 +84,16 @@ static void attr_write(hid_t obj, const char *name, hid_t type, const void *v) {
 }
 
 void h5_attr_i64(hid_t obj, const char *name, int64_t v) {
+    LOCKED;
     attr_write(obj, name, H5T_NATIVE_INT64, &v);
 }
 void h5_attr_i32(hid_t obj, const char *name, int32_t v) {
+    LOCKED;
     attr_write(obj, name, H5T_NATIVE_INT32, &v);
 }
 
 void h5_attr_str(hid_t obj, const char *name, const char *v) {
+    LOCKED;
     hid_t t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, strlen(v) + 1);
     H5Tset_cset(t, H5T_CSET_UTF8);
@@ -75,6 +103,7 @@ void h5_attr_str(hid_t obj, const char *name, const char *v) {
 
 void h5_write_root_attrs(hid_t file, const char *modality, const char *kind, int64_t num_samples,
                          const char *created_by) {
+    LOCKED;
     h5_attr_i32(file, "format_version", D2V_FORMAT_VERSION);
     h5_attr_str(file, "modality", modality);
     h5_attr_str(file, "kind", kind);
@@ -84,6 +113,7 @@ void h5_write_root_attrs(hid_t file, const char *modality, const char *kind, int
 
 void h5_write(hid_t loc, const char *name, hid_t type, int rank, const hsize_t *dims,
               const hsize_t *chunk, const void *data) {
+    LOCKED;
     hid_t space = H5Screate_simple(rank, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     int empty = 0;
@@ -105,6 +135,7 @@ static hid_t vlen_string_type(void) {
 }
 
 void h5_write_strings(hid_t loc, const char *name, const char *const *s, size_t n) {
+    LOCKED;
     hid_t t = vlen_string_type();
     hsize_t dims[1] = {n};
     h5_write(loc, name, t, 1, dims, NULL, s);
@@ -113,6 +144,7 @@ void h5_write_strings(hid_t loc, const char *name, const char *const *s, size_t 
 
 void h5_append_open(H5Append *a, hid_t loc, const char *name, hid_t type, int rank,
                     const hsize_t *inner_dims, hsize_t chunk_rows, int deflate) {
+    LOCKED;
     memset(a, 0, sizeof *a);
     if (rank < 1 || rank > 4) die("HDF5: dataset %s: rank %d unsupported", name, rank);
     snprintf(a->name, sizeof a->name, "%s", name);
@@ -133,6 +165,7 @@ void h5_append_open(H5Append *a, hid_t loc, const char *name, hid_t type, int ra
 }
 
 void h5_append(H5Append *a, const void *rows, hsize_t nrows) {
+    LOCKED;
     if (nrows == 0) return;
     hsize_t start[4] = {a->dims[0], 0, 0, 0}, count[4];
     for (int i = 0; i < a->rank; i++)
@@ -147,6 +180,7 @@ void h5_append(H5Append *a, const void *rows, hsize_t nrows) {
 }
 
 void h5_append_close(H5Append *a) {
+    LOCKED;
     if (a->dset >= 0) H5Dclose(a->dset);
     a->dset = -1;
 }
@@ -154,6 +188,7 @@ void h5_append_close(H5Append *a) {
 /* ---- reading ---- */
 
 hid_t h5_open_ro(const char *path, char *err, size_t errlen) {
+    LOCKED;
     h5io_init();
     if (access(path, R_OK) != 0) return fail(err, errlen, "%s: no such file or not readable", path);
     htri_t is = H5Fis_hdf5(path);
@@ -173,6 +208,7 @@ static int attr_is_scalar(hid_t a) {
 
 int h5_read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, char *err,
                      size_t errlen) {
+    LOCKED;
     if (H5Aexists(obj, name) <= 0)
         return fail(err, errlen, "%s: missing attribute '%s'", path, name);
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
@@ -185,6 +221,7 @@ int h5_read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, 
 
 int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, size_t buflen,
                      char *err, size_t errlen) {
+    LOCKED;
     if (H5Aexists(obj, name) <= 0)
         return fail(err, errlen, "%s: missing attribute '%s'", path, name);
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
@@ -217,6 +254,7 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
 
 int h5_dataset_shape(hid_t loc, const char *path, const char *name, int *rank, hsize_t dims[4],
                      char *err, size_t errlen) {
+    LOCKED;
     if (H5Lexists(loc, name, H5P_DEFAULT) <= 0)
         return fail(err, errlen, "%s: missing dataset '%s'", path, name);
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
@@ -235,6 +273,7 @@ int h5_dataset_shape(hid_t loc, const char *path, const char *name, int *rank, h
 
 int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsize_t start,
                  hsize_t count, void *buf, char *err, size_t errlen) {
+    LOCKED;
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
     if (d < 0) return fail(err, errlen, "%s: missing dataset '%s'", path, name);
     hid_t fs = H5Dget_space(d);
@@ -263,6 +302,7 @@ int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsiz
 
 char **h5_read_strings(hid_t loc, const char *path, const char *name, size_t *n, char *err,
                        size_t errlen) {
+    LOCKED;
     int rank;
     hsize_t dims[4];
     if (h5_dataset_shape(loc, path, name, &rank, dims, err, errlen) < 0) return NULL;
@@ -295,4 +335,56 @@ void h5_free_strings(char **s, size_t n) {
     for (size_t i = 0; i < n; i++)
         free(s[i]);
     free(s);
+}
+
+void h5_close(hid_t id) {
+    LOCKED;
+    if (id < 0) return;
+    if (H5Iget_type(id) == H5I_FILE)
+        H5Fclose(id);
+    else if (H5Iget_type(id) == H5I_GROUP)
+        H5Gclose(id);
+    else
+        H5Oclose(id);
+}
+
+int h5_exists(hid_t loc, const char *name) {
+    LOCKED;
+    return H5Lexists(loc, name, H5P_DEFAULT) > 0;
+}
+
+hid_t h5_group_create(hid_t loc, const char *name) {
+    LOCKED;
+    hid_t g = H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) die("HDF5: cannot create group /%s", name);
+    return g;
+}
+
+typedef struct {
+    hid_t dst;
+    const char *const *skip;
+} CopyAttrs;
+
+static herr_t copy_attr(hid_t src, const char *name, const H5A_info_t *info, void *ctx) {
+    (void)info;
+    const CopyAttrs *c = ctx;
+    for (int i = 0; c->skip && c->skip[i]; i++)
+        if (!strcmp(name, c->skip[i])) return 0;
+    hid_t a = H5Aopen(src, name, H5P_DEFAULT), t = H5Aget_type(a), s = H5Aget_space(a);
+    hssize_t np = H5Sget_simple_extent_npoints(s);
+    size_t n = H5Tget_size(t) * (size_t)(np > 0 ? np : 1);
+    void *buf = xalloc(n, "attribute copy");
+    hid_t b = H5Acreate2(c->dst, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    if (H5Aread(a, t, buf) < 0 || b < 0 || H5Awrite(b, t, buf) < 0)
+        die("HDF5: cannot copy attribute %s", name);
+    free(buf);
+    H5Aclose(b), H5Sclose(s), H5Tclose(t), H5Aclose(a);
+    return 0;
+}
+
+void h5_copy_attrs(hid_t dst, hid_t src, const char *const *skip) {
+    LOCKED;
+    CopyAttrs c = {dst, skip};
+    hsize_t idx = 0;
+    H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_attr, &c);
 }

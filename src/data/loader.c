@@ -206,7 +206,6 @@ static int produce(Loader *l, Batch *b) {
         b->ids[i] = l->items ? l->items[item] : item;
     }
     int rc = 0;
-    h5_lock();
     if (l->d->modality == D2V_TEXT) {
         for (int i = 0; i < b->B && rc == 0; i++)
             rc = fill_text(l, b->ids[i], b->tokens + (size_t)i * b->T);
@@ -224,7 +223,6 @@ static int produce(Loader *l, Batch *b) {
         for (int i = 0; i < b->B && rc == 0; i++)
             rc = fill_speech(l, b->ids[i], b->epoch, b->S, b->audio + (size_t)i * b->S);
     }
-    h5_unlock();
     for (int i = 0; i < b->B; i++) /* text rows are blocks, not documents: no label */
         b->labels[i] = l->d->labels && l->d->modality != D2V_TEXT ? l->d->labels[b->ids[i]] : -1;
     l->produce.position += global;

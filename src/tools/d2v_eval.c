@@ -204,21 +204,9 @@ int main(int argc, char **argv) {
     char path[PATH_MAX + 64];
     if (access(ckpt, F_OK) == 0 && ckpt_find_latest(ckpt, path, sizeof path) == 0) ckpt = path;
     /* the checkpoint carries its resolved configuration */
-    char err[1024], *text = xalloc(1 << 16, "config text");
-    hid_t f = h5_open_ro(ckpt, err, sizeof err);
-    if (f < 0 || h5_read_attr_str(f, ckpt, "config", text, 1 << 16, err, sizeof err) < 0)
-        die("%s", err);
-    H5Fclose(f);
-    char tmp[] = "/tmp/d2v-eval-config.XXXXXX";
-    int fd = mkstemp(tmp);
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-        die("%s: cannot write", tmp);
-    close(fd);
+    char err[1024];
     TrainConfig cfg;
-    train_config_defaults(&cfg);
-    int rc = train_config_load(&cfg, tmp, err, sizeof err);
-    unlink(tmp);
-    if (rc < 0) die("%s: its configuration: %s", ckpt, err);
+    if (ckpt_read_config(ckpt, &cfg, err, sizeof err)) die("%s", err);
     gemm_init(cfg.threads);
     Dataset probe;
     if (dataset_open(&probe, train, cfg.modality, err, sizeof err) < 0) die("%s", err);
@@ -260,7 +248,7 @@ int main(int argc, char **argv) {
            random_init ? "the same config" : ckpt, (long long)tr.n, (long long)te.n,
            now_seconds() - t0);
     model_destroy(model);
-    free(params), free(tch), free(m), free(v), free(text);
+    free(params), free(tch), free(m), free(v);
     free(tr.feat), free(tr.label), free(te.feat), free(te.label);
     dist_finalize();
     return 0;

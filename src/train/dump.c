@@ -19,7 +19,6 @@ void dump_step(const char *path, const Trainer *t, const Batch *b, const float *
     const ModelConfig *mc = &t->mc;
     ModelTrace tr = model_trace(t->model, b);
     H5Out o;
-    h5_lock();
     h5out_create(&o, path);
     h5_attr_str(o.file, "modality", d2v_modality_names[mc->modality]);
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
@@ -55,6 +54,5 @@ void dump_step(const char *path, const Trainer *t, const Batch *b, const float *
     h5_write(o.file, "params_after", H5T_NATIVE_FLOAT, 1, p, NULL, t->params);
     h5_write(o.file, "teacher_after", H5T_NATIVE_FLOAT, 1, p, NULL, teacher_after);
     h5out_commit(&o);
-    h5_unlock();
     log0("wrote %s\n", path);
 }
