@@ -489,6 +489,128 @@ static void test_config_errors(void) {
         unlink(written[i]);
 }
 
+/* ---- initialisation rules (docs/algorithm.md §6.5) ------------------------------------------ */
+
+typedef struct {
+    double mean, std, maxabs;
+    size_t n;
+} Stats;
+
+static Stats stats_of(const float *x, size_t n) {
+    Stats s = {0, 0, 0, n};
+    for (size_t i = 0; i < n; i++)
+        s.mean += x[i], s.maxabs = fmax(s.maxabs, fabs(x[i]));
+    s.mean /= (double)n;
+    for (size_t i = 0; i < n; i++)
+        s.std += (x[i] - s.mean) * (x[i] - s.mean);
+    s.std = sqrt(s.std / (double)n);
+    return s;
+}
+
+/* A model of `modality`'s tiny config with model.init = `init`, initialised from the table. */
+static float *init_model(ModelConfig *mc, ParamTable *t, int modality, const char *init,
+                         int width) {
+    TrainConfig cfg;
+    if (tiny_model(mc, &cfg, modality)) return NULL;
+    char err[512], kv[64];
+    snprintf(kv, sizeof kv, "model.init=%s", init);
+    if (train_config_set(&cfg, kv, err, sizeof err)) return check_record(0, err), NULL;
+    snprintf(kv, sizeof kv, "model.width=%d", width); /* wide enough for the statistics */
+    if (train_config_set(&cfg, kv, err, sizeof err)) return check_record(0, err), NULL;
+    snprintf(kv, sizeof kv, "model.ffn=%d", 2 * width);
+    train_config_set(&cfg, kv, err, sizeof err);
+    Dataset ds = {0};
+    ds.vocab_size = VOCAB, ds.pad_id = PAD, ds.mask_id = MASK, ds.eos_id = 2, ds.unk_id = 3;
+    train_config_to_model(mc, &cfg, &ds);
+    model_declare(t, mc);
+    float *x = xalloc(t->total * 4, "init arena");
+    ModelParams p;
+    ptab_bind(t, &p, x);
+    ptab_init_values(t, &p, 11);
+    return x;
+}
+
+/* std, bound and mean of one tensor (or of block l of a stacked one, l >= 0). */
+static void check_init(const ParamTable *t, const float *x, const char *name, int l, double std,
+                       double bound, const char *what) {
+    const ParamSpec *p = ptab_find(t, name);
+    char label[200];
+    if (!p) {
+        snprintf(label, sizeof label, "init: %s declared", name);
+        check_record(0, label);
+        return;
+    }
+    size_t per = l >= 0 ? p->count / (size_t)p->shape[0] : p->count;
+    Stats s = stats_of(x + p->offset + (l >= 0 ? (size_t)l * per : 0), per);
+    /* std within 5 standard errors of a normal sample's std; bound exact */
+    double tol = std > 0 ? 5 * std / sqrt(2.0 * (double)per) + 1e-9 : 0;
+    int ok = fabs(s.std - std) <= tol && fabs(s.mean) <= 5 * std / sqrt((double)per) + 1e-12 &&
+             (bound <= 0 || s.maxabs <= bound * (1 + 1e-6));
+    if (l >= 0)
+        snprintf(label, sizeof label, "init %-9s %s[%d]: std %.5f (want %.5f), max %.4f (%s)", what,
+                 name, l, s.std, std, s.maxabs, bound > 0 ? "bounded" : "unbounded");
+    else
+        snprintf(label, sizeof label, "init %-9s %s: std %.5f (want %.5f), max %.4f", what, name,
+                 s.std, std, s.maxabs);
+    check_record(ok, label);
+}
+
+static void test_init_rules(void) {
+    printf("-- initialisation rules\n");
+    ModelConfig mc;
+    ParamTable t;
+    /* BEiT: trunc_normal_(std=0.02) cut at +-0.02 has std 0.02 * 0.53956; attn.proj and mlp.fc2
+     * of block l (1-based) then divided by sqrt(2 l) */
+    const double tn = 0.02 * 0.539560;
+    float *x = init_model(&mc, &t, D2V_IMAGE, "beit", 256);
+    if (!x) return;
+    check_init(&t, x, "image.patch_w", -1, tn, 0.02, "beit");
+    check_init(&t, x, "image.cls", -1, tn, 0.02, "beit");
+    check_init(&t, x, "image.mask_token", -1, tn, 0.02, "beit");
+    check_init(&t, x, "image.pos", -1, tn, 0.02, "beit");
+    check_init(&t, x, "image.patch_b", -1, 0, 1e-30, "beit");
+    for (int l = 0; l < mc.enc.L; l++) {
+        double r = 1 / sqrt(2.0 * (l + 1));
+        check_init(&t, x, "enc.qkv_w", l, tn, 0.02, "beit");
+        check_init(&t, x, "enc.fc1_w", l, tn, 0.02, "beit");
+        check_init(&t, x, "enc.proj_w", l, tn * r, 0.02 * r, "beit");
+        check_init(&t, x, "enc.fc2_w", l, tn * r, 0.02 * r, "beit");
+    }
+    check_init(&t, x, "head.w1", -1, tn, 0.02, "beit");
+    check_init(&t, x, "head.b1", -1, 0, 1e-30, "beit");
+    free(x), ptab_free(&t);
+    /* MAE (the earlier d2v vision init, kept for image-tiny): xavier patch conv, N(0, 0.02)
+     * tokens and encoder, nn.Linear's default head */
+    x = init_model(&mc, &t, D2V_IMAGE, "mae", 256);
+    if (!x) return;
+    double K = (double)mc.image.Cin * mc.image.P * mc.image.P, C = mc.enc.C;
+    double xa = sqrt(6.0 / (C + K));
+    check_init(&t, x, "image.patch_w", -1, xa / sqrt(3.0), xa, "mae");
+    check_init(&t, x, "image.mask_token", -1, 0.02, 0, "mae");
+    check_init(&t, x, "enc.proj_w", 1, 0.02, 0, "mae");
+    check_init(&t, x, "head.w1", -1, 1 / sqrt(C) / sqrt(3.0), 1 / sqrt(C), "mae");
+    free(x), ptab_free(&t);
+    /* text (fairseq): init_bert_params everywhere, the regression head included */
+    x = init_model(&mc, &t, D2V_TEXT, "fairseq", 256);
+    if (!x) return;
+    check_init(&t, x, "text.tok", -1, 0.02 * sqrt((VOCAB - 1.0) / VOCAB), 0, "fairseq");
+    check_init(&t, x, "enc.fc2_w", 1, 0.02, 0, "fairseq");
+    check_init(&t, x, "head.w1", -1, 0.02, 0, "fairseq");
+    check_init(&t, x, "head.w2", -1, 0.02, 0, "fairseq");
+    check_init(&t, x, "head.b1", -1, 0, 1e-30, "fairseq");
+    const ParamSpec *tok = ptab_find(&t, "text.tok");
+    Stats pad = stats_of(x + tok->offset + (size_t)PAD * mc.enc.C, (size_t)mc.enc.C);
+    check_record(pad.maxabs == 0, "init fairseq: the <pad> embedding row is zero");
+    free(x), ptab_free(&t);
+    /* speech (fairseq data2vec audio): nn.Linear's default final projection */
+    x = init_model(&mc, &t, D2V_SPEECH, "fairseq", 256);
+    if (!x) return;
+    C = mc.enc.C;
+    check_init(&t, x, "head.w1", -1, 1 / sqrt(C) / sqrt(3.0), 1 / sqrt(C), "fairseq");
+    check_init(&t, x, "enc.qkv_w", 0, 0.02, 0, "fairseq");
+    free(x), ptab_free(&t);
+}
+
 int main(void) {
     gemm_init(0);
     if (!mkdtemp(dir)) die("%s: cannot create a temporary directory", dir);
@@ -499,6 +621,7 @@ int main(void) {
     for (int mod = 0; mod < 3; mod++)
         test_decay_mask(mod);
     test_config_errors();
+    test_init_rules();
     rmdir(dir);
     return check_summary();
 }
