@@ -159,9 +159,14 @@ void trainer_banner(const Trainer *t) {
     char names[16][16];
     size_t counts[16];
     int nm = ptab_modules(&t->table, names, counts, 16);
-    log0("parameters by module:");
-    for (int i = 0; i < nm; i++)
-        log0(" %s %.2fM (%.1f MiB x5)", names[i], counts[i] / 1e6, counts[i] * 4 / 1048576.0);
+    log0("parameters by module (each of the 5 arenas):");
+    for (int i = 0; i < nm; i++) {
+        double n = (double)counts[i], kib = n * 4 / 1024;
+        if (n >= 1e6)
+            log0(" %s %.2fM (%.1f MiB)", names[i], n / 1e6, kib / 1024);
+        else
+            log0(" %s %.1fK (%.1f KiB)", names[i], n / 1e3, kib);
+    }
     log0("\n");
     for (const char *l = t->config_text; *l;) {
         size_t len = strcspn(l, "\n");
