@@ -149,6 +149,66 @@ static void test_accumulation(int modality) {
     free(params), free(teacher), free(g_full), free(g_halves);
 }
 
+/* ---- speech: dropout on the encoder input (wav2vec2 TransformerEncoder.extract_features) ------
+ * The same batch, parameters and masks with the encoder-input dropout at 0 and at 0.1 (every
+ * encoder dropout off, so it is the only difference): the teacher's targets must be bit-identical
+ * (it runs in eval mode: no dropout) and the student's predictions must differ. */
+
+static void test_speech_input_dropout(void) {
+    printf("-- speech encoder-input dropout: student only, never the teacher\n");
+    ModelConfig mc;
+    TrainConfig cfg;
+    if (tiny_model(&mc, &cfg, D2V_SPEECH)) return;
+    ModelConfig md = mc;
+    md.speech.dropout = 0.1f;
+    enum { B = 2, S = 4000 };
+    size_t np = model_params_layout(NULL, NULL, &mc);
+    float *params = xalloc(np * 4, "params"), *grads = xalloc(np * 4, "grads");
+    ModelParams ps, pg;
+    model_params_layout(&ps, params, &mc);
+    model_params_init(&ps, &mc, 7);
+    model_params_layout(&pg, grads, &mc);
+    Batch b;
+    memset(&b, 0, sizeof b);
+    int64_t ids[B] = {3, 11};
+    float *audio = xalloc(sizeof(float) * B * S, "audio");
+    for (size_t i = 0; i < (size_t)B * S; i++)
+        audio[i] = rng_normal(rng_key(5, 0, 0, 0), i);
+    b.B = B, b.ids = ids, b.S = S, b.audio = audio;
+    float *y[2], *pred[2];
+    int M[2];
+    for (int run = 0; run < 2; run++) {
+        const ModelConfig *c = run ? &md : &mc;
+        Model *m = model_create(c, B, S);
+        MicroResult r = {0, 0, NULL, NULL};
+        model_micro_step(m, &ps, &ps, &pg, &b, 1, 5, &r); /* teacher = student's parameters */
+        ModelTrace t = model_trace(m);
+        M[run] = t.M;
+        y[run] = xalloc((size_t)t.M * t.C * 4, "targets");
+        pred[run] = xalloc((size_t)t.M * t.C * 4, "predictions");
+        memcpy(y[run], t.targets, (size_t)t.M * t.C * 4);
+        memcpy(pred[run], t.preds, (size_t)t.M * t.C * 4);
+        model_destroy(m);
+    }
+    size_t n = (size_t)M[0] * mc.enc.C;
+    check_record(M[0] == M[1] && M[0] > 0, "speech: the same masked positions in both runs");
+    check_record(M[0] == M[1] && !memcmp(y[0], y[1], n * 4),
+                 "speech: teacher targets bit-identical with encoder-input dropout 0.1 (no "
+                 "dropout in the teacher)");
+    double diff = 0;
+    for (size_t i = 0; M[0] == M[1] && i < n; i++)
+        diff = fmax(diff, fabs((double)pred[0][i] - pred[1][i]));
+    char label[160];
+    snprintf(label, sizeof label,
+             "speech: student predictions change with encoder-input dropout 0.1 (max |diff| "
+             "%.2e)",
+             diff);
+    check_record(diff > 1e-3, label);
+    for (int run = 0; run < 2; run++)
+        free(y[run]), free(pred[run]);
+    free(params), free(grads), free(audio);
+}
+
 /* ---- EMA placement (spec §6) ----------------------------------------------------------------- */
 
 /* Where the teacher reads tensor `ptr` of the student from: 1 = its own arena at the same
@@ -488,6 +548,7 @@ int main(void) {
     if (!mkdtemp(dir)) die("%s: cannot create a temporary directory", dir);
     test_accumulation(D2V_IMAGE);
     test_accumulation(D2V_TEXT);
+    test_speech_input_dropout();
     for (int mod = 0; mod < 3; mod++)
         test_ema_placement(mod);
     for (int mod = 0; mod < 3; mod++)

@@ -128,6 +128,7 @@ typedef struct {
     int C;                             // model width (768)
     int pos_layers, pos_k, pos_groups; // 5, 19, 16: convolutional positional encoder
     float ln_eps;                      // 1e-5 everywhere
+    float dropout;                     // after the encoder LN, student only (model.dropout, 0.1)
 } SpeechEmbedConfig;
 
 /// Parameter tensors: per conv layer i weight (dim_i, dim_{i-1}, k_i) + LN (dim_i) x2; feature
@@ -185,20 +186,22 @@ typedef struct {
     float *pos_act[SPEECH_MAX_CONV]; // (B, T, C) GELU output
     float *sum;                      // (B, T, C) masked + pos_conv(masked)
     float *ln_mean, *ln_rstd;        // (B, T)
-    float *out;                      // (B, T, C) encoder LN output: the transformer input
+    float *out;                      // (B, T, C) encoder LN -> dropout: the transformer input
     float *cols;                     // im2col scratch
     float *dbuf[3];                  // backward scratch
 } SpeechContext;
 
-/// Stage 2: mask embedding at masked frames, x + pos_conv(x), layer norm (wav2vec2 post-LN
-/// encoder's input). keep_caches = 0: forward-only (the teacher, which sees no mask).
+/// Stage 2: mask embedding at masked frames, x + pos_conv(x), layer norm, dropout (wav2vec2
+/// TransformerEncoder.extract_features of the post-LN encoder). keep_caches = 0: forward-only
+/// (the teacher, which sees no mask). train = 0 turns dropout off (the teacher runs in eval
+/// mode); k keys the dropout (site k.site).
 void speech_context_init(SpeechContext *s, const SpeechEmbedConfig *c, int Bmax, int Tmax,
                          int keep_caches);
 void speech_context_free(SpeechContext *s);
 void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const float *features,
-                            const uint8_t *mask, int B, int T);
-/// Accumulates into parameter gradients and dfeatures (B, T, C).
+                            const uint8_t *mask, int B, int T, int train, DropKey k);
+/// Accumulates into parameter gradients and dfeatures (B, T, C); train and k as in the forward.
 void speech_context_backward(SpeechContext *s, SpeechEmbedParams *g, const SpeechEmbedParams *p,
-                             const float *dout, float *dfeatures);
+                             const float *dout, float *dfeatures, int train, DropKey k);
 
 #endif

@@ -505,6 +505,7 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
             s.conv_s[i] = c->speech_conv[i][2];
         s.C = c->width, s.pos_layers = c->speech_pos_layers, s.pos_k = c->speech_pos_kernel;
         s.pos_groups = c->speech_pos_groups, s.ln_eps = (float)c->speech_ln_eps;
+        s.dropout = (float)c->dropout; /* wav2vec2: the encoder's dropout on its input too */
         m->speech = s;
         SpanMaskConfig sm = {(float)c->mask_speech_prob, c->mask_speech_length,
                              c->mask_speech_min_masks, c->mask_speech_same,

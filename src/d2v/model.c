@@ -397,7 +397,8 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
                       const Batch *b, uint64_t seed, uint64_t step, MicroResult *out) {
     const ModelConfig *c = &m->c;
     int B = b->B, C = c->enc.C, H = head_hidden(c);
-    DropKey dk = {seed, step, 1, b->ids};
+    /* front-end dropout sites: text 1, speech 2 (encoder.c's per-block sites start at 16) */
+    DropKey dk = {seed, step, 1, b->ids}, dk_speech = {seed, step, 2, b->ids};
     const float *x_s, *x_t;
     const uint8_t *pad = NULL;
     double t0 = now_seconds(), t1;
@@ -422,8 +423,10 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
         speech_features_forward(&m->feat, &s->speech, b->audio, B, b->S);
         m->T = m->feat.T;
         make_masks(m, b, seed);
-        speech_context_forward(&m->ctx_s, &s->speech, m->feat.features, m->mask, B, m->T);
-        speech_context_forward(&m->ctx_t, &t->speech, m->feat.features, NULL, B, m->T);
+        speech_context_forward(&m->ctx_s, &s->speech, m->feat.features, m->mask, B, m->T, 1,
+                               dk_speech);
+        speech_context_forward(&m->ctx_t, &t->speech, m->feat.features, NULL, B, m->T, 0,
+                               dk_speech);
         x_s = m->ctx_s.out, x_t = m->ctx_t.out;
     }
     int T = m->T;
@@ -504,7 +507,8 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
         if (m->dbias) image_rel_bias_backward(&m->image_s, &g->image, m->dbias);
     } else {
         memset(m->dout, 0, sizeof(float) * N * C); /* reused for d(features) */
-        speech_context_backward(&m->ctx_s, &g->speech, &s->speech, m->dfront, m->dout);
+        speech_context_backward(&m->ctx_s, &g->speech, &s->speech, m->dfront, m->dout, 1,
+                                dk_speech);
         speech_features_backward(&m->feat, &g->speech, &s->speech, m->dout);
     }
     m->phase[PHASE_BACKWARD] += now_seconds() - t0;
@@ -528,7 +532,7 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
     } else {
         speech_features_forward(&m->feat, &p->speech, b->audio, B, b->S);
         m->T = m->feat.T;
-        speech_context_forward(&m->ctx_t, &p->speech, m->feat.features, NULL, B, m->T);
+        speech_context_forward(&m->ctx_t, &p->speech, m->feat.features, NULL, B, m->T, 0, dk);
         x = m->ctx_t.out;
     }
     int T = m->T;

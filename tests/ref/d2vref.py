@@ -320,7 +320,8 @@ class SpeechEmbed(nn.Module):
                 h = h[:, :, :-1]
             h = self.ln_gelu(ln, h)
         x = x + h.transpose(1, 2)
-        return (enc_ln or self.enc_ln)(x)  # post-LN encoder's input layer norm
+        # post-LN encoder's input layer norm; wav2vec2's dropout after it is 0 here
+        return (enc_ln or self.enc_ln)(x)
 
     def forward(self, wav, mask):
         """wav (B, S); mask (B, T) bool. Returns features (B, T, C) and out (B, T, C)."""

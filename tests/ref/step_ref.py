@@ -12,6 +12,10 @@ from the spec (§4-§7) with torch doing the maths and the autograd:
             text the encoder only (embeddings shared), speech the encoder + its input LN
             (feature extractor, projection, mask embedding, positional convs shared). The
             teacher sees the unmasked input, no dropout; head and final norm are student-only.
+  dropout   none: the dumps must come from a run with every dropout at 0 (model.dropout, which
+            also drives the speech encoder-input dropout of wav2vec2's extract_features,
+            attn_dropout, act_dropout, drop_path, layerdrop, text.dropout); d2v's keyed masks
+            are not replayed, so a dump with dropout on is refused.
   targets   mean of the top-K blocks' FFN branch ("ffn") or block output ("end"), each
             instance-normalised over time or layer-normalised over C (no affine), then an
             optional final LN over C; rows at the loss positions.
@@ -79,6 +83,12 @@ TOL_F64 = 1e-4      # float32 reference against its float64 run
 
 class InputError(Exception):
     pass
+
+
+# Every dropout of the trainer (model.dropout also drives the speech encoder-input dropout;
+# text.dropout is read by text models only).
+DROPOUT_KEYS = ("model.dropout", "model.attn_dropout", "model.act_dropout", "model.drop_path",
+                "model.layerdrop", "text.dropout")
 
 
 # ---- libconfig subset ---------------------------------------------------------------------------
@@ -256,6 +266,11 @@ class RefModel:
     def __init__(self, dump, dtype, sharing="spec"):
         c, self.cfg, self.dtype = dump.cfg, dump.cfg, dtype
         self.modality = dump.modality
+        on = [k for k in DROPOUT_KEYS if c.get(k, 0) > 0
+              and (k != "text.dropout" or self.modality == "text")]
+        if on:
+            raise InputError(f"{dump.path}: dropout is on ({', '.join(on)}); the reference has "
+                             "no dropout: run d2v-train with these set to 0")
         shapes = {name: shape for name, _, shape, _ in dump.table}
         C, L = c["model.width"], c["model.layers"]
         self.C, self.L = C, L
