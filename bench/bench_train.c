@@ -56,7 +56,7 @@ static void bench(const char *path, int updates) {
         for (size_t i = 0; i < (size_t)B * S; i++)
             b.audio[i] = rng_normal(k, i);
     }
-    AdamW opt = {c.beta1, c.beta2, c.adam_eps, c.weight_decay};
+    AdamW opt = {c.beta1, c.beta2, c.adam_eps, c.weight_decay, c.adam_eps_mode};
     double t_opt = 0, t_ema = 0, t_all = 0;
     int C = mc.enc.C;
     double *stats = xalloc(sizeof(double) * 2 * (1 + 2 * C), "stats");

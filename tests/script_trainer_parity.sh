@@ -8,7 +8,8 @@
 #   trajectory  the 20 updates in sequence: AdamW + EMA chain on the dumped gradients, and a free
 #               run on the reference's own gradients whose loss curve must follow the dump's
 #   negative controls, which must make the reference FAIL: one weight of params_before, one of
-#               teacher_before, one gradient element, and a wrong teacher sharing rule.
+#               teacher_before, one gradient element, a wrong teacher sharing rule, and the
+#               other Adam eps placement (optim.eps_mode) in the trajectory's optimiser chain.
 # Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
 # A modality whose prep tool or fixtures are missing is reported as "skipped", not failed.
 set -u
@@ -123,6 +124,12 @@ modality() {
     cp "$last" "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
     expect_fail "$mod sharing rule on update $((UPDATES - 1)): $what" "targets" \
         --sharing $sharing "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+    case $(sed -n 's/^ *eps_mode = "\(.*\)";$/\1/p' "$T/run-$mod/config.resolved.cfg") in
+    fairseq) wrong=torch ;;
+    *) wrong=fairseq ;;
+    esac
+    expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
+        --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 

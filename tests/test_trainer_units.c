@@ -16,6 +16,7 @@
 #include "d2v/dataset.h"
 #include "d2v/kernels.h"
 #include "d2v/model.h"
+#include "d2v/optim.h"
 #include "d2v/util.h"
 
 #define ACC_TOL 1e-5 /* accumulation: fp32 rounding, relative to each tensor's max |gradient| */
@@ -543,6 +544,31 @@ static void test_config_errors(void) {
         unlink(written[i]);
 }
 
+/* ---- the shipped configs: settings that follow the reference implementations ----------------- */
+
+static void test_shipped_configs(void) {
+    printf("-- configs/*.cfg: reference settings\n");
+    static const char *const mods[3] = {"text", "image", "speech"}, *const sizes[3] = {
+                                                                        "tiny", "small", "base"};
+    char path[64], err[1024], label[200];
+    for (int mod = 0; mod < 3; mod++)
+        for (int sz = 0; sz < 3; sz++) {
+            snprintf(path, sizeof path, "configs/%s-%s.cfg", mods[mod], sizes[sz]);
+            TrainConfig c;
+            train_config_defaults(&c);
+            if (train_config_load(&c, path, err, sizeof err) != 0) {
+                check_record(0, err);
+                continue;
+            }
+            /* Adam's eps: fairseq's placement for speech and text (fairseq/optim/adam.py), torch's
+             * for images (the official vision code uses torch.optim.AdamW) */
+            int want = mod == D2V_IMAGE ? ADAM_EPS_TORCH : ADAM_EPS_FAIRSEQ;
+            snprintf(label, sizeof label, "%s: optim.eps_mode = \"%s\"", path,
+                     want == ADAM_EPS_TORCH ? "torch" : "fairseq");
+            check_record(c.adam_eps_mode == want, label);
+        }
+}
+
 int main(void) {
     gemm_init(0);
     if (!mkdtemp(dir)) die("%s: cannot create a temporary directory", dir);
@@ -554,6 +580,7 @@ int main(void) {
     for (int mod = 0; mod < 3; mod++)
         test_decay_mask(mod);
     test_config_errors();
+    test_shipped_configs();
     rmdir(dir);
     return check_summary();
 }

@@ -43,6 +43,7 @@ typedef struct {
     double lr, lr_min, warmup_init, beta1, beta2, adam_eps, weight_decay, clip;
     double tri_hold, tri_decay;
     int schedule, exempt_1d, update_freq;
+    int adam_eps_mode; // ADAM_EPS_TORCH / ADAM_EPS_FAIRSEQ (optim.h)
     int64_t warmup;
     /* data */
     char train_path[PATH_MAX];

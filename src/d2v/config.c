@@ -31,6 +31,7 @@ static const char *const pos_names[] = {"none", "learned", "sincos", "relative",
 static const char *const tensor_names[] = {"end", "ffn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
+static const char *const eps_mode_names[] = {"torch", "fairseq", NULL}; /* ADAM_EPS_* order */
 
 #define F(field) offsetof(TrainConfig, field)
 static const KeySpec schema[] = {
@@ -96,6 +97,7 @@ static const KeySpec schema[] = {
     {"optim.beta1", T_FLOAT, F(beta1), 0, 0.999999, NULL},
     {"optim.beta2", T_FLOAT, F(beta2), 0, 0.999999, NULL},
     {"optim.eps", T_FLOAT, F(adam_eps), 1e-20, 1, NULL},
+    {"optim.eps_mode", T_ENUM, F(adam_eps_mode), 0, 0, eps_mode_names},
     {"optim.weight_decay", T_FLOAT, F(weight_decay), 0, 10, NULL},
     {"optim.exempt_1d", T_BOOL, F(exempt_1d), 0, 1, NULL},
     {"optim.schedule", T_ENUM, F(schedule), 0, 0, schedule_names},
@@ -155,6 +157,7 @@ void train_config_defaults(TrainConfig *c) {
     c->target_eps = 1e-5, c->loss_beta = 0, c->loss_scale = -1;
     c->ema_tau0 = 0.999, c->ema_tau_end = 0.9999, c->ema_tau_steps = 30000;
     c->lr = 5e-4, c->beta1 = 0.9, c->beta2 = 0.98, c->adam_eps = 1e-6, c->weight_decay = 0.01;
+    c->adam_eps_mode = ADAM_EPS_TORCH; /* what d2v did before the key existed */
     c->schedule = LR_COSINE, c->warmup = 10000, c->tri_hold = 0.9, c->tri_decay = 0.07;
     c->update_freq = 1;
     c->batch_size = 8, c->text_block = 512, c->prefetch = 2;

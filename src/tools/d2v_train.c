@@ -276,7 +276,7 @@ int main(int argc, char **argv) {
                                 cfg.modality == D2V_TEXT     ? cfg.text_block
                                 : cfg.modality == D2V_SPEECH ? cfg.speech_max_samples
                                                              : 0);
-    AdamW opt = {cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay};
+    AdamW opt = {cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, cfg.adam_eps_mode};
     LrSchedule sched = {cfg.schedule,    cfg.lr,          cfg.lr_min,   cfg.warmup,
                         cfg.max_updates, cfg.warmup_init, cfg.tri_hold, cfg.tri_decay};
     if (cfg.schedule == LR_TRI_STAGE && cfg.warmup_init == 0) sched.warmup_init = 0.01 * cfg.lr;

@@ -25,10 +25,12 @@ from the spec (§4-§7) with torch doing the maths and the autograd:
             summed over positions and dims; the dump's loss is that sum / masked count, and the
             gradients are d(sum)/d(theta) / masked count (autograd); the update clips them to
             optim.clip (torch.nn.utils.clip_grad_norm_; the dump holds them before clipping).
-  update    torch.optim.AdamW (decoupled decay p -= lr*wd*p) with two groups: optim.exempt_1d
-            exempts 1-D tensors (per layer for the stacked encoder tensors: biases, norms, layer
-            scales), cls / mask tokens and image.pos (timm's no_weight_decay); LR schedule and
-            EMA decay tau(n) from their formulas.
+  update    AdamW with decoupled decay (p -= lr*wd*p) and two groups: optim.exempt_1d exempts
+            1-D tensors (per layer for the stacked encoder tensors: biases, norms, layer
+            scales), cls / mask tokens and image.pos (timm's no_weight_decay). optim.eps_mode
+            "torch" is torch.optim.AdamW itself (denominator sqrt(v/bc2) + eps); "fairseq" is
+            fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
+            fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
 Modes:
   step (default)  every dump is checked on its own: tau and lr of update n (n from the file name
@@ -47,6 +49,8 @@ Modes:
                   step by step.
   --sharing       ema-all / share-all replace the spec's sharing rule by a wrong one (the teacher
                   averages / borrows its whole front-end): negative controls only.
+  --eps-mode      torch / fairseq replace the configuration's optim.eps_mode: negative controls
+                  only.
 
 Dumps of single-rank runs only: on several ranks a dump's batch is rank 0's while its loss and
 gradients are global.
@@ -461,8 +465,39 @@ class RefModel:
         self.load(self.teacher, params, shared)
 
 
+EPS_MODE = None  # --eps-mode: overrides the dump's optim.eps_mode (negative controls)
+
+
+class FairseqAdam:
+    """fairseq's Adam (fairseq/optim/adam.py) from its formulas: m, v moments; eps added to
+    sqrt(v) before the bias correction, which goes into the step size lr*sqrt(bc2)/bc1; decoupled
+    weight decay p -= lr*wd*p on the pre-update value."""
+
+    def __init__(self, groups, betas, eps):
+        self.param_groups = groups
+        self.b1, self.b2 = betas
+        self.eps, self.t = eps, 0
+        self.m = {id(p): torch.zeros_like(p) for g in groups for p in g["params"]}
+        self.v = {id(p): torch.zeros_like(p) for g in groups for p in g["params"]}
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for g in self.param_groups:
+            step_size = g["lr"] * math.sqrt(bc2) / bc1
+            for p in g["params"]:
+                m, v = self.m[id(p)], self.v[id(p)]
+                m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                if g["weight_decay"]:
+                    p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.addcdiv_(m, v.sqrt().add_(self.eps), value=-step_size)
+
+
 class RefOptimizer:
-    """torch.optim.AdamW over the arena's tensors, two groups (decayed / exempt)."""
+    """AdamW over the arena's tensors, two groups (decayed / exempt): torch.optim.AdamW, or
+    fairseq's Adam for optim.eps_mode = "fairseq"."""
 
     def __init__(self, dump, flat):
         c = dump.cfg
@@ -477,9 +512,17 @@ class RefOptimizer:
         groups = [{"params": decay, "weight_decay": c["optim.weight_decay"]}]
         if rest:
             groups.append({"params": rest, "weight_decay": 0.0})
-        self.opt = torch.optim.AdamW(groups, lr=c["optim.lr"],
-                                     betas=(c["optim.beta1"], c["optim.beta2"]),
-                                     eps=c["optim.eps"])
+        betas = (c["optim.beta1"], c["optim.beta2"])
+        self.mode = EPS_MODE or c.get("optim.eps_mode", "torch")
+        if self.mode == "fairseq":
+            for g in groups:
+                g["lr"] = c["optim.lr"]
+            self.opt = FairseqAdam(groups, betas, c["optim.eps"])
+        elif self.mode == "torch":
+            self.opt = torch.optim.AdamW(groups, lr=c["optim.lr"], betas=betas,
+                                         eps=c["optim.eps"])
+        else:
+            raise InputError(f"optim.eps_mode {self.mode!r}: torch or fairseq expected")
 
     def step(self, grads, lr):
         for p, (_, off, _, count) in zip(self.tensors, self.table):
@@ -752,9 +795,14 @@ def main():
                     help="teacher sharing rule; ema-all (the teacher averages its whole "
                     "front-end) and share-all (it takes the student's whole front-end) are wrong "
                     "on purpose, for negative controls")
+    ap.add_argument("--eps-mode", choices=("torch", "fairseq"), default=None,
+                    help="replace the configuration's optim.eps_mode (a wrong one on purpose, "
+                    "for negative controls)")
     ap.add_argument("--verbose", action="store_true", help="per-tensor gradient lines for every "
                     "dump (default: the first one)")
     a = ap.parse_args()
+    global EPS_MODE
+    EPS_MODE = a.eps_mode
     torch.set_num_threads(1)
     dtype = torch.float32 if a.dtype == "float32" else torch.float64
     rep = Report()
