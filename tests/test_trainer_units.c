@@ -566,6 +566,16 @@ static void test_shipped_configs(void) {
             snprintf(label, sizeof label, "%s: optim.eps_mode = \"%s\"", path,
                      want == ADAM_EPS_TORCH ? "torch" : "fairseq");
             check_record(c.adam_eps_mode == want, label);
+            if (mod != D2V_IMAGE) continue;
+            /* vision augmentation: DataAugmentationForBEiT's ColorJitter(0.4) and bicubic crops,
+             * except image-tiny, whose make-demo numbers were measured without them */
+            int tiny = sz == 0;
+            snprintf(label, sizeof label, "%s: data.color_jitter = %s, data.interpolation = %s",
+                     path, tiny ? "0" : "0.4", tiny ? "bilinear" : "bicubic");
+            check_record(c.augment && c.color_jitter == (tiny ? 0.0 : 0.4) &&
+                             c.interpolation ==
+                                 (tiny ? LOADER_INTERP_BILINEAR : LOADER_INTERP_BICUBIC),
+                         label);
         }
 }
 

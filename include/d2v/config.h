@@ -50,6 +50,8 @@ typedef struct {
     int batch_size, text_block, text_stream, augment, prefetch;
     int speech_max_samples, speech_min_samples, speech_normalize;
     double crop_scale_min, crop_scale_max, flip_prob, mean[3], std[3];
+    double color_jitter; // ColorJitter(s, s, s) strength, 0 = off
+    int interpolation;   // LOADER_INTERP_BILINEAR / LOADER_INTERP_BICUBIC (dataset.h)
     /* run */
     int64_t max_updates, collapse_after, checkpoint_every;
     int keep_last;

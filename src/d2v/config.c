@@ -31,7 +31,8 @@ static const char *const pos_names[] = {"none", "learned", "sincos", "relative",
 static const char *const tensor_names[] = {"end", "ffn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
-static const char *const eps_mode_names[] = {"torch", "fairseq", NULL}; /* ADAM_EPS_* order */
+static const char *const eps_mode_names[] = {"torch", "fairseq", NULL};  /* ADAM_EPS_* order */
+static const char *const interp_names[] = {"bilinear", "bicubic", NULL}; /* LOADER_INTERP_* */
 
 #define F(field) offsetof(TrainConfig, field)
 static const KeySpec schema[] = {
@@ -114,6 +115,8 @@ static const KeySpec schema[] = {
     {"data.crop_scale_min", T_FLOAT, F(crop_scale_min), 0.001, 1, NULL},
     {"data.crop_scale_max", T_FLOAT, F(crop_scale_max), 0.001, 1, NULL},
     {"data.flip_prob", T_FLOAT, F(flip_prob), 0, 1, NULL},
+    {"data.color_jitter", T_FLOAT, F(color_jitter), 0, 1, NULL},
+    {"data.interpolation", T_ENUM, F(interpolation), 0, 0, interp_names},
     {"data.mean", T_FLOAT3, F(mean), -10, 10, NULL},
     {"data.std", T_FLOAT3, F(std), 1e-6, 10, NULL},
     {"data.speech_max_samples", T_INT, F(speech_max_samples), 1, 1 << 28, NULL},
@@ -162,6 +165,8 @@ void train_config_defaults(TrainConfig *c) {
     c->update_freq = 1;
     c->batch_size = 8, c->text_block = 512, c->prefetch = 2;
     c->crop_scale_min = 0.08, c->crop_scale_max = 1, c->flip_prob = 0.5;
+    /* no colour jitter, bilinear crops: the loader's behaviour before these keys existed */
+    c->color_jitter = 0, c->interpolation = LOADER_INTERP_BILINEAR;
     c->mean[0] = 0.485, c->mean[1] = 0.456, c->mean[2] = 0.406; /* ImageNet */
     c->std[0] = 0.229, c->std[1] = 0.224, c->std[2] = 0.225;
     c->speech_max_samples = 320000, c->speech_min_samples = 32000, c->speech_normalize = 1;

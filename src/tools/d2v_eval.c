@@ -18,6 +18,10 @@
 #include "d2v/model.h"
 #include "d2v/util.h"
 
+/* LoaderConfig's trailing fields (colour jitter, interpolation) are set by plain assignments right
+ * after its positional initializer below; drop this once that initializer is designated. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 static void usage(void) {
     printf(
         "usage: d2v-eval CHECKPOINT --train DATA.h5 --test DATA.h5 [--k 20] [--batch 50]\n"
@@ -121,6 +125,8 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
                        1,
                        cfg->speech_normalize,
                        1};
+    lc.color_jitter = 0; /* no augmentation for evaluation */
+    lc.interpolation = cfg->interpolation;
     LoaderCursor c0 = {0, 0};
     Loader *l = loader_create(&d, &lc, 0, 1, c0);
     int64_t batches = loader_epoch_samples(l) / batch;

@@ -23,6 +23,10 @@
 #include "d2v/optim.h"
 #include "d2v/util.h"
 
+/* LoaderConfig's trailing fields (colour jitter, interpolation) are set by plain assignments right
+ * after its positional initializer below; drop this once that initializer is designated. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 static void usage(void) {
     printf("usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--dump-step FILE "
            "[--dump-updates N]]\n"
@@ -207,6 +211,8 @@ int main(int argc, char **argv) {
                        cfg.speech_min_samples,
                        cfg.speech_normalize,
                        cfg.prefetch};
+    lc.color_jitter = (float)cfg.color_jitter;
+    lc.interpolation = cfg.interpolation;
     if (cfg.modality == D2V_IMAGE && ds.C != cfg.image_channels)
         die("%s: images have %d channels, image.channels is %d", cfg.train_path, ds.C,
             cfg.image_channels);
