@@ -49,6 +49,23 @@ static void test_targets(void) {
           NEAR(y[3], 3.5, 1e-7));
 }
 
+/* The eps passed to targets_build is the one of both the per-layer and the final layer norm: a row
+ * (a, -a) with a^2 = eps normalises to +-1/sqrt(2), and to +-1/sqrt(1.1) with eps a^2 / 10. */
+static void test_target_eps(void) {
+    printf("-- target layer-norm eps\n");
+    float a = sqrtf(1e-5f), l0[2] = {a, -a}, *layers[1] = {l0}, y[2], scratch[2 + 2 * 2];
+    uint8_t sel[1] = {1};
+    double h = 1 / sqrt(2.0), t = 1 / sqrt(1.1);
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_LAYER, 0, 1e-5f, sel, scratch);
+    check_record(NEAR(y[0], h, 1e-5) && NEAR(y[1], -h, 1e-5), "per-layer LN uses eps (1e-5)");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_NONE, 1, 1e-5f, sel, scratch);
+    check_record(NEAR(y[0], h, 1e-5) && NEAR(y[1], -h, 1e-5), "final LN uses eps (1e-5)");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_LAYER, 0, 1e-6f, sel, scratch);
+    check_record(NEAR(y[0], t, 1e-5), "per-layer LN with eps 1e-6 differs as it should");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_NONE, 1, 1e-6f, sel, scratch);
+    check_record(NEAR(y[0], t, 1e-5), "final LN with eps 1e-6 differs as it should");
+}
+
 static void test_loss(void) {
     printf("-- loss\n");
     float p[4] = {0, 1, 5, -3}, y[4] = {0.5, 0, 0, 0}, d[4];
@@ -180,6 +197,7 @@ static void test_clip(void) {
 int main(void) {
     test_ema();
     test_targets();
+    test_target_eps();
     test_loss();
     test_var();
     test_adamw();

@@ -16,6 +16,7 @@
 #include "d2v/dataset.h"
 #include "d2v/kernels.h"
 #include "d2v/model.h"
+#include "d2v/objective.h"
 #include "d2v/optim.h"
 #include "d2v/util.h"
 
@@ -567,6 +568,16 @@ static void test_shipped_configs(void) {
                      want == ADAM_EPS_TORCH ? "torch" : "fairseq");
             check_record(c.adam_eps_mode == want, label);
             if (mod != D2V_IMAGE) continue;
+            /* target layer norms: F.layer_norm's default eps, as the official vision code */
+            ModelConfig mc;
+            Dataset ds;
+            memset(&ds, 0, sizeof ds);
+            train_config_to_model(&mc, &c, &ds);
+            snprintf(label, sizeof label, "%s: target.eps = 1e-5 (the model's target_eps %g)", path,
+                     mc.target_eps);
+            check_record(c.target_eps == 1e-5 && mc.target_eps == 1e-5f &&
+                             mc.target_norm == TARGET_NORM_LAYER && mc.target_final_norm,
+                         label);
             /* vision augmentation: DataAugmentationForBEiT's ColorJitter(0.4) and bicubic crops,
              * except image-tiny, whose make-demo numbers were measured without them */
             int tiny = sz == 0;
