@@ -42,7 +42,7 @@ static double text_loss(void *v) {
 static void test_text(void) {
     printf("-- text embedding (dropout 0.2)\n");
     TextEmbedConfig cfg = {
-        .V = 30, .C = 12, .max_positions = 10, .pad_id = 1, .ln_eps = 1e-5f, .dropout = 0.2f};
+        .V = 30, .C = 12, .max_positions = 10, .pad_id = 4, .ln_eps = 1e-5f, .dropout = 0.2f};
     TextEmbedParams p, g;
     size_t np = text_embed_params_layout(&p, NULL, &cfg);
     float *pm = xalloc(np * 4, "p"), *gm = xalloc(np * 4, "g");
@@ -50,7 +50,7 @@ static void test_text(void) {
     text_embed_params_init(&p, &cfg, 3);
     perturb(pm, np, 0.3f, 4);
     enum { B = 2, T = 7 };
-    int32_t ids[B * T] = {0, 5, 9, 5, 12, 2, 1, 0, 7, 7, 2, 1, 1, 1}; /* repeats and padding */
+    int32_t ids[B * T] = {0, 5, 9, 5, 12, 2, 4, 0, 7, 7, 2, 4, 4, 4}; /* repeats and padding (4) */
     int64_t sids[B] = {100, 101};
     float *r = xalloc(B * T * 12 * 4, "r");
     perturb(r, B * T * 12, 1.0f, 5);
@@ -64,7 +64,7 @@ static void test_text(void) {
     fd_tensor("pos", text_loss, &c, p.pos, g.pos, (size_t)(cfg.max_positions + 2) * cfg.C, 200, 0);
     fd_tensor("ln_w", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 0);
     fd_tensor("ln_b", text_loss, &c, p.ln_b, g.ln_b, cfg.C, 100, 0);
-    CHECK(g.tok[cfg.pad_id * cfg.C] == 0 && g.pos[cfg.pad_id * cfg.C] == 0); /* padding rows */
+    CHECK(g.tok[cfg.pad_id * cfg.C] == 0 && g.pos[TEXT_POS_PAD_ROW * cfg.C] == 0); /* pad rows */
     for (int i = 0; i < cfg.C; i++)
         g.ln_w[i] *= 1.1f;
     CHECK(!fd_tensor("control", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 1));

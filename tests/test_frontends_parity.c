@@ -157,7 +157,7 @@ static void test_text(hid_t file, const char *path) {
     c->max_positions = (int)fx_attr(fx, "max_positions"), c->pad_id = (int)fx_attr(fx, "pad_id");
     c->ln_eps = (float)fx_attr(fx, "eps"), c->dropout = (float)fx_attr(fx, "dropout");
     k.B = (int)fx_attr(fx, "B"), k.T = (int)fx_attr(fx, "T");
-    hsize_t V = c->V, C = c->C, B = k.B, T = k.T, rows = c->max_positions + c->pad_id + 1;
+    hsize_t V = c->V, C = c->C, B = k.B, T = k.T, rows = c->max_positions + 2;
     hsize_t bt[2] = {B, T}, btc[3] = {B, T, C};
     k.tokens = fx_load_i32(fx, "tokens", 2, bt);
     k.positions = fx_load_i32(fx, "positions", 2, bt);
@@ -186,7 +186,7 @@ static void test_text(hid_t file, const char *path) {
         pos_same &= k.t.pos_ids[i] == k.positions[i];
         pad_same &= k.t.pad[i] == (k.tokens[i] == c->pad_id);
     }
-    CHECK(pos_same); /* fairseq make_positions */
+    CHECK(pos_same); /* fairseq make_positions with padding_idx 1 */
     CHECK(pad_same);
 
     /* a token row that sample 0 uses at position 1 */

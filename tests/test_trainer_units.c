@@ -14,6 +14,7 @@
 #include "check.h"
 #include "d2v/config.h"
 #include "d2v/dataset.h"
+#include "d2v/frontends.h"
 #include "d2v/kernels.h"
 #include "d2v/model.h"
 #include "d2v/objective.h"
@@ -209,6 +210,95 @@ static void test_speech_input_dropout(void) {
     for (int run = 0; run < 2; run++)
         free(y[run]), free(pred[run]);
     free(params), free(grads), free(audio);
+}
+
+/* ---- text positions: independent of the numeric pad id ---------------------------------------
+ * A GPT-2 vocab.json puts <pad> at 50258; fairseq's numbering (offset by the pad id) would need a
+ * 50771-row position table for 512 positions. d2v numbers from padding_idx 1 whatever the pad id:
+ * max_positions + 2 rows, padding at row 1, real tokens from row 2. */
+
+static int64_t param_rows(const ModelConfig *mc, const char *name, int64_t *cols) {
+    ParamInfo table[512];
+    int nt = model_param_table(table, 512, mc);
+    for (int i = 0; i < nt; i++)
+        if (!strcmp(table[i].name, name)) return *cols = table[i].shape[1], table[i].shape[0];
+    return *cols = -1, -1;
+}
+
+static void test_text_positions_gpt2_pad(void) {
+    printf("-- text positions with a GPT-2 vocabulary (<pad> = 50258)\n");
+    ModelConfig mc, m1;
+    TrainConfig cfg;
+    if (tiny_model(&m1, &cfg, D2V_TEXT)) return; /* pad 1, as RoBERTa's dictionary */
+    Dataset ds;
+    memset(&ds, 0, sizeof ds);
+    ds.vocab_size = 50265, ds.eos_id = 50256, ds.bos_id = 50257, ds.pad_id = 50258;
+    ds.unk_id = 50259, ds.mask_id = 50264;
+    train_config_to_model(&mc, &cfg, &ds);
+    int64_t C, C1, rows = param_rows(&mc, "text.pos", &C), rows1 = param_rows(&m1, "text.pos", &C1);
+    char label[200];
+    snprintf(label, sizeof label,
+             "text.pos is (%lld, %lld) for pad 50258 and (%lld, %lld) for pad 1: "
+             "(max_positions + 2, C) = (%d, %d)",
+             (long long)rows, (long long)C, (long long)rows1, (long long)C1,
+             cfg.text_max_positions + 2, cfg.width);
+    check_record(rows == cfg.text_max_positions + 2 && C == cfg.width && rows1 == rows && C1 == C,
+                 label);
+    /* the embedding itself: pad rows zero at init, positions 2.. for real tokens, 1 at padding */
+    TextEmbedConfig tc = mc.text;
+    TextEmbedParams p;
+    size_t np = text_embed_params_layout(&p, NULL, &tc);
+    float *mem = xalloc(np * 4, "text params");
+    text_embed_params_layout(&p, mem, &tc);
+    text_embed_params_init(&p, &tc, 3);
+    int zero_rows = 1;
+    for (int c = 0; c < tc.C; c++)
+        zero_rows &=
+            p.tok[(size_t)50258 * tc.C + c] == 0 && p.pos[(size_t)TEXT_POS_PAD_ROW * tc.C + c] == 0;
+    TextEmbed t;
+    text_embed_init(&t, &tc, 1, 6);
+    int32_t ids[6] = {50257, 10, 11, 50256, 50258, 50258}, want[6] = {2, 3, 4, 5, 1, 1};
+    DropKey dk = {0, 0, 1, NULL};
+    text_embed_forward(&t, &p, ids, 1, 6, 0, dk);
+    check_record(zero_rows && !memcmp(t.pos_ids, want, sizeof want),
+                 "pad 50258: zero pad rows (token 50258, position 1); positions 2, 3, 4, 5, 1, 1");
+    text_embed_free(&t);
+    free(mem);
+    /* one training step of the whole model on such a vocabulary: finite, no gradient into the
+     * pad rows */
+    size_t n = model_params_layout(NULL, NULL, &mc);
+    float *params = xalloc(n * 4, "params"), *grads = xalloc(n * 4, "grads");
+    ModelParams ps, pg;
+    model_params_layout(&ps, params, &mc), model_params_layout(&pg, grads, &mc);
+    model_params_init(&ps, &mc, 7);
+    int B = 2, T = cfg.text_block;
+    Batch b;
+    memset(&b, 0, sizeof b);
+    int64_t bid[2] = {1, 2};
+    b.B = B, b.T = T, b.ids = bid, b.tokens = xalloc(sizeof(int32_t) * B * T, "tokens");
+    for (int i = 0; i < B * T; i++) {
+        int col = i % T, len = i < T ? T : T - 5;
+        b.tokens[i] = col == 0         ? 50257
+                      : col < len - 1  ? 100 + (i * 37) % 50000
+                      : col == len - 1 ? 50256
+                                       : 50258;
+    }
+    Model *m = model_create(&mc, B, T);
+    MicroResult r = {0, 0, NULL, NULL};
+    model_micro_step(m, &ps, &ps, &pg, &b, 1, 5, &r);
+    int finite = isfinite(r.loss_sum) && r.masked > 0, pad_rows = 1;
+    for (size_t i = 0; i < n; i++)
+        finite &= isfinite(grads[i]);
+    for (int c = 0; c < mc.enc.C; c++)
+        pad_rows &= pg.text.tok[(size_t)50258 * mc.enc.C + c] == 0 &&
+                    pg.text.pos[(size_t)TEXT_POS_PAD_ROW * mc.enc.C + c] == 0;
+    snprintf(label, sizeof label,
+             "a training step on it: loss %.4f over %lld positions, finite "
+             "gradients, none into the pad rows",
+             r.loss_sum, (long long)r.masked);
+    check_record(finite && pad_rows, label);
+    model_destroy(m);
+    free(b.tokens), free(params), free(grads);
 }
 
 /* ---- EMA placement (spec §6) ----------------------------------------------------------------- */
@@ -596,6 +686,7 @@ int main(void) {
     test_accumulation(D2V_IMAGE);
     test_accumulation(D2V_TEXT);
     test_speech_input_dropout();
+    test_text_positions_gpt2_pad();
     for (int mod = 0; mod < 3; mod++)
         test_ema_placement(mod);
     for (int mod = 0; mod < 3; mod++)

@@ -157,7 +157,7 @@ int model_param_table(ParamInfo *out, int max, const ModelConfig *c) {
     char name[48];
     if (c->modality == D2V_TEXT) {
         add(&t, "text.tok", p.text.tok, 2, c->text.V, C, 0, 0);
-        add(&t, "text.pos", p.text.pos, 2, c->text.max_positions + c->text.pad_id + 1, C, 0, 0);
+        add(&t, "text.pos", p.text.pos, 2, text_embed_pos_rows(&c->text), C, 0, 0);
         add(&t, "text.ln_w", p.text.ln_w, 1, C, 0, 0, 0);
         add(&t, "text.ln_b", p.text.ln_b, 1, C, 0, 0, 0);
     } else if (c->modality == D2V_IMAGE) {

@@ -1,17 +1,20 @@
 /* text_embed.c: the text input encoder, fairseq TransformerEncoder.forward_embedding as data2vec
  * text uses it (spec §1.3): token + learned position embedding (no scaling), layer norm, dropout,
- * padding positions zeroed. Positions follow fairseq's make_positions (real tokens from pad+1). */
+ * padding positions zeroed. Positions follow fairseq's make_positions with padding_idx 1 (real
+ * tokens from row 2), independent of the dataset's numeric pad id (frontends.h). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "d2v/frontends.h"
 #include "d2v/util.h"
 
-static int pos_rows(const TextEmbedConfig *c) { return c->max_positions + c->pad_id + 1; }
+int text_embed_pos_rows(const TextEmbedConfig *c) {
+    return c->max_positions + TEXT_POS_PAD_ROW + 1;
+}
 
 size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c) {
-    size_t sizes[TEXT_EMBED_NUM_PARAMS] = {(size_t)c->V * c->C, (size_t)pos_rows(c) * c->C,
-                                           (size_t)c->C, (size_t)c->C};
+    size_t sizes[TEXT_EMBED_NUM_PARAMS] = {
+        (size_t)c->V * c->C, (size_t)text_embed_pos_rows(c) * c->C, (size_t)c->C, (size_t)c->C};
     float **ptrs[TEXT_EMBED_NUM_PARAMS] = {&p->tok, &p->pos, &p->ln_w, &p->ln_b};
     size_t n = 0;
     for (int i = 0; i < TEXT_EMBED_NUM_PARAMS; i++) {
@@ -26,11 +29,11 @@ void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64
     uint64_t k1 = rng_key(seed, 0x7e47, 0, 0), k2 = rng_key(seed, 0x7e47, 1, 0);
     for (size_t i = 0; i < (size_t)c->V * C; i++)
         p->tok[i] = 0.02f * rng_normal(k1, i);
-    for (size_t i = 0; i < (size_t)pos_rows(c) * C; i++)
+    for (size_t i = 0; i < (size_t)text_embed_pos_rows(c) * C; i++)
         p->pos[i] = 0.02f * rng_normal(k2, i);
     /* nn.Embedding(padding_idx): the pad rows stay zero */
     memset(p->tok + (size_t)c->pad_id * C, 0, C * sizeof(float));
-    memset(p->pos + (size_t)c->pad_id * C, 0, C * sizeof(float));
+    memset(p->pos + (size_t)TEXT_POS_PAD_ROW * C, 0, C * sizeof(float));
     for (size_t i = 0; i < C; i++)
         p->ln_w[i] = 1.0f, p->ln_b[i] = 0.0f;
 }
@@ -77,16 +80,16 @@ void text_embed_forward(TextEmbed *t, const TextEmbedParams *p, const int32_t *t
     size_t N = (size_t)B * T;
     int C = c->C;
     memcpy(t->tokens, tokens, N * sizeof(int32_t));
-    for (int b = 0; b < B; b++) { /* fairseq make_positions: cumsum over non-pad, offset pad_id */
+    for (int b = 0; b < B; b++) { /* make_positions: cumsum over non-pad, offset padding_idx 1 */
         int count = 0;
         for (int i = 0; i < T; i++) {
             size_t n = (size_t)b * T + i;
             t->pad[n] = tokens[n] == c->pad_id;
-            t->pos_ids[n] = t->pad[n] ? c->pad_id : c->pad_id + ++count;
+            t->pos_ids[n] = t->pad[n] ? TEXT_POS_PAD_ROW : TEXT_POS_PAD_ROW + ++count;
         }
     }
     embedding_forward(t->sum, tokens, p->tok, (int)N, c->V, C);
-    embedding_forward(t->out, t->pos_ids, p->pos, (int)N, pos_rows(c), C);
+    embedding_forward(t->out, t->pos_ids, p->pos, (int)N, text_embed_pos_rows(c), C);
     residual_forward(t->sum, t->sum, t->out, N * C);
     layernorm_forward(t->out, t->mean, t->rstd, t->sum, p->ln_w, p->ln_b, (int)N, C, c->ln_eps);
     if (train && c->dropout > 0) dropout_forward(t->out, t->out, B, (size_t)T * C, c->dropout, k);

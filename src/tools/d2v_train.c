@@ -122,6 +122,7 @@ static void dump_step(const char *path, const char *config_text, const Model *m,
     h5_attr_str(o.file, "modality", d2v_modality_names[mc->modality]);
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
     h5_attr_str(o.file, "config", config_text); /* the resolved configuration */
+    if (mc->modality == D2V_TEXT) h5_attr_i32(o.file, "pad_id", mc->text.pad_id); /* dataset's */
     hsize_t one[1] = {1};
     h5_write(o.file, "loss", H5T_NATIVE_DOUBLE, 1, one, NULL, &loss);
     h5_write(o.file, "tau", H5T_NATIVE_DOUBLE, 1, one, NULL, &tau);

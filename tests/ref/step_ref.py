@@ -228,6 +228,7 @@ class Dump:
             self.config_text = text.decode() if isinstance(text, bytes) else text
             mod = f.attrs["modality"]
             self.modality = mod.decode() if isinstance(mod, bytes) else mod
+            self.pad_id = int(f.attrs["pad_id"]) if "pad_id" in f.attrs else None  # text
             self.d = {k: f[k][()] for k in f.keys()}
         m = re.search(r"_(\d+)\.h5$", path)
         self.n = int(m.group(1)) if m else 0
@@ -290,7 +291,9 @@ class RefModel:
         def frontend():
             if self.modality == "text":
                 V = shapes["text.tok"][0]
-                self.pad_id = shapes["text.pos"][0] - c["text.max_positions"] - 1
+                if dump.pad_id is None:
+                    raise InputError(f"{dump.path}: a text dump without the pad_id attribute")
+                self.pad_id = dump.pad_id
                 return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
             if self.modality == "image":
                 pos = {"none": 0, "learned": 1, "sincos": 2, "relative": 3}[c["image.pos"]]
@@ -715,8 +718,6 @@ def run_steps(rep, dumps, dtype, verbose, sharing):
                       f"floats, layout {'; '.join(model.layout_problems) or 'as the reference'}")
             if model.layout_problems:
                 return
-        if dump.modality == "text":
-            dump.pad_id = model.pad_id
         check_schedule(rep, dump)
         check_batch(rep, dump, f"{dump.modality} u{dump.n:04d}")
         res = model.step(dump, dump["params_before"], dump["teacher_before"])
