@@ -657,6 +657,13 @@ static void test_shipped_configs(void) {
             snprintf(label, sizeof label, "%s: optim.eps_mode = \"%s\"", path,
                      want == ADAM_EPS_TORCH ? "torch" : "fairseq");
             check_record(c.adam_eps_mode == want, label);
+            if (mod == D2V_TEXT && sz == 2) { /* fairseq's released text base.yaml */
+                snprintf(label, sizeof label,
+                         "%s: tau 0.999 -> 0.9999 over 300000 updates (ema_anneal_end_step)", path);
+                check_record(c.ema_tau0 == 0.999 && c.ema_tau_end == 0.9999 &&
+                                 c.ema_tau_steps == 300000,
+                             label);
+            }
             if (mod != D2V_IMAGE) continue;
             /* target layer norms: F.layer_norm's default eps, as the official vision code */
             ModelConfig mc;
