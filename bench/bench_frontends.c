@@ -106,7 +106,8 @@ static void bench_speech(int iters, double peak) {
                              .pos_layers = 5,
                              .pos_k = 19,
                              .pos_groups = 16,
-                             .ln_eps = 1e-5f};
+                             .ln_eps = 1e-5f,
+                             .dropout = 0.1f};
     enum { B = 2, S = 4 * 16000 };
     SpeechEmbedParams p, g;
     size_t np = speech_embed_params_layout(&p, NULL, &cfg);
@@ -120,13 +121,14 @@ static void bench_speech(int iters, double peak) {
     speech_context_init(&s, &cfg, B, f.Tmax, 1);
     float *dout = random_floats((size_t)B * f.Tmax * 768, 7);
     float *dfeat = xalloc((size_t)B * f.Tmax * 768 * 4, "dfeat");
+    DropKey dk = {1, 0, 2, NULL};
     double t0 = 0;
     for (int it = -1; it < iters; it++) {
         if (it == 0) t0 = now_seconds();
         speech_features_forward(&f, &p, wav, B, S);
-        speech_context_forward(&s, &p, f.features, NULL, B, f.T);
+        speech_context_forward(&s, &p, f.features, NULL, B, f.T, 1, dk);
         memset(dfeat, 0, (size_t)B * f.T * 768 * 4);
-        speech_context_backward(&s, &g, &p, dout, dfeat);
+        speech_context_backward(&s, &g, &p, dout, dfeat, 1, dk);
         speech_features_backward(&f, &g, &p, dfeat);
     }
     double dt = (now_seconds() - t0) / iters;

@@ -8,8 +8,10 @@
 #   trajectory  the 20 updates in sequence: AdamW + EMA chain on the dumped gradients, and a free
 #               run on the reference's own gradients whose loss curve must follow the dump's
 #   negative controls, which must make the reference FAIL: one weight of params_before, one of
-#               teacher_before, one gradient element, and a wrong teacher sharing rule.
+#               teacher_before, one gradient element, a wrong teacher sharing rule, and the
+#               other Adam eps placement (optim.eps_mode) in the trajectory's optimiser chain.
 # Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
+# Text runs twice: with the BPE's own ids (<pad> = 1) and with <pad> far from 1.
 # A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
 build=${1:-build/release}
@@ -123,6 +125,12 @@ modality() {
     cp "$last" "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
     expect_fail "$mod sharing rule on update $((UPDATES - 1)): $what" "targets" \
         --sharing $sharing "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+    case $(sed -n 's/^ *eps_mode = "\(.*\)";$/\1/p' "$T/run-$mod/config.resolved.cfg") in
+    fairseq) wrong=torch ;;
+    *) wrong=fairseq ;;
+    esac
+    expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
+        --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 
@@ -164,6 +172,30 @@ if present text "$build/bin/d2v-prep-text" "$FX/text"; then
         modality text "$T/text.h5" --set text.dropout=0
     else
         bad "text: d2v-prep-text failed"; tail -n 3 "$T/prep-text.log"
+    fi
+fi
+
+# text again with <pad> far from 1: the same BPE saved as vocab.json without its special tokens,
+# which d2v-prep-text then appends after the BPE ids (as for a GPT-2 vocab.json), so the position
+# table (max_positions + 2 rows, padding at row 1) must not depend on the numeric pad id
+if [ -x "$build/bin/d2v-prep-text" ] && [ -d "$FX/text" ]; then
+    echo "-- text, <pad> id far from 1"
+    if "$build/bin/d2v-prep-text" --vocab-size 512 --split-blank --save-tokenizer "$T/tok" \
+        -o "$T/text-tok.h5" "$FX/text" >"$T/prep-text-tok.log" 2>&1 &&
+        $PY -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+keep = sorted((i, k) for k, i in v.items() if k not in ("<s>", "<pad>", "</s>", "<unk>", "<mask>"))
+json.dump({k: n for n, (_, k) in enumerate(keep)}, open(sys.argv[2], "w"))' \
+            "$T/tok/vocab.json" "$T/tok/vocab-nospecial.json" &&
+        "$build/bin/d2v-prep-text" --vocab "$T/tok/vocab-nospecial.json" --merges \
+            "$T/tok/merges.txt" --split-blank -o "$T/text-pad.h5" "$FX/text" \
+            >"$T/prep-text-pad.log" 2>&1; then
+        pad=$($PY -c 'import h5py, sys; print(int(h5py.File(sys.argv[1]).attrs["pad_id"]))' \
+            "$T/text-pad.h5" 2>/dev/null)
+        ok "text: $(tail -n 1 "$T/prep-text-pad.log"), <pad> = $pad"
+        modality text "$T/text-pad.h5" --set text.dropout=0
+    else
+        bad "text: d2v-prep-text with a vocab.json failed"; tail -n 3 "$T/prep-text-pad.log"
     fi
 fi
 

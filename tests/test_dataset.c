@@ -312,6 +312,242 @@ static void test_images(void) {
     dataset_close(&d);
 }
 
+/* RGB images of H x W: pixel (y, x, c) of image i = (i * 31 + y * 17 + x * 5 + c * 50) % 256. */
+static void write_rgb_images(const char *path, int n, int H, int W) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "image", "shard", n, "test");
+    h5_attr_i32(o.file, "height", H), h5_attr_i32(o.file, "width", W);
+    h5_attr_i32(o.file, "channels", 3);
+    size_t per = (size_t)H * W * 3;
+    uint8_t *px = malloc(n * per);
+    for (int i = 0; i < n; i++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int c = 0; c < 3; c++)
+                    px[i * per + ((size_t)y * W + x) * 3 + c] =
+                        (uint8_t)((i * 31 + y * 17 + x * 5 + c * 50) % 256);
+    hsize_t dims[4] = {(hsize_t)n, (hsize_t)H, (hsize_t)W, 3};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+    h5out_commit(&o);
+    free(px);
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const uint8_t *b = data;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Hash of the first `batches` batches of the loader over path (ids and image bytes). */
+static uint64_t loader_hash(const char *path, LoaderConfig cfg, int batches) {
+    Dataset d;
+    char err[256];
+    if (dataset_open(&d, path, D2V_IMAGE, err, sizeof err) != 0) return check_record(0, err), 0;
+    LoaderCursor c0 = {0, 0};
+    Loader *l = loader_create(&d, &cfg, 0, 1, c0);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int k = 0; k < batches; k++) {
+        const Batch *b = loader_next(l);
+        h = fnv1a(h, b->ids, sizeof(int64_t) * b->B);
+        h = fnv1a(h, b->images, sizeof(float) * b->B * b->H * b->W * b->C);
+    }
+    loader_destroy(l);
+    dataset_close(&d);
+    return h;
+}
+
+/* RandomResizedCrop + flip on RGB images resized 12x10 -> 8x8, bilinear, no colour jitter: the
+ * hash of these batches as the loader produced them before colour jitter and bicubic existed
+ * (bit-identical output with both off). Regenerate only for an intended change of this path. */
+#define GOLDEN_AUGMENT_HASH 0x17a812ede790001full
+
+static void test_augment_unchanged(void) {
+    printf("-- image augmentation with jitter off: bit-identical to before\n");
+    write_rgb_images(tmp("rgb.h5"), 9, 12, 10);
+    LoaderConfig c = image_cfg(3, 1, 0);
+    c.out_H = 8, c.out_W = 8;
+    c.crop_scale_min = 0.08f;
+    uint64_t h = loader_hash(tmp("rgb.h5"), c, 6);
+    char label[128];
+    snprintf(label, sizeof label, "6 augmented batches hash to 0x%016llx (recorded 0x%016llx)",
+             (unsigned long long)h, (unsigned long long)GOLDEN_AUGMENT_HASH);
+    check_record(h == GOLDEN_AUGMENT_HASH, label);
+}
+
+/* One-channel or RGB images whose every image is `value` everywhere (n images of H x W x C). */
+static void write_const_images(const char *path, int n, int H, int W, int C, uint8_t value) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "image", "shard", n, "test");
+    h5_attr_i32(o.file, "height", H), h5_attr_i32(o.file, "width", W);
+    h5_attr_i32(o.file, "channels", C);
+    size_t count = (size_t)n * H * W * C;
+    uint8_t *px = malloc(count);
+    memset(px, value, count);
+    hsize_t dims[4] = {(hsize_t)n, (hsize_t)H, (hsize_t)W, (hsize_t)C};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+    h5out_commit(&o);
+    free(px);
+}
+
+static void test_color_jitter(void) {
+    printf("-- colour jitter (torchvision ColorJitter(0.4, 0.4, 0.4))\n");
+    /* the draw: factors uniform in [0.6, 1.4], the order a permutation, all six orders seen */
+    float lo[3] = {9, 9, 9}, hi[3] = {0, 0, 0};
+    int in_range = 1, perm = 1, seen[27] = {0}, n_orders = 0;
+    for (int64_t i = 0; i < 2000; i++) {
+        ColorJitter j = color_jitter_draw(7, i % 3, i, 0.4f);
+        for (int f = 0; f < 3; f++) {
+            in_range &= j.factor[f] >= 0.6f && j.factor[f] <= 1.4f;
+            lo[f] = fminf(lo[f], j.factor[f]), hi[f] = fmaxf(hi[f], j.factor[f]);
+        }
+        perm &= j.order[0] + j.order[1] + j.order[2] == 3 && j.order[0] != j.order[1] &&
+                j.order[1] != j.order[2] && j.order[0] != j.order[2];
+        n_orders += !seen[j.order[0] * 9 + j.order[1] * 3 + j.order[2]]++;
+    }
+    char label[200];
+    snprintf(label, sizeof label,
+             "2000 draws: factors in [0.6, 1.4] (brightness %.3f..%.3f, contrast %.3f..%.3f, "
+             "saturation %.3f..%.3f)",
+             lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]);
+    check_record(in_range && lo[0] < 0.61f && hi[0] > 1.39f && lo[1] < 0.61f && hi[1] > 1.39f &&
+                     lo[2] < 0.61f && hi[2] > 1.39f,
+                 label);
+    snprintf(label, sizeof label, "every draw's order is a permutation; %d of 6 orders seen",
+             n_orders);
+    check_record(perm && n_orders == 6, label);
+    ColorJitter a = color_jitter_draw(7, 1, 5, 0.4f), b = color_jitter_draw(7, 1, 5, 0.4f);
+    ColorJitter c = color_jitter_draw(7, 2, 5, 0.4f);
+    CHECK(!memcmp(&a, &b, sizeof a) && memcmp(&a, &c, sizeof a)); /* keyed on the epoch */
+
+    /* the ops, by hand (values in [0, 255]): two RGB pixels, saturation 1.4, then brightness
+     * 1.3 (clamps one value at 255), then contrast 0.7 against the grayscale mean of both */
+    ColorJitter j = {{1.3f, 0.7f, 1.4f}, {2, 0, 1}};
+    float px[6] = {200, 100, 50, 10, 20, 30};
+    color_jitter_apply(px, 1, 2, 3, &j);
+    const double want[6] = {204.2634075, 107.9618875, 44.2618875,
+                            31.8971715,  44.6371715,  57.3771715};
+    int ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok &= fabs(px[i] - want[i]) < 1e-3;
+    check_record(ok, "RGB: saturation, brightness (clamped at 255), contrast by hand");
+    /* one channel: contrast blends with the image mean (120), saturation leaves it alone */
+    ColorJitter g = {{1.5f, 0.5f, 0.6f}, {1, 0, 2}};
+    float gp[3] = {40, 200, 120};
+    color_jitter_apply(gp, 1, 3, 1, &g);
+    check_record(fabsf(gp[0] - 120) < 1e-4f && fabsf(gp[1] - 240) < 1e-4f &&
+                     fabsf(gp[2] - 180) < 1e-4f,
+                 "gray: contrast then brightness, saturation a no-op, by hand");
+
+    /* through the loader: a constant gray RGB image is moved by the brightness factor alone
+     * (contrast and saturation leave a constant gray image as it is, but for torchvision's gray
+     * weights summing to 0.9999: at most 2 x 0.4 x 1e-4 x 140 / 255 = 4.4e-5), keyed on the
+     * sample */
+    write_const_images(tmp("gray100.h5"), 12, 8, 8, 3, 100);
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("gray100.h5"), D2V_IMAGE, err, sizeof err) == 0);
+    LoaderCursor c0 = {0, 0};
+    for (int interp = 0; interp < 2; interp++) {
+        LoaderConfig cfg = image_cfg(4, 1, 0);
+        cfg.mean[0] = cfg.mean[1] = cfg.mean[2] = 0, cfg.std[0] = cfg.std[1] = cfg.std[2] = 1;
+        cfg.out_H = 5, cfg.out_W = 7;
+        cfg.color_jitter = 0.4f, cfg.interpolation = interp;
+        Loader *l = loader_create(&d, &cfg, 0, 1, c0);
+        double worst = 0;
+        for (int k = 0; k < 3; k++) {
+            const Batch *bt = loader_next(l);
+            for (int i = 0; i < bt->B; i++) {
+                float f = color_jitter_draw(cfg.seed, bt->epoch, bt->ids[i], 0.4f).factor[0];
+                for (int e = 0; e < 5 * 7 * 3; e++)
+                    worst = fmax(worst, fabs(bt->images[i * 105 + e] - 100 * f / 255.0f));
+            }
+        }
+        loader_destroy(l);
+        snprintf(label, sizeof label,
+                 "loader, %s: constant gray images come out as brightness x 100 (worst error "
+                 "%.1e)",
+                 interp ? "bicubic" : "bilinear", worst);
+        check_record(worst < 4.5e-5, label);
+    }
+    /* jitter on changes the RGB batches; off (the golden hash) does not */
+    LoaderConfig on = image_cfg(3, 1, 0);
+    on.out_H = 8, on.out_W = 8, on.crop_scale_min = 0.08f, on.color_jitter = 0.4f;
+    CHECK(loader_hash(tmp("rgb.h5"), on, 6) != GOLDEN_AUGMENT_HASH);
+    dataset_close(&d);
+}
+
+/* Bicubic upscaling 4x6 -> 8x12 of v = 10 + 20 x + 30 y against PyTorch:
+ *   F.interpolate(v[None, None], size=(8, 12), mode="bicubic", align_corners=False)
+ * which, v being a sum of an x and a y ramp, is 10 + X[x] + Y[y] with the profiles below. By hand
+ * for x = 3: source 1.25, taps 0..3 with weights (-0.105469, 0.878906, 0.261719, -0.035156)
+ * (A = -0.75), so X[3] = 20 * (0.878906 + 2 * 0.261719 - 3 * 0.035156) = 25.9375: A = -0.75 does
+ * not reproduce a linear ramp (A = -0.5 would give 25), which makes this a test of A. */
+static void test_bicubic(void) {
+    printf("-- bicubic resampling (PyTorch upsample_bicubic2d, A = -0.75)\n");
+    static const double X[12] = {-2.109375, 3.828125, 13.359375, 25.9375,   34.0625,   45.9375,
+                                 54.0625,   65.9375,  74.0625,   86.640625, 96.171875, 102.109375};
+    static const double Y[8] = {-3.1640625, 5.7421875,  20.0390625, 38.90625,
+                                51.09375,   69.9609375, 84.2578125, 93.1640625};
+    H5Out o;
+    h5out_create(&o, tmp("ramp.h5"));
+    h5_write_root_attrs(o.file, "image", "shard", 1, "test");
+    h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6);
+    h5_attr_i32(o.file, "channels", 1);
+    uint8_t px[24];
+    for (int y = 0; y < 4; y++)
+        for (int x = 0; x < 6; x++)
+            px[y * 6 + x] = (uint8_t)(10 + 20 * x + 30 * y);
+    hsize_t dims[4] = {1, 4, 6, 1};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+    h5out_commit(&o);
+    Dataset d;
+    char err[256];
+    CHECK(dataset_open(&d, tmp("ramp.h5"), D2V_IMAGE, err, sizeof err) == 0);
+    LoaderCursor c0 = {0, 0};
+    LoaderConfig cfg = image_cfg(1, 0, 0);
+    cfg.mean[0] = 0, cfg.std[0] = 1, cfg.out_H = 8, cfg.out_W = 12;
+    cfg.interpolation = LOADER_INTERP_BICUBIC;
+    Loader *l = loader_create(&d, &cfg, 0, 1, c0);
+    const Batch *b = loader_next(l);
+    double worst = 0;
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 12; x++)
+            worst = fmax(worst, fabs(b->images[y * 12 + x] * 255.0 - (10 + X[x] + Y[y])));
+    char label[160];
+    snprintf(label, sizeof label, "4x6 ramp -> 8x12 matches PyTorch's bicubic (worst %.1e of 255)",
+             worst);
+    check_record(worst < 1e-3, label);
+    loader_destroy(l);
+    cfg.interpolation = LOADER_INTERP_BILINEAR; /* the negative: bilinear is not that */
+    l = loader_create(&d, &cfg, 0, 1, c0);
+    b = loader_next(l);
+    CHECK(fabs(b->images[3] * 255.0 - (10 + X[3] + Y[0])) > 0.5);
+    loader_destroy(l);
+    dataset_close(&d);
+
+    /* a constant image stays constant through random crops, flips and the bicubic filter */
+    write_const_images(tmp("const.h5"), 6, 9, 11, 1, 77);
+    CHECK(dataset_open(&d, tmp("const.h5"), D2V_IMAGE, err, sizeof err) == 0);
+    LoaderConfig aug = image_cfg(3, 1, 0);
+    aug.mean[0] = 0, aug.std[0] = 1, aug.out_H = 7, aug.out_W = 5, aug.crop_scale_min = 0.08f;
+    aug.interpolation = LOADER_INTERP_BICUBIC;
+    l = loader_create(&d, &aug, 0, 1, c0);
+    worst = 0;
+    for (int k = 0; k < 4; k++) {
+        b = loader_next(l);
+        for (int i = 0; i < 3 * 35; i++)
+            worst = fmax(worst, fabs(b->images[i] * 255.0 - 77));
+    }
+    snprintf(label, sizeof label, "bicubic of a constant image is that constant (worst %.1e)",
+             worst);
+    check_record(worst < 1e-4, label);
+    loader_destroy(l);
+    dataset_close(&d);
+}
+
 static void test_text(void) {
     printf("-- text blocks\n");
     write_text(tmp("text.h5"), 10);
@@ -400,6 +636,9 @@ int main(void) {
     test_validation();
     test_index_and_sharding();
     test_images();
+    test_augment_unchanged();
+    test_color_jitter();
+    test_bicubic();
     test_text();
     test_speech();
     snprintf(cmd, sizeof cmd, "ls %s | grep -c '\\.tmp\\.' > /dev/null && exit 1; rm -rf %s", dir,

@@ -105,7 +105,8 @@ static void reference(const ModelConfig *mc, const ModelParams *p, const Batch *
         speech_features_forward(&sf, &p->speech, b->audio, B, b->S);
         T = sf.T;
         speech_context_init(&sc, &mc->speech, B, T, 0);
-        speech_context_forward(&sc, &p->speech, sf.features, NULL, B, T);
+        speech_context_forward(&sc, &p->speech, sf.features, NULL, B, T, 0,
+                               (DropKey){0, 0, 0, NULL});
         x = sc.out;
     }
     Encoder e;

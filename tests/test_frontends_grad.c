@@ -1,5 +1,6 @@
 /* test_frontends_grad.c: finite-difference gradient checks of the text, image and speech input
- * encoders' backward passes (dropout on for text; masks on for image and speech). */
+ * encoders' backward passes (dropout on for text and for the speech encoder input; masks on for
+ * image and speech). */
 #include <math.h>
 #include <string.h>
 
@@ -41,7 +42,7 @@ static double text_loss(void *v) {
 static void test_text(void) {
     printf("-- text embedding (dropout 0.2)\n");
     TextEmbedConfig cfg = {
-        .V = 30, .C = 12, .max_positions = 10, .pad_id = 1, .ln_eps = 1e-5f, .dropout = 0.2f};
+        .V = 30, .C = 12, .max_positions = 10, .pad_id = 4, .ln_eps = 1e-5f, .dropout = 0.2f};
     TextEmbedParams p, g;
     size_t np = text_embed_params_layout(&p, NULL, &cfg);
     float *pm = xalloc(np * 4, "p"), *gm = xalloc(np * 4, "g");
@@ -49,7 +50,7 @@ static void test_text(void) {
     text_embed_params_init(&p, &cfg, 3);
     perturb(pm, np, 0.3f, 4);
     enum { B = 2, T = 7 };
-    int32_t ids[B * T] = {0, 5, 9, 5, 12, 2, 1, 0, 7, 7, 2, 1, 1, 1}; /* repeats and padding */
+    int32_t ids[B * T] = {0, 5, 9, 5, 12, 2, 4, 0, 7, 7, 2, 4, 4, 4}; /* repeats and padding (4) */
     int64_t sids[B] = {100, 101};
     float *r = xalloc(B * T * 12 * 4, "r");
     perturb(r, B * T * 12, 1.0f, 5);
@@ -63,7 +64,7 @@ static void test_text(void) {
     fd_tensor("pos", text_loss, &c, p.pos, g.pos, (size_t)(cfg.max_positions + 2) * cfg.C, 200, 0);
     fd_tensor("ln_w", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 0);
     fd_tensor("ln_b", text_loss, &c, p.ln_b, g.ln_b, cfg.C, 100, 0);
-    CHECK(g.tok[cfg.pad_id * cfg.C] == 0 && g.pos[cfg.pad_id * cfg.C] == 0); /* padding rows */
+    CHECK(g.tok[cfg.pad_id * cfg.C] == 0 && g.pos[TEXT_POS_PAD_ROW * cfg.C] == 0); /* pad rows */
     for (int i = 0; i < cfg.C; i++)
         g.ln_w[i] *= 1.1f;
     CHECK(!fd_tensor("control", text_loss, &c, p.ln_w, g.ln_w, cfg.C, 100, 1));
@@ -193,13 +194,14 @@ typedef struct {
     SpeechEmbedParams *p;
     const float *wav, *r;
     const uint8_t *mask;
-    int B, S;
+    int B, S, train;
+    DropKey k;
 } SpeechCtx;
 
 static double speech_loss(void *v) {
     SpeechCtx *c = v;
     speech_features_forward(c->f, c->p, c->wav, c->B, c->S);
-    speech_context_forward(c->s, c->p, c->f->features, c->mask, c->B, c->f->T);
+    speech_context_forward(c->s, c->p, c->f->features, c->mask, c->B, c->f->T, c->train, c->k);
     return dot(c->s->out, c->r, (size_t)c->B * c->f->T * c->f->cfg.C);
 }
 
@@ -232,10 +234,11 @@ static void test_speech(void) {
     uint8_t mask[2 * 6] = {0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1}; /* (B, T) */
     float *r = xalloc((size_t)B * f.Tmax * cfg.C * 4, "r");
     perturb(r, (size_t)B * f.Tmax * cfg.C, 1.0f, 9);
-    SpeechCtx c = {&f, &s, &p, wav, r, mask, B, S};
+    DropKey k = {9, 1, 2, NULL};
+    SpeechCtx c = {&f, &s, &p, wav, r, mask, B, S, 0, k};
     speech_loss(&c);
     float *dfeat = xalloc((size_t)B * f.Tmax * cfg.C * 4, "dfeat");
-    speech_context_backward(&s, &g, &p, r, dfeat);
+    speech_context_backward(&s, &g, &p, r, dfeat, 0, k);
     speech_features_backward(&f, &g, &p, dfeat);
     char name[32];
     for (int i = 0; i < cfg.n_conv; i++) {
@@ -262,8 +265,40 @@ static void test_speech(void) {
     fd_tensor("enc_ln_b", speech_loss, &c, p.enc_ln_b, g.enc_ln_b, 8, 8, 0);
     g.conv_w[0][3] *= -1.0f;
     CHECK(!fd_tensor("control", speech_loss, &c, p.conv_w[0], g.conv_w[0], 60, 60, 1));
+
+    /* The encoder-input dropout (student only): the backward replays the forward's mask. */
+    printf("-- speech encoder-input dropout 0.3\n");
+    speech_context_free(&s);
+    SpeechEmbedConfig dcfg = cfg;
+    dcfg.dropout = 0.3f;
+    speech_context_init(&s, &dcfg, B, f.Tmax, 1);
+    c.train = 1;
+    speech_loss(&c);
+    size_t NC = (size_t)B * f.T * cfg.C;
+    float *kept = xalloc(NC * 4, "dropout output");
+    memcpy(kept, s.out, NC * 4);
+    c.train = 0;
+    speech_loss(&c); /* the same context without dropout: some elements zeroed, the rest x 1/0.7 */
+    int zeros = 0, scaled = 1;
+    for (size_t i = 0; i < NC; i++) {
+        if (kept[i] == 0.0f && s.out[i] != 0.0f)
+            zeros++;
+        else
+            scaled &= fabsf(kept[i] - s.out[i] / 0.7f) <= 1e-5f * (1 + fabsf(kept[i]));
+    }
+    CHECK(zeros > (int)NC / 10 && zeros < (int)NC / 2 && scaled);
+    c.train = 1;
+    memset(gm, 0, np * 4);
+    memset(dfeat, 0, (size_t)B * f.Tmax * cfg.C * 4);
+    speech_loss(&c);
+    speech_context_backward(&s, &g, &p, r, dfeat, 1, k);
+    speech_features_backward(&f, &g, &p, dfeat);
+    fd_tensor("enc_ln_w", speech_loss, &c, p.enc_ln_w, g.enc_ln_w, 8, 8, 0);
+    fd_tensor("enc_ln_b", speech_loss, &c, p.enc_ln_b, g.enc_ln_b, 8, 8, 0);
+    fd_tensor("mask_emb", speech_loss, &c, p.mask_emb, g.mask_emb, 8, 8, 0);
+    fd_tensor("proj_w", speech_loss, &c, p.proj_w, g.proj_w, 64, 64, 0);
     speech_context_free(&s), speech_features_free(&f);
-    free(pm), free(gm), free(r), free(dfeat);
+    free(pm), free(gm), free(r), free(dfeat), free(kept);
 }
 
 int main(void) {

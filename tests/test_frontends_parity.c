@@ -157,7 +157,7 @@ static void test_text(hid_t file, const char *path) {
     c->max_positions = (int)fx_attr(fx, "max_positions"), c->pad_id = (int)fx_attr(fx, "pad_id");
     c->ln_eps = (float)fx_attr(fx, "eps"), c->dropout = (float)fx_attr(fx, "dropout");
     k.B = (int)fx_attr(fx, "B"), k.T = (int)fx_attr(fx, "T");
-    hsize_t V = c->V, C = c->C, B = k.B, T = k.T, rows = c->max_positions + c->pad_id + 1;
+    hsize_t V = c->V, C = c->C, B = k.B, T = k.T, rows = c->max_positions + 2;
     hsize_t bt[2] = {B, T}, btc[3] = {B, T, C};
     k.tokens = fx_load_i32(fx, "tokens", 2, bt);
     k.positions = fx_load_i32(fx, "positions", 2, bt);
@@ -186,7 +186,7 @@ static void test_text(hid_t file, const char *path) {
         pos_same &= k.t.pos_ids[i] == k.positions[i];
         pad_same &= k.t.pad[i] == (k.tokens[i] == c->pad_id);
     }
-    CHECK(pos_same); /* fairseq make_positions */
+    CHECK(pos_same); /* fairseq make_positions with padding_idx 1 */
     CHECK(pad_same);
 
     /* a token row that sample 0 uses at position 1 */
@@ -289,6 +289,8 @@ static void test_image(hid_t file, const char *path, const char *name, int want_
 
 /* ---- speech ---------------------------------------------------------------------------------- */
 
+static const DropKey no_drop = {0, 0, 0, NULL}; /* the fixture has no dropout (train = 0) */
+
 typedef struct {
     Fixture fx;
     SpeechEmbedConfig c;
@@ -309,12 +311,12 @@ static void speech_pass(void *kv, int quiet, int *fwd_ok, int *grad_ok) {
     int ok = k->f.T == k->T;
     if (!quiet) CHECK(k->f.T == k->T);
     ok = ok && compare(&k->fx, "features", k->f.features, k->features, NC, OUT_TOL, quiet);
-    speech_context_forward(&k->s, &k->p, k->f.features, k->mask, k->B, k->T);
+    speech_context_forward(&k->s, &k->p, k->f.features, k->mask, k->B, k->T, 0, no_drop);
     ok &= compare(&k->fx, "out", k->s.out, k->out, NC, OUT_TOL, quiet);
     *fwd_ok = ok;
     memset(k->ps.grads, 0, k->ps.count * sizeof(float));
     memset(k->dfeat, 0, NC * sizeof(float));
-    speech_context_backward(&k->s, &k->g, &k->p, k->R, k->dfeat);
+    speech_context_backward(&k->s, &k->g, &k->p, k->R, k->dfeat, 0, no_drop);
     ok = compare(&k->fx, "dfeatures", k->dfeat, k->dfeatures, NC, GRAD_TOL, quiet);
     speech_features_backward(&k->f, &k->g, &k->p, k->dfeat);
     ok &= compare_grads(&k->fx, &k->ps, quiet);
@@ -420,12 +422,12 @@ static void test_speech(hid_t file, const char *path) {
     /* The forward-only context (the teacher's) gives the same output. */
     SpeechContext s0;
     speech_context_init(&s0, c, k.B, k.T, 0);
-    speech_context_forward(&s0, &k.p, k.f.features, k.mask, k.B, k.T);
+    speech_context_forward(&s0, &k.p, k.f.features, k.mask, k.B, k.T, 0, no_drop);
     size_t NC = B * T * C;
     compare(fx, "forward-only out", s0.out, k.out, NC, OUT_TOL, 0);
     compare(fx, "forward-only out vs cached", s0.out, k.s.out, NC, 1e-6, 0);
     /* ... and without the mask it differs: the mask path is what the fixture tests. */
-    speech_context_forward(&s0, &k.p, k.f.features, NULL, k.B, k.T);
+    speech_context_forward(&s0, &k.p, k.f.features, NULL, k.B, k.T, 0, no_drop);
     CHECK(!compare(fx, "unmasked out", s0.out, k.out, NC, OUT_TOL, 1));
     speech_context_free(&s0);
 

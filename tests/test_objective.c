@@ -49,6 +49,23 @@ static void test_targets(void) {
           NEAR(y[3], 3.5, 1e-7));
 }
 
+/* The eps passed to targets_build is the one of both the per-layer and the final layer norm: a row
+ * (a, -a) with a^2 = eps normalises to +-1/sqrt(2), and to +-1/sqrt(1.1) with eps a^2 / 10. */
+static void test_target_eps(void) {
+    printf("-- target layer-norm eps\n");
+    float a = sqrtf(1e-5f), l0[2] = {a, -a}, *layers[1] = {l0}, y[2], scratch[2 + 2 * 2];
+    uint8_t sel[1] = {1};
+    double h = 1 / sqrt(2.0), t = 1 / sqrt(1.1);
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_LAYER, 0, 1e-5f, sel, scratch);
+    check_record(NEAR(y[0], h, 1e-5) && NEAR(y[1], -h, 1e-5), "per-layer LN uses eps (1e-5)");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_NONE, 1, 1e-5f, sel, scratch);
+    check_record(NEAR(y[0], h, 1e-5) && NEAR(y[1], -h, 1e-5), "final LN uses eps (1e-5)");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_LAYER, 0, 1e-6f, sel, scratch);
+    check_record(NEAR(y[0], t, 1e-5), "per-layer LN with eps 1e-6 differs as it should");
+    targets_build(y, layers, 1, 1, 1, 2, TARGET_NORM_NONE, 1, 1e-6f, sel, scratch);
+    check_record(NEAR(y[0], t, 1e-5), "final LN with eps 1e-6 differs as it should");
+}
+
 static void test_loss(void) {
     printf("-- loss\n");
     float p[4] = {0, 1, 5, -3}, y[4] = {0.5, 0, 0, 0}, d[4];
@@ -90,7 +107,7 @@ static void test_adamw(void) {
     printf("-- AdamW\n");
     float p[2] = {1.0f, -2.0f}, m[2] = {0}, v[2] = {0}, g[2] = {0.5f, -0.1f};
     uint8_t decay[2] = {1, 0};
-    AdamW o = {0.9, 0.98, 1e-6, 0.1};
+    AdamW o = {0.9, 0.98, 1e-6, 0.1, ADAM_EPS_TORCH};
     adamw_step(p, m, v, g, decay, 2, &o, 0.01, 1);
     /* step 1: mhat = g, vhat = g^2 -> update = lr * g / (|g| + eps) = 0.01 * sign(g)
      * (+ decay 0.01 * 0.1 * p on the first parameter only, applied to the pre-update value) */
@@ -103,6 +120,49 @@ static void test_adamw(void) {
         p[0] - 0.01 * 0.1 * p[0] - 0.01 * (m2 / (1 - 0.81)) / (sqrt(v2 / (1 - 0.98 * 0.98)) + 1e-6);
     adamw_step(p, m, v, g, decay, 2, &o, 0.01, 2);
     CHECK(NEAR(p[0], want, 1e-6));
+}
+
+/* eps placement (optim.eps_mode): torch.optim.AdamW divides by sqrt(v / bc2) + eps with step
+ * lr / bc1; fairseq's Adam by sqrt(v) + eps with step lr sqrt(bc2) / bc1. Two steps of each by
+ * hand, on a gradient of the order of eps where the two differ most. */
+static void test_adamw_eps_mode(void) {
+    printf("-- AdamW eps placement: torch and fairseq\n");
+    const double b1 = 0.9, b2 = 0.98, eps = 1e-6, wd = 0.1, lr = 0.01;
+    const double g[2] = {2e-6, -0.3}, p0[2] = {1.0, -2.0};
+    float out[2][2];
+    for (int mode = 0; mode < 2; mode++) {
+        float p[2] = {(float)p0[0], (float)p0[1]}, m[2] = {0}, v[2] = {0};
+        float gf[2] = {(float)g[0], (float)g[1]};
+        uint8_t decay[2] = {1, 0};
+        AdamW o = {b1, b2, eps, wd, mode ? ADAM_EPS_FAIRSEQ : ADAM_EPS_TORCH};
+        double hp[2] = {p0[0], p0[1]}, hm[2] = {0, 0}, hv[2] = {0, 0};
+        for (int t = 1; t <= 2; t++) {
+            adamw_step(p, m, v, gf, decay, 2, &o, lr, t);
+            double bc1 = 1 - pow(b1, t), bc2 = 1 - pow(b2, t);
+            for (int i = 0; i < 2; i++) {
+                double gi = (double)gf[i];
+                if (decay[i]) hp[i] -= lr * wd * hp[i]; /* decoupled, on the pre-update value */
+                hm[i] = b1 * hm[i] + (1 - b1) * gi, hv[i] = b2 * hv[i] + (1 - b2) * gi * gi;
+                if (mode == 0) /* torch: lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps) */
+                    hp[i] -= lr / bc1 * hm[i] / (sqrt(hv[i]) / sqrt(bc2) + eps);
+                else /* fairseq: lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps) */
+                    hp[i] -= lr * sqrt(bc2) / bc1 * hm[i] / (sqrt(hv[i]) + eps);
+            }
+            char label[96];
+            snprintf(label, sizeof label, "%s step %d: p = %.7f, %.7f (by hand %.7f, %.7f)",
+                     mode ? "fairseq" : "torch  ", t, p[0], p[1], hp[0], hp[1]);
+            check_record(NEAR(p[0], hp[0], 2e-7) && NEAR(p[1], hp[1], 2e-7), label);
+        }
+        out[mode][0] = p[0], out[mode][1] = p[1];
+    }
+    /* step 1 in closed form: update = lr g / (|g| + eps') with eps' = eps (torch) or
+     * eps / sqrt(1 - b2) (fairseq); g = 2 eps: lr * 2/3 against lr * 2 / (2 + 1/sqrt(0.02)) */
+    float p[2] = {1.0f, -2.0f}, m[2] = {0}, v[2] = {0}, gf[2] = {2e-6f, -0.3f};
+    AdamW f = {b1, b2, eps, 0.0, ADAM_EPS_FAIRSEQ};
+    adamw_step(p, m, v, gf, NULL, 2, &f, lr, 1);
+    CHECK(NEAR(p[0], 1.0 - lr * 2.0 / (2.0 + 1.0 / sqrt(0.02)), 2e-7));
+    /* the two placements really differ here (the test could not pass with one formula) */
+    CHECK(fabs((double)out[0][0] - out[1][0]) > 1e-3);
 }
 
 static void test_schedules(void) {
@@ -137,9 +197,11 @@ static void test_clip(void) {
 int main(void) {
     test_ema();
     test_targets();
+    test_target_eps();
     test_loss();
     test_var();
     test_adamw();
+    test_adamw_eps_mode();
     test_schedules();
     test_clip();
     return check_summary();

@@ -15,8 +15,11 @@
 #include "check.h"
 #include "d2v/config.h"
 #include "d2v/dataset.h"
+#include "d2v/frontends.h"
 #include "d2v/kernels.h"
 #include "d2v/model.h"
+#include "d2v/objective.h"
+#include "d2v/optim.h"
 #include "d2v/util.h"
 
 #define ACC_TOL 1e-5 /* accumulation: fp32 rounding, relative to each tensor's max |gradient| */
@@ -150,8 +153,158 @@ static void test_accumulation(int modality) {
     free(params), free(teacher), free(g_full), free(g_halves);
 }
 
-/* ---- EMA placement (docs/algorithm.md §4.1)
- * ------------------------------------------------------------ */
+/* ---- speech: dropout on the encoder input (wav2vec2 TransformerEncoder.extract_features) ------
+ * The same batch, parameters and masks with the encoder-input dropout at 0 and at 0.1 (every
+ * encoder dropout off, so it is the only difference): the teacher's targets must be bit-identical
+ * (it runs in eval mode: no dropout) and the student's predictions must differ. */
+
+static void test_speech_input_dropout(void) {
+    printf("-- speech encoder-input dropout: student only, never the teacher\n");
+    ModelConfig mc;
+    TrainConfig cfg;
+    if (tiny_model(&mc, &cfg, D2V_SPEECH)) return;
+    ModelConfig md = mc;
+    md.speech.dropout = 0.1f;
+    enum { B = 2, S = 4000 };
+    size_t np = model_params_layout(NULL, NULL, &mc);
+    float *params = xalloc(np * 4, "params"), *grads = xalloc(np * 4, "grads");
+    ModelParams ps, pg;
+    model_params_layout(&ps, params, &mc);
+    model_params_init(&ps, &mc, 7);
+    model_params_layout(&pg, grads, &mc);
+    Batch b;
+    memset(&b, 0, sizeof b);
+    int64_t ids[B] = {3, 11};
+    float *audio = xalloc(sizeof(float) * B * S, "audio");
+    for (size_t i = 0; i < (size_t)B * S; i++)
+        audio[i] = rng_normal(rng_key(5, 0, 0, 0), i);
+    b.B = B, b.ids = ids, b.S = S, b.audio = audio;
+    float *y[2], *pred[2];
+    int M[2];
+    for (int run = 0; run < 2; run++) {
+        const ModelConfig *c = run ? &md : &mc;
+        Model *m = model_create(c, B, S);
+        MicroResult r = {0, 0, NULL, NULL};
+        model_micro_step(m, &ps, &ps, &pg, &b, 1, 5, &r); /* teacher = student's parameters */
+        ModelTrace t = model_trace(m, &b);
+        M[run] = t.M;
+        y[run] = xalloc((size_t)t.M * t.C * 4, "targets");
+        pred[run] = xalloc((size_t)t.M * t.C * 4, "predictions");
+        memcpy(y[run], t.targets, (size_t)t.M * t.C * 4);
+        memcpy(pred[run], t.preds, (size_t)t.M * t.C * 4);
+        model_destroy(m);
+    }
+    size_t n = (size_t)M[0] * mc.enc.C;
+    check_record(M[0] == M[1] && M[0] > 0, "speech: the same masked positions in both runs");
+    check_record(M[0] == M[1] && !memcmp(y[0], y[1], n * 4),
+                 "speech: teacher targets bit-identical with encoder-input dropout 0.1 (no "
+                 "dropout in the teacher)");
+    double diff = 0;
+    for (size_t i = 0; M[0] == M[1] && i < n; i++)
+        diff = fmax(diff, fabs((double)pred[0][i] - pred[1][i]));
+    char label[160];
+    snprintf(label, sizeof label,
+             "speech: student predictions change with encoder-input dropout 0.1 (max |diff| "
+             "%.2e)",
+             diff);
+    check_record(diff > 1e-3, label);
+    for (int run = 0; run < 2; run++)
+        free(y[run]), free(pred[run]);
+    free(params), free(grads), free(audio);
+}
+
+/* ---- text positions: independent of the numeric pad id ---------------------------------------
+ * A GPT-2 vocab.json puts <pad> at 50258; fairseq's numbering (offset by the pad id) would need a
+ * 50771-row position table for 512 positions. d2v numbers from padding_idx 1 whatever the pad id:
+ * max_positions + 2 rows, padding at row 1, real tokens from row 2. */
+
+static int64_t param_rows(const ModelConfig *mc, const char *name, int64_t *cols) {
+    ParamInfo table[512];
+    int nt = model_param_table(table, 512, mc);
+    for (int i = 0; i < nt; i++)
+        if (!strcmp(table[i].name, name)) return *cols = table[i].shape[1], table[i].shape[0];
+    return *cols = -1, -1;
+}
+
+static void test_text_positions_gpt2_pad(void) {
+    printf("-- text positions with a GPT-2 vocabulary (<pad> = 50258)\n");
+    ModelConfig mc, m1;
+    TrainConfig cfg;
+    if (tiny_model(&m1, &cfg, D2V_TEXT)) return; /* pad 1, as RoBERTa's dictionary */
+    Dataset ds;
+    memset(&ds, 0, sizeof ds);
+    ds.vocab_size = 50265, ds.eos_id = 50256, ds.bos_id = 50257, ds.pad_id = 50258;
+    ds.unk_id = 50259, ds.mask_id = 50264;
+    train_config_to_model(&mc, &cfg, &ds);
+    int64_t C, C1, rows = param_rows(&mc, "text.pos", &C), rows1 = param_rows(&m1, "text.pos", &C1);
+    char label[200];
+    snprintf(label, sizeof label,
+             "text.pos is (%lld, %lld) for pad 50258 and (%lld, %lld) for pad 1: "
+             "(max_positions + 2, C) = (%d, %d)",
+             (long long)rows, (long long)C, (long long)rows1, (long long)C1,
+             cfg.text_max_positions + 2, cfg.width);
+    check_record(rows == cfg.text_max_positions + 2 && C == cfg.width && rows1 == rows && C1 == C,
+                 label);
+    /* the embedding itself: pad rows zero at init, positions 2.. for real tokens, 1 at padding */
+    TextEmbedConfig tc = mc.text;
+    TextEmbedParams p;
+    size_t np = text_embed_params_layout(&p, NULL, &tc);
+    float *mem = xalloc(np * 4, "text params");
+    text_embed_params_layout(&p, mem, &tc);
+    text_embed_params_init(&p, &tc, 3);
+    int zero_rows = 1;
+    for (int c = 0; c < tc.C; c++)
+        zero_rows &=
+            p.tok[(size_t)50258 * tc.C + c] == 0 && p.pos[(size_t)TEXT_POS_PAD_ROW * tc.C + c] == 0;
+    TextEmbed t;
+    text_embed_init(&t, &tc, 1, 6);
+    int32_t ids[6] = {50257, 10, 11, 50256, 50258, 50258}, want[6] = {2, 3, 4, 5, 1, 1};
+    DropKey dk = {0, 0, 1, NULL};
+    text_embed_forward(&t, &p, ids, 1, 6, 0, dk);
+    check_record(zero_rows && !memcmp(t.pos_ids, want, sizeof want),
+                 "pad 50258: zero pad rows (token 50258, position 1); positions 2, 3, 4, 5, 1, 1");
+    text_embed_free(&t);
+    free(mem);
+    /* one training step of the whole model on such a vocabulary: finite, no gradient into the
+     * pad rows */
+    size_t n = model_params_layout(NULL, NULL, &mc);
+    float *params = xalloc(n * 4, "params"), *grads = xalloc(n * 4, "grads");
+    ModelParams ps, pg;
+    model_params_layout(&ps, params, &mc), model_params_layout(&pg, grads, &mc);
+    model_params_init(&ps, &mc, 7);
+    int B = 2, T = cfg.text_block;
+    Batch b;
+    memset(&b, 0, sizeof b);
+    int64_t bid[2] = {1, 2};
+    b.B = B, b.T = T, b.ids = bid, b.tokens = xalloc(sizeof(int32_t) * B * T, "tokens");
+    for (int i = 0; i < B * T; i++) {
+        int col = i % T, len = i < T ? T : T - 5;
+        b.tokens[i] = col == 0         ? 50257
+                      : col < len - 1  ? 100 + (i * 37) % 50000
+                      : col == len - 1 ? 50256
+                                       : 50258;
+    }
+    Model *m = model_create(&mc, B, T);
+    MicroResult r = {0, 0, NULL, NULL};
+    model_micro_step(m, &ps, &ps, &pg, &b, 1, 5, &r);
+    int finite = isfinite(r.loss_sum) && r.masked > 0, pad_rows = 1;
+    for (size_t i = 0; i < n; i++)
+        finite &= isfinite(grads[i]);
+    for (int c = 0; c < mc.enc.C; c++)
+        pad_rows &= pg.text.tok[(size_t)50258 * mc.enc.C + c] == 0 &&
+                    pg.text.pos[(size_t)TEXT_POS_PAD_ROW * mc.enc.C + c] == 0;
+    snprintf(label, sizeof label,
+             "a training step on it: loss %.4f over %lld positions, finite "
+             "gradients, none into the pad rows",
+             r.loss_sum, (long long)r.masked);
+    check_record(finite && pad_rows, label);
+    model_destroy(m);
+    free(b.tokens), free(params), free(grads);
+}
+
+/* ---- EMA placement (spec §6) ----------------------------------------------------------------- */
+
+/* ---- EMA placement (docs/algorithm.md §4.1) --------------------------------------------- */
 
 /* Where the teacher reads tensor `ptr` of the student from: 1 = its own arena at the same
  * offset, 0 = the student's own tensor, -1 = anything else. */
@@ -616,6 +769,8 @@ int main(void) {
     if (!mkdtemp(dir)) die("%s: cannot create a temporary directory", dir);
     test_accumulation(D2V_IMAGE);
     test_accumulation(D2V_TEXT);
+    test_speech_input_dropout();
+    test_text_positions_gpt2_pad();
     for (int mod = 0; mod < 3; mod++)
         test_ema_placement(mod);
     for (int mod = 0; mod < 3; mod++)

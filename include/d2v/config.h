@@ -51,12 +51,15 @@ typedef struct {
     double lr, lr_min, warmup_init, beta1, beta2, adam_eps, weight_decay, clip;
     double tri_hold, tri_decay;
     int schedule, exempt_1d;
+    int adam_eps_mode; // ADAM_EPS_TORCH / ADAM_EPS_FAIRSEQ (optim.h)
     int64_t warmup;
     /* data */
     char train_path[PATH_MAX];
     int batch_size, micro_batch, text_block, text_stream, augment, prefetch;
     int speech_max_samples, speech_min_samples, speech_normalize;
     double crop_scale_min, crop_scale_max, flip_prob, mean[3], std[3];
+    double color_jitter; // ColorJitter(s, s, s) strength, 0 = off
+    int interpolation;   // LOADER_INTERP_BILINEAR / LOADER_INTERP_BICUBIC (dataset.h)
     /* run */
     int64_t max_updates, collapse_after, checkpoint_every;
     int keep_last;

@@ -72,7 +72,36 @@ typedef struct {
     int speech_min_samples; // shorter utterances are skipped: 32000 (2 s)
     int speech_normalize;   // zero mean, unit variance per utterance
     int prefetch;           // batches prepared ahead by a background thread (0: none)
+    /* images, appended (zero: no jitter, bilinear, the loader's behaviour before they existed) */
+    float color_jitter; // augment only: ColorJitter(s, s, s) on the whole image before the crop
+    int interpolation;  // LOADER_INTERP_BILINEAR or LOADER_INTERP_BICUBIC (crop resampling)
 } LoaderConfig;
+
+/* Image resampling (the crop to out_H x out_W), both on align_corners = False pixel centres with
+ * indices clamped at the image edge (torchvision clamps at the crop's) and no antialiasing
+ * (F.interpolate semantics):
+ *   bilinear  2x2 taps;
+ *   bicubic   4x4 taps of PyTorch's cubic convolution (upsample_bicubic2d, A = -0.75), the result
+ *             clamped to [0, 255] as a uint8 image would be. The official vision code resizes PIL
+ *             images, whose bicubic is A = -0.5 with the filter widened when downscaling; that
+ *             antialiasing is not reproduced. */
+enum { LOADER_INTERP_BILINEAR = 0, LOADER_INTERP_BICUBIC = 1 };
+
+/// One image's colour-jitter draw (torchvision ColorJitter.get_params with hue off): factor[0..2]
+/// for brightness, contrast and saturation, each uniform in [max(0, 1 - s), 1 + s], and order, a
+/// random permutation of {0, 1, 2}: the order the three are applied in. Keyed on (seed, epoch,
+/// sample) like the crop, on a stream of its own.
+typedef struct {
+    float factor[3];
+    int order[3];
+} ColorJitter;
+ColorJitter color_jitter_draw(uint64_t seed, int64_t epoch, int64_t sample, float s);
+/// torchvision's tensor ColorJitter on img (H, W, C) holding values in [0, 255], in place, in
+/// float (PIL would round to uint8 after each step): brightness f*x; contrast f*x + (1-f)*mean,
+/// the mean of the whole grayscale image; saturation f*x + (1-f)*gray(x) per pixel (RGB only:
+/// one channel is left as it is); gray = 0.2989 R + 0.587 G + 0.114 B; each step clamped to
+/// [0, 255].
+void color_jitter_apply(float *img, int H, int W, int C, const ColorJitter *j);
 
 typedef struct Batch {
     int B; // samples in this batch (per rank)

@@ -13,10 +13,17 @@
 
 /* ---- text ------------------------------------------------------------------------------------ */
 
+/* Learned positions, numbered as fairseq's make_positions with RoBERTa's padding_idx 1 whatever
+ * the dataset's pad id: row TEXT_POS_PAD_ROW (kept zero, no gradient) at padding, rows 2..T+1 for
+ * the real tokens, so max_positions + 2 rows (514 for 512, as RoBERTa). fairseq offsets by the
+ * numeric pad id itself, which with a GPT-2 vocab.json (<pad> 50258) would make a 50771-row table
+ * for 512 positions; with pad 1 the two numberings are the same. */
+#define TEXT_POS_PAD_ROW 1
+
 typedef struct {
     int V, C;          // vocabulary size, model width
-    int max_positions; // 512: longest sequence (positions table has max_positions + pad_id + 1)
-    int pad_id;        // <pad> (1 in RoBERTa's dictionary)
+    int max_positions; // 512: longest sequence (positions table has max_positions + 2 rows)
+    int pad_id;        // <pad> (1 in RoBERTa's dictionary): its token row is zero
     float ln_eps;      // embedding layer norm eps (1e-5)
     float dropout;     // after the embedding layer norm (0.1)
 } TextEmbedConfig;
@@ -24,21 +31,24 @@ typedef struct {
 #define TEXT_EMBED_NUM_PARAMS 4
 typedef struct {
     float *tok;         // (V, C)
-    float *pos;         // (max_positions + pad_id + 1, C) learned positions, fairseq numbering
+    float *pos;         // (max_positions + 2, C) learned positions, row 1 for padding
     float *ln_w, *ln_b; // (C)
 } TextEmbedParams;
 
 /// Declare the tensors (ema: EMA_AVERAGE or EMA_SHARED, the teacher's sharing of the front-end).
 void text_embed_declare(ParamTable *t, TextEmbedParams *p, const TextEmbedConfig *c, int ema);
 size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c);
-/// init_bert_params: N(0, 0.02) with the pad rows zeroed; LN (1, 0).
+/// Rows of the position table: max_positions + 2 (TEXT_POS_PAD_ROW above).
+int text_embed_pos_rows(const TextEmbedConfig *c);
+/// init_bert_params: N(0, 0.02) with the pad rows (token pad_id, position TEXT_POS_PAD_ROW)
+/// zeroed; LN (1, 0).
 void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64_t seed);
 
 typedef struct {
     TextEmbedConfig cfg;
     int Bmax, Tmax, B, T;
     int32_t *tokens;    // (B, T) copy of the input ids
-    int32_t *pos_ids;   // (B, T) position row per token: cumsum(tok != pad) + pad_id, pad at pads
+    int32_t *pos_ids;   // (B, T) position row: 1 + cumsum(tok != pad), TEXT_POS_PAD_ROW at pads
     uint8_t *pad;       // (B, T) 1 = padding (the encoder's key padding mask)
     float *sum;         // (B, T, C) token + position embedding (layer norm input)
     float *mean, *rstd; // (B, T)
@@ -133,6 +143,7 @@ typedef struct {
     int C;                             // model width (768)
     int pos_layers, pos_k, pos_groups; // 5, 19, 16: convolutional positional encoder
     float ln_eps;                      // 1e-5 everywhere
+    float dropout;                     // after the encoder LN, student only (model.dropout, 0.1)
 } SpeechEmbedConfig;
 
 /// Parameter tensors: per conv layer i weight (dim_i, dim_{i-1}, k_i) + LN (dim_i) x2; feature
@@ -193,20 +204,22 @@ typedef struct {
     float *pos_act[SPEECH_MAX_CONV]; // (B, T, C) GELU output
     float *sum;                      // (B, T, C) masked + pos_conv(masked)
     float *ln_mean, *ln_rstd;        // (B, T)
-    float *out;                      // (B, T, C) encoder LN output: the transformer input
+    float *out;                      // (B, T, C) encoder LN -> dropout: the transformer input
     float *cols;                     // im2col scratch
     float *dbuf[3];                  // backward scratch
 } SpeechContext;
 
-/// Stage 2: mask embedding at masked frames, x + pos_conv(x), layer norm (wav2vec2 post-LN
-/// encoder's input). keep_caches = 0: forward-only (the teacher, which sees no mask).
+/// Stage 2: mask embedding at masked frames, x + pos_conv(x), layer norm, dropout (wav2vec2
+/// TransformerEncoder.extract_features of the post-LN encoder). keep_caches = 0: forward-only
+/// (the teacher, which sees no mask). train = 0 turns dropout off (the teacher runs in eval
+/// mode); k keys the dropout (site k.site).
 void speech_context_init(SpeechContext *s, const SpeechEmbedConfig *c, int Bmax, int Tmax,
                          int keep_caches);
 void speech_context_free(SpeechContext *s);
 void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const float *features,
-                            const uint8_t *mask, int B, int T);
-/// Accumulates into parameter gradients and dfeatures (B, T, C).
+                            const uint8_t *mask, int B, int T, int train, DropKey k);
+/// Accumulates into parameter gradients and dfeatures (B, T, C); train and k as in the forward.
 void speech_context_backward(SpeechContext *s, SpeechEmbedParams *g, const SpeechEmbedParams *p,
-                             const float *dout, float *dfeatures);
+                             const float *dout, float *dfeatures, int train, DropKey k);
 
 #endif

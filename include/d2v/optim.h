@@ -22,13 +22,22 @@ typedef struct {
 /// Learning rate for update n (0-based).
 double lr_at(const LrSchedule *s, int64_t n);
 
+/* Where eps enters the denominator (bc1, bc2 = 1 - beta1^t, 1 - beta2^t):
+ *   torch    torch.optim.AdamW:   p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+ *   fairseq  fairseq/optim/adam.py: p -= lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps)
+ * The same update but for eps, which fairseq effectively scales by 1/sqrt(bc2) (large early
+ * in training: 1/sqrt(1 - 0.98) = 7x at step 1). Both decay decoupled, p -= lr*wd*p first. */
+enum { ADAM_EPS_TORCH = 0, ADAM_EPS_FAIRSEQ = 1 };
+
 typedef struct {
     double beta1, beta2, eps, weight_decay;
+    int eps_mode; // ADAM_EPS_TORCH (0) or ADAM_EPS_FAIRSEQ
 } AdamW;
 
-/// One AdamW step over n parameters: m, v updated; p -= lr * (mhat / (sqrt(vhat) + eps) +
-/// wd_mask * weight_decay * p) with bias correction for step t (1-based). decay (n) may be NULL
-/// (all decayed) or hold 0/1 per parameter (0: biases, norms, other 1-D tensors when exempt).
+/// One AdamW step over n parameters: m, v updated; p -= lr * wd_mask * weight_decay * p, then
+/// the bias-corrected Adam step with eps placed per o->eps_mode, for step t (1-based). decay (n)
+/// may be NULL (all decayed) or hold 0/1 per parameter (0: biases, norms, other 1-D tensors when
+/// exempt).
 void adamw_step(float *p, float *m, float *v, const float *g, const uint8_t *decay, size_t n,
                 const AdamW *o, double lr, int64_t t);
 

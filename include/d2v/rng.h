@@ -18,8 +18,9 @@ typedef enum {
     RNG_MASK_SPEECH_THIN = 4, // span_mask_batch: thinning to the batch minimum, mask_dropout
     /* data, keyed on (seed, epoch, sample) through rng_stream */
     RNG_SHUFFLE = 0x5f1, // the per-epoch global permutation (sample = UINT64_MAX)
-    RNG_AUGMENT = 0x5f2, // image crop, flip and colour jitter
+    RNG_AUGMENT = 0x5f2, // image crop and flip
     RNG_CROP = 0x5f3,    // speech crop to the batch length
+    RNG_JITTER = 0x5f4,  // image colour jitter (its own stream: the crops do not move)
     /* parameters, keyed on (seed, RNG_INIT, tensor name hash) through rng_key */
     RNG_INIT = 0x1417,
 } RngStreamId;

@@ -33,6 +33,8 @@ static const char *const tensor_names[] = {"end", "ffn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
 static const char *const init_names[] = {"fairseq", "beit", "mae", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
+static const char *const eps_mode_names[] = {"torch", "fairseq", NULL};  /* ADAM_EPS_* order */
+static const char *const interp_names[] = {"bilinear", "bicubic", NULL}; /* LOADER_INTERP_* */
 
 #define F(field) offsetof(TrainConfig, field)
 static const KeySpec schema[] = {
@@ -101,6 +103,7 @@ static const KeySpec schema[] = {
     {"optim.beta1", T_FLOAT, F(beta1), 0, 0.999999, NULL, "0.9"},
     {"optim.beta2", T_FLOAT, F(beta2), 0, 0.999999, NULL, "0.98"},
     {"optim.eps", T_FLOAT, F(adam_eps), 1e-20, 1, NULL, "1e-6"},
+    {"optim.eps_mode", T_ENUM, F(adam_eps_mode), 0, 0, eps_mode_names, "torch"},
     {"optim.weight_decay", T_FLOAT, F(weight_decay), 0, 10, NULL, "0.01"},
     {"optim.exempt_1d", T_BOOL, F(exempt_1d), 0, 1, NULL, "false"},
     {"optim.schedule", T_ENUM, F(schedule), 0, 0, schedule_names, "cosine"},
@@ -117,6 +120,8 @@ static const KeySpec schema[] = {
     {"data.crop_scale_min", T_FLOAT, F(crop_scale_min), 0.001, 1, NULL, "0.08"},
     {"data.crop_scale_max", T_FLOAT, F(crop_scale_max), 0.001, 1, NULL, "1"},
     {"data.flip_prob", T_FLOAT, F(flip_prob), 0, 1, NULL, "0.5"},
+    {"data.color_jitter", T_FLOAT, F(color_jitter), 0, 1, NULL, "0"},
+    {"data.interpolation", T_ENUM, F(interpolation), 0, 0, interp_names, "bilinear"},
     {"data.mean", T_FLOAT3, F(mean), -10, 10, NULL, "[0.485, 0.456, 0.406]"},
     {"data.std", T_FLOAT3, F(std), 1e-6, 10, NULL, "[0.229, 0.224, 0.225]"},
     {"data.speech_max_samples", T_INT, F(speech_max_samples), 1, 1 << 28, NULL, "320000"},
@@ -550,7 +555,9 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                                .pos_layers = c->speech_pos_layers,
                                .pos_k = c->speech_pos_kernel,
                                .pos_groups = c->speech_pos_groups,
-                               .ln_eps = (float)c->speech_ln_eps};
+                               .ln_eps = (float)c->speech_ln_eps,
+                               /* wav2vec2: the encoder's dropout on its input too */
+                               .dropout = (float)c->dropout};
         for (int i = 0; i < s.n_conv; i++)
             s.conv_dim[i] = c->speech_conv[i][0], s.conv_k[i] = c->speech_conv[i][1],
             s.conv_s[i] = c->speech_conv[i][2];
@@ -600,7 +607,9 @@ LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch) {
                       .speech_max_samples = c->speech_max_samples,
                       .speech_min_samples = c->speech_min_samples,
                       .speech_normalize = c->speech_normalize,
-                      .prefetch = c->prefetch};
+                      .prefetch = c->prefetch,
+                      .color_jitter = (float)c->color_jitter,
+                      .interpolation = c->interpolation};
     if (c->modality == D2V_SPEECH) { /* shorter clips give fewer frames than one mask span */
         ModelConfig m;
         Dataset none = {0};
@@ -613,8 +622,11 @@ LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch) {
 }
 
 AdamW train_config_to_optim(const TrainConfig *c) {
-    return (AdamW){
-        .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps, .weight_decay = c->weight_decay};
+    return (AdamW){.beta1 = c->beta1,
+                   .beta2 = c->beta2,
+                   .eps = c->adam_eps,
+                   .weight_decay = c->weight_decay,
+                   .eps_mode = c->adam_eps_mode};
 }
 
 LrSchedule train_config_to_schedule(const TrainConfig *c) {

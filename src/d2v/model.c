@@ -160,7 +160,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
                       const Batch *b, uint64_t seed, uint64_t step, MicroResult *out) {
     const ModelConfig *c = &m->c;
     int B = b->B, C = c->enc.C;
-    DropKey dk = {seed, step, RNG_SITE_TEXT_EMBED, b->ids};
+    DropKey dk = {seed, step, 0, b->ids}; /* each front-end sets its own site */
     double t0 = now_seconds(), t1;
     /* 1. masks and both front-ends: the student sees the masked input, the teacher the full one */
     int T = m->T = m->ops->begin(m->fe, s, b);
@@ -218,7 +218,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
 void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) {
     const ModelConfig *c = &m->c;
     int B = b->B, C = c->enc.C, first = m->ops->pool_first(c);
-    DropKey dk = {0, 0, RNG_SITE_TEXT_EMBED, b->ids};
+    DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x = m->ops->forward(m->fe, p, b, 0, dk);
     EncoderRun r = {B, T, x.pad, x.bias, 0, 0, 0, b->ids};

@@ -34,6 +34,8 @@ void adamw_step(float *p, float *m, float *v, const float *g, const uint8_t *dec
     float b1 = (float)o->beta1, b2 = (float)o->beta2;
     double bc1 = 1.0 - pow(o->beta1, (double)t), bc2 = 1.0 - pow(o->beta2, (double)t);
     float step = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)), eps = (float)o->eps;
+    if (o->eps_mode == ADAM_EPS_FAIRSEQ) /* fairseq Adam.step: denom = sqrt(v) + eps */
+        step = (float)(lr * sqrt(bc2) / bc1), inv_sqrt_bc2 = 1.0f;
     float wd = (float)(lr * o->weight_decay);
 #pragma omp parallel for
     for (size_t i = 0; i < n; i++) {

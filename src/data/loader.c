@@ -31,6 +31,7 @@ struct Loader {
     int n_slots, head, count, taken; // ring of prepared batches
     Batch *slots;
     uint8_t *pixels; // scratch: one image
+    float *src;      // scratch: the same image as floats in [0, 255] (colour jitter, resampling)
     float *crop;     // scratch: one image crop / utterance
     int stop, failed;
     char err[PATH_MAX + 512];
@@ -127,15 +128,92 @@ static int fill_text(Loader *l, int64_t block, int32_t *row) {
     return 0;
 }
 
-/* Bilinear sample of channel ch at (y, x) in a H x W x C uint8 image (edge-clamped). */
-static float bilinear(const uint8_t *img, int H, int W, int C, int ch, float y, float x) {
+/* Bilinear sample of every channel at (y, x) of a H x W x C image (edge-clamped) into out. */
+static void bilinear(float *out, const float *img, int H, int W, int C, float y, float x) {
     y = y < 0 ? 0 : (y > H - 1 ? H - 1 : y);
     x = x < 0 ? 0 : (x > W - 1 ? W - 1 : x);
     int y0 = (int)y, x0 = (int)x, y1 = y0 + 1 < H ? y0 + 1 : y0, x1 = x0 + 1 < W ? x0 + 1 : x0;
     float fy = y - y0, fx = x - x0;
-    float a = img[((size_t)y0 * W + x0) * C + ch], b = img[((size_t)y0 * W + x1) * C + ch];
-    float c = img[((size_t)y1 * W + x0) * C + ch], e = img[((size_t)y1 * W + x1) * C + ch];
-    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + e * fx) * fy;
+    for (int ch = 0; ch < C; ch++) {
+        float a = img[((size_t)y0 * W + x0) * C + ch], b = img[((size_t)y0 * W + x1) * C + ch];
+        float c = img[((size_t)y1 * W + x0) * C + ch], e = img[((size_t)y1 * W + x1) * C + ch];
+        out[ch] = (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + e * fx) * fy;
+    }
+}
+
+/* Weights of the 4 taps at offsets -1..2 from floor(x), t = x - floor(x): Keys' cubic convolution
+ * with A = -0.75 (PyTorch upsample_bicubic2d's cubic_convolution1/2). */
+static void cubic_weights(float t, float w[4]) {
+    const float A = -0.75f;
+    float d[4] = {t + 1, t, 1 - t, 2 - t}; /* tap distances */
+    for (int k = 0; k < 4; k++)
+        w[k] = d[k] <= 1 ? ((A + 2) * d[k] - (A + 3)) * d[k] * d[k] + 1
+                         : ((A * d[k] - 5 * A) * d[k] + 8 * A) * d[k] - 4 * A;
+}
+
+static int clamp_index(int i, int n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+/* Bicubic sample of every channel at (y, x) (taps edge-clamped, no antialiasing), along x first
+ * then y as PyTorch does; clamped to [0, 255]. */
+static void bicubic(float *out, const float *img, int H, int W, int C, float y, float x) {
+    float fy = floorf(y), fx = floorf(x), wy[4], wx[4];
+    cubic_weights(y - fy, wy), cubic_weights(x - fx, wx);
+    int ys[4], xs[4];
+    for (int k = 0; k < 4; k++)
+        ys[k] = clamp_index((int)fy - 1 + k, H), xs[k] = clamp_index((int)fx - 1 + k, W);
+    for (int ch = 0; ch < C; ch++) {
+        float v = 0;
+        for (int i = 0; i < 4; i++) {
+            const float *row = img + (size_t)ys[i] * W * C + ch;
+            v += wy[i] * (wx[0] * row[(size_t)xs[0] * C] + wx[1] * row[(size_t)xs[1] * C] +
+                          wx[2] * row[(size_t)xs[2] * C] + wx[3] * row[(size_t)xs[3] * C]);
+        }
+        out[ch] = v < 0 ? 0 : (v > 255 ? 255 : v);
+    }
+}
+
+ColorJitter color_jitter_draw(uint64_t seed, int64_t epoch, int64_t sample, float s) {
+    /* torchvision get_params: a random order first (randperm), then the factors in the order
+     * brightness, contrast, saturation (the same distribution, not the same bits) */
+    RngStream r = rng_stream(seed, (uint64_t)epoch, (uint64_t)sample, RNG_JITTER);
+    ColorJitter j = {{1, 1, 1}, {0, 1, 2}};
+    for (int i = 2; i > 0; i--) {
+        int k = (int)rng_stream_int(&r, 0, i), t = j.order[i];
+        j.order[i] = j.order[k], j.order[k] = t;
+    }
+    double lo = s < 1 ? 1.0 - s : 0.0, hi = 1.0 + s;
+    for (int f = 0; f < 3; f++)
+        j.factor[f] = (float)(lo + (hi - lo) * rng_stream_uniform(&r));
+    return j;
+}
+
+static float clamp255(float v) { return v < 0 ? 0 : (v > 255 ? 255 : v); }
+
+static float gray(const float *px) { return 0.2989f * px[0] + 0.587f * px[1] + 0.114f * px[2]; }
+
+void color_jitter_apply(float *img, int H, int W, int C, const ColorJitter *j) {
+    size_t n = (size_t)H * W, nc = n * C;
+    for (int step = 0; step < 3; step++) {
+        int op = j->order[step];
+        float f = j->factor[op];
+        if (op == 0) { /* adjust_brightness: blend with black */
+            for (size_t i = 0; i < nc; i++)
+                img[i] = clamp255(f * img[i]);
+        } else if (op == 1) { /* adjust_contrast: blend with the grayscale image's mean */
+            double m = 0;     /* RGB: of the gray image; otherwise of every value */
+            for (size_t i = 0; i < (C == 3 ? n : nc); i++)
+                m += C == 3 ? gray(img + i * 3) : img[i];
+            float mean = (float)(m / (double)(C == 3 ? n : nc));
+            for (size_t i = 0; i < nc; i++)
+                img[i] = clamp255(f * img[i] + (1 - f) * mean);
+        } else if (C == 3) { /* adjust_saturation: blend with each pixel's gray */
+            for (size_t p = 0; p < n; p++) {
+                float *px = img + p * 3, g = gray(px);
+                for (int c = 0; c < 3; c++)
+                    px[c] = clamp255(f * px[c] + (1 - f) * g);
+            }
+        }
+    }
 }
 
 static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
@@ -143,9 +221,20 @@ static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
     const LoaderConfig *c = &l->c;
     int H = d->H, W = d->W, C = d->C, oh = c->out_H ? c->out_H : H, ow = c->out_W ? c->out_W : W;
     if (dataset_read_image(d, idx, l->pixels, l->err, sizeof l->err) < 0) return -1;
+    for (size_t i = 0; i < (size_t)H * W * C; i++) /* exact: the uint8 values as floats */
+        l->src[i] = l->pixels[i];
     float top = 0, left = 0, ch = (float)H, cw = (float)W;
     int flip = 0;
-    if (c->image_augment) { /* torchvision RandomResizedCrop, then RandomHorizontalFlip */
+    if (c->image_augment) {
+        /* The official order (data2vec vision / BEiT DataAugmentationForBEiT): ColorJitter,
+         * RandomHorizontalFlip, RandomResizedCrop. The jitter needs the whole image (contrast
+         * blends with its mean); the flip commutes with the crop in distribution (a uniform crop
+         * of the mirrored image is the mirror of a uniform crop), so the crop is drawn first. */
+        if (c->color_jitter > 0) {
+            ColorJitter j = color_jitter_draw(c->seed, epoch, idx, c->color_jitter);
+            color_jitter_apply(l->src, H, W, C, &j);
+        }
+        /* torchvision RandomResizedCrop's parameters, then RandomHorizontalFlip's */
         RngStream r = rng_stream(c->seed, (uint64_t)epoch, (uint64_t)idx, RNG_AUGMENT);
         int found = 0;
         double area = (double)H * W, lr0 = log(c->crop_ratio_min), lr1 = log(c->crop_ratio_max);
@@ -162,15 +251,18 @@ static int fill_image(Loader *l, int64_t idx, int64_t epoch, float *out) {
         }
         flip = rng_stream_uniform(&r) < c->flip_prob;
     }
+    float v[4];
     for (int y = 0; y < oh; y++)
         for (int x = 0; x < ow; x++) {
             /* pixel centres of the output grid mapped into the crop (align_corners = False) */
             float sy = top + (y + 0.5f) * ch / oh - 0.5f;
             float sx = left + ((flip ? ow - 1 - x : x) + 0.5f) * cw / ow - 0.5f;
-            for (int k = 0; k < C; k++) {
-                float v = bilinear(l->pixels, H, W, C, k, sy, sx) / 255.0f;
-                out[((size_t)y * ow + x) * C + k] = (v - c->mean[k]) / c->std[k];
-            }
+            if (c->interpolation == LOADER_INTERP_BICUBIC)
+                bicubic(v, l->src, H, W, C, sy, sx);
+            else
+                bilinear(v, l->src, H, W, C, sy, sx);
+            for (int k = 0; k < C; k++)
+                out[((size_t)y * ow + x) * C + k] = (v[k] / 255.0f - c->mean[k]) / c->std[k];
         }
     return 0;
 }
@@ -288,6 +380,12 @@ Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, Lo
     } else {
         for (int k = 0; k < d->C; k++)
             if (!(c->std[k] > 0)) die("loader: image std[%d] must be positive", k);
+        if (d->C > 4) die("%s: %d image channels (at most 4)", d->path, d->C);
+        if (!(c->color_jitter >= 0 && c->color_jitter <= 1) ||
+            (c->interpolation != LOADER_INTERP_BILINEAR &&
+             c->interpolation != LOADER_INTERP_BICUBIC))
+            die("loader: colour jitter %g (0..1) or interpolation %d (bilinear 0, bicubic 1)",
+                c->color_jitter, c->interpolation);
         l->n = d->num_samples;
     }
     int64_t global = (int64_t)c->batch_size * world;
@@ -301,7 +399,10 @@ Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, Lo
     l->slots = xalloc(sizeof(Batch) * l->n_slots, "loader slots");
     for (int i = 0; i < l->n_slots; i++)
         alloc_batch(l, &l->slots[i]);
-    if (d->modality == D2V_IMAGE) l->pixels = xalloc((size_t)d->H * d->W * d->C, "image scratch");
+    if (d->modality == D2V_IMAGE) {
+        l->pixels = xalloc((size_t)d->H * d->W * d->C, "image scratch");
+        l->src = xalloc(sizeof(float) * d->H * d->W * d->C, "image scratch (float)");
+    }
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->can_fill, NULL), pthread_cond_init(&l->can_take, NULL);
     if (c->prefetch > 0) {
@@ -326,7 +427,8 @@ void loader_destroy(Loader *l) {
     }
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->can_fill), pthread_cond_destroy(&l->can_take);
-    free(l->slots), free(l->perm), free(l->items), free(l->blocks), free(l->pixels), free(l);
+    free(l->slots), free(l->perm), free(l->items), free(l->blocks), free(l->pixels), free(l->src);
+    free(l);
 }
 
 const Batch *loader_next(Loader *l) {

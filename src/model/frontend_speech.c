@@ -58,18 +58,19 @@ static void mask(void *fe, const Batch *b, uint64_t seed, uint8_t *sel) {
 }
 
 static FrontOut forward(void *fe, const ModelParams *p, const Batch *b, int student, DropKey dk) {
-    (void)dk;
     SpeechFront *f = fe;
     SpeechContext *x = student ? &f->s : &f->t;
-    speech_context_forward(x, &p->speech, f->feat.features, student ? f->mask : NULL, b->B, f->T);
+    dk.site = RNG_SITE_SPEECH_INPUT; /* wav2vec2: dropout after the encoder LN, student only */
+    speech_context_forward(x, &p->speech, f->feat.features, student ? f->mask : NULL, b->B, f->T,
+                           student, dk);
     return (FrontOut){x->out, NULL, NULL, NULL};
 }
 
 static void backward(void *fe, ModelParams *g, const ModelParams *s, const float *dx, DropKey dk) {
-    (void)dk;
     SpeechFront *f = fe;
     memset(f->dfeat, 0, sizeof(float) * (size_t)f->s.B * f->T * f->cfg.C);
-    speech_context_backward(&f->s, &g->speech, &s->speech, dx, f->dfeat);
+    dk.site = RNG_SITE_SPEECH_INPUT;
+    speech_context_backward(&f->s, &g->speech, &s->speech, dx, f->dfeat, 1, dk);
     speech_features_backward(&f->feat, &g->speech, &s->speech, f->dfeat);
 }
 

@@ -61,12 +61,14 @@ static void mask(void *fe, const Batch *b, uint64_t seed, uint8_t *sel) {
 static FrontOut forward(void *fe, const ModelParams *p, const Batch *b, int student, DropKey dk) {
     TextFront *f = fe;
     TextEmbed *e = student ? &f->s : &f->t;
+    dk.site = RNG_SITE_TEXT_EMBED;
     text_embed_forward(e, &p->text, student ? f->tokens_in : b->tokens, b->B, f->T, student, dk);
     return (FrontOut){e->out, e->pad, NULL, NULL}; /* each network's padding from its own ids */
 }
 
 static void backward(void *fe, ModelParams *g, const ModelParams *s, const float *dx, DropKey dk) {
     TextFront *f = fe;
+    dk.site = RNG_SITE_TEXT_EMBED;
     text_embed_backward(&f->s, &g->text, &s->text, dx, 1, dk);
 }
 

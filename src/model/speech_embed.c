@@ -1,8 +1,8 @@
 /* speech_embed.c: the data2vec speech input encoder (docs/algorithm.md §2.1): wav2vec 2.0's conv
  * feature extractor in layer-norm mode (conv without bias -> LN over channels -> GELU per layer),
  * feature LN and projection, then the learned mask embedding, the deep convolutional positional
- * encoder (conv -> parameter-less LN -> GELU per layer, added residually) and the encoder layer
- * norm. */
+ * encoder (conv -> parameter-less LN -> GELU per layer, added residually), the encoder layer norm
+ * and the encoder's input dropout. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -259,7 +259,7 @@ void speech_context_free(SpeechContext *s) {
 }
 
 void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const float *features,
-                            const uint8_t *mask, int B, int T) {
+                            const uint8_t *mask, int B, int T, int train, DropKey k) {
     const SpeechEmbedConfig *c = &s->cfg;
     if (B > s->Bmax || T > s->Tmax)
         die("speech encoder: batch %d x %d frames exceeds the arena sized for %d x %d", B, T,
@@ -288,16 +288,25 @@ void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const 
         memcpy(s->sum, s->masked, N * C * sizeof(float));
     layernorm_forward(s->out, s->ln_mean, s->ln_rstd, s->sum, p->enc_ln_w, p->enc_ln_b, (int)N,
                       (int)C, c->ln_eps);
+    /* wav2vec2 TransformerEncoder.extract_features: F.dropout(x, p=dropout) right after the
+     * post-LN encoder's layer_norm, in training mode only (the EMA teacher runs in eval mode). */
+    if (train && c->dropout > 0) dropout_forward(s->out, s->out, B, (size_t)T * C, c->dropout, k);
 }
 
 void speech_context_backward(SpeechContext *s, SpeechEmbedParams *g, const SpeechEmbedParams *p,
-                             const float *dout, float *dfeatures) {
+                             const float *dout, float *dfeatures, int train, DropKey k) {
     const SpeechEmbedConfig *c = &s->cfg;
     if (!s->keep_caches) die("speech encoder: backward called on a forward-only context");
     size_t N = (size_t)s->B * s->T, C = c->C, NC = N * C;
     float *cur = s->dbuf[0], *other = s->dbuf[1], *dmasked = s->dbuf[2], *t;
+    const float *dln = dout;
+    if (train && c->dropout > 0) { /* the forward's mask, regenerated from the key */
+        zero(other, NC);
+        dropout_backward(other, dout, s->B, (size_t)s->T * C, c->dropout, k);
+        dln = other;
+    }
     zero(cur, NC);
-    layernorm_backward(cur, g->enc_ln_w, g->enc_ln_b, dout, s->sum, p->enc_ln_w, s->ln_mean,
+    layernorm_backward(cur, g->enc_ln_w, g->enc_ln_b, dln, s->sum, p->enc_ln_w, s->ln_mean,
                        s->ln_rstd, (int)N, (int)C);
     memcpy(dmasked, cur, NC * sizeof(float));      /* the residual branch */
     for (int j = c->pos_layers - 1; j >= 0; j--) { /* cur = dLoss / d pos_act[j] */

@@ -1,22 +1,25 @@
 /* text_embed.c: the text input encoder, fairseq TransformerEncoder.forward_embedding as data2vec
  * text uses it (docs/algorithm.md §2.3): token + learned position embedding (no scaling), layer
- * norm, dropout, padding positions zeroed. Positions follow fairseq's make_positions (real tokens
- * from pad+1). */
+ * norm, dropout, padding positions zeroed. Positions follow fairseq's make_positions with
+ * padding_idx 1 (real tokens from row 2), independent of the dataset's numeric pad id
+ * (frontends.h). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "d2v/frontends.h"
 #include "d2v/util.h"
 
-static int pos_rows(const TextEmbedConfig *c) { return c->max_positions + c->pad_id + 1; }
+int text_embed_pos_rows(const TextEmbedConfig *c) {
+    return c->max_positions + TEXT_POS_PAD_ROW + 1;
+}
 
 void text_embed_declare(ParamTable *t, TextEmbedParams *p, const TextEmbedConfig *c, int ema) {
     int64_t C = c->C;
     /* init_bert_params N(0, 0.02); nn.Embedding(padding_idx): the pad rows stay zero */
-    ParamInit e = PINIT(INIT_NORMAL, 0.02f, 0);
-    e.zero_row = c->pad_id;
+    ParamInit e = PINIT(INIT_NORMAL, 0.02f, 0), pe = e;
+    e.zero_row = c->pad_id, pe.zero_row = TEXT_POS_PAD_ROW;
     ptab_add(t, &p->tok, "text.tok", SHAPE2(c->V, C), e, DECAY_YES, ema);
-    ptab_add(t, &p->pos, "text.pos", SHAPE2(pos_rows(c), C), e, DECAY_YES, ema);
+    ptab_add(t, &p->pos, "text.pos", SHAPE2(text_embed_pos_rows(c), C), pe, DECAY_YES, ema);
     ptab_add(t, &p->ln_w, "text.ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, ema);
     ptab_add(t, &p->ln_b, "text.ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
 }
@@ -82,16 +85,16 @@ void text_embed_forward(TextEmbed *t, const TextEmbedParams *p, const int32_t *t
     size_t N = (size_t)B * T;
     int C = c->C;
     memcpy(t->tokens, tokens, N * sizeof(int32_t));
-    for (int b = 0; b < B; b++) { /* fairseq make_positions: cumsum over non-pad, offset pad_id */
+    for (int b = 0; b < B; b++) { /* make_positions: cumsum over non-pad, offset padding_idx 1 */
         int count = 0;
         for (int i = 0; i < T; i++) {
             size_t n = (size_t)b * T + i;
             t->pad[n] = tokens[n] == c->pad_id;
-            t->pos_ids[n] = t->pad[n] ? c->pad_id : c->pad_id + ++count;
+            t->pos_ids[n] = t->pad[n] ? TEXT_POS_PAD_ROW : TEXT_POS_PAD_ROW + ++count;
         }
     }
     embedding_forward(t->sum, tokens, p->tok, (int)N, c->V, C);
-    embedding_forward(t->out, t->pos_ids, p->pos, (int)N, pos_rows(c), C);
+    embedding_forward(t->out, t->pos_ids, p->pos, (int)N, text_embed_pos_rows(c), C);
     residual_forward(t->sum, t->sum, t->out, N * C);
     layernorm_forward(t->out, t->mean, t->rstd, t->sum, p->ln_w, p->ln_b, (int)N, C, c->ln_eps);
     if (train && c->dropout > 0) dropout_forward(t->out, t->out, B, (size_t)T * C, c->dropout, k);

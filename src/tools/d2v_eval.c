@@ -101,26 +101,10 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
         dataset_close(&d);
         return e;
     }
-    LoaderConfig lc = {cfg->modality,
-                       batch,
-                       0,
-                       0,
-                       0,
-                       0,
-                       0,
-                       1,
-                       1,
-                       1,
-                       1,
-                       0,
-                       cfg->image_height,
-                       cfg->image_width,
-                       {(float)cfg->mean[0], (float)cfg->mean[1], (float)cfg->mean[2]},
-                       {(float)cfg->std[0], (float)cfg->std[1], (float)cfg->std[2]},
-                       cfg->speech_max_samples,
-                       1,
-                       cfg->speech_normalize,
-                       1};
+    /* the pretraining loader's resize and normalisation, without shuffling or augmentation */
+    LoaderConfig lc = train_config_to_loader(cfg, batch);
+    lc.seed = 0, lc.shuffle = 0, lc.image_augment = 0, lc.color_jitter = 0, lc.flip_prob = 0;
+    lc.speech_min_samples = 1, lc.prefetch = 1;
     LoaderCursor c0 = {0, 0};
     Loader *l = loader_create(&d, &lc, 0, 1, c0);
     int64_t batches = loader_epoch_samples(l) / batch;

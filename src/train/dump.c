@@ -23,6 +23,7 @@ void dump_step(const char *path, const Trainer *t, const Batch *b, const float *
     h5_attr_str(o.file, "modality", d2v_modality_names[mc->modality]);
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
     h5_attr_str(o.file, "config", t->config_text); /* the resolved configuration */
+    if (mc->modality == D2V_TEXT) h5_attr_i32(o.file, "pad_id", mc->text.pad_id); /* dataset's */
     hsize_t one[1] = {1};
     h5_write(o.file, "loss", H5T_NATIVE_DOUBLE, 1, one, NULL, &loss);
     h5_write(o.file, "tau", H5T_NATIVE_DOUBLE, 1, one, NULL, &tau);

@@ -5,7 +5,8 @@ trainer-step check).
 
 - Encoder: post-LN (fairseq TransformerSentenceEncoderLayer) or pre-LN + layer scale (BEiT)
   blocks, each returning (block output, FFN branch before the last residual).
-- TextEmbed: fairseq TransformerEncoder.forward_embedding (data2vec text).
+- TextEmbed: fairseq TransformerEncoder.forward_embedding (data2vec text), positions numbered
+  with padding_idx 1 whatever the token pad id.
 - ImageEmbed: BEiT / MAE patch embedding with mask token, cls and positions.
 - SpeechEmbed: wav2vec 2.0 conv feature extractor (layer_norm mode), feature LN + projection,
   mask embedding, deep convolutional positional encoder and the encoder's input LN.
@@ -133,13 +134,16 @@ class Encoder(nn.Module):
 
 # ---- text: fairseq TransformerEncoder.forward_embedding (data2vec text) -----------------------
 
+POS_PAD_ROW = 1  # RoBERTa's padding_idx, used for the positions whatever the token pad id is
+
+
 class TextEmbed(nn.Module):
     def __init__(self, V, C, max_positions, pad_id, eps):
         super().__init__()
         self.pad_id = pad_id
         self.tok = nn.Embedding(V, C, padding_idx=pad_id)
-        # fairseq LearnedPositionalEmbedding: max_positions + padding_idx + 1 rows
-        self.pos = nn.Embedding(max_positions + pad_id + 1, C, padding_idx=pad_id)
+        # fairseq LearnedPositionalEmbedding with padding_idx 1: max_positions + 2 rows
+        self.pos = nn.Embedding(max_positions + POS_PAD_ROW + 1, C, padding_idx=POS_PAD_ROW)
         self.ln = nn.LayerNorm(C, eps=eps)
 
     def named_c(self):
@@ -147,9 +151,9 @@ class TextEmbed(nn.Module):
                 "ln_b": self.ln.bias}
 
     def forward(self, tokens):
-        # fairseq.utils.make_positions
+        # fairseq.utils.make_positions, offset by padding_idx 1 (not the token pad id)
         nonpad = tokens.ne(self.pad_id).int()
-        positions = (torch.cumsum(nonpad, dim=1).type_as(nonpad) * nonpad).long() + self.pad_id
+        positions = (torch.cumsum(nonpad, dim=1).type_as(nonpad) * nonpad).long() + POS_PAD_ROW
         x = self.tok(tokens) + self.pos(positions)  # no_scale_embedding: scale 1
         x = self.ln(x)  # layernorm_embedding; dropout 0
         pad = tokens.eq(self.pad_id)
@@ -320,7 +324,8 @@ class SpeechEmbed(nn.Module):
                 h = h[:, :, :-1]
             h = self.ln_gelu(ln, h)
         x = x + h.transpose(1, 2)
-        return (enc_ln or self.enc_ln)(x)  # post-LN encoder's input layer norm
+        # post-LN encoder's input layer norm; wav2vec2's dropout after it is 0 here
+        return (enc_ln or self.enc_ln)(x)
 
     def forward(self, wav, mask):
         """wav (B, S); mask (B, T) bool. Returns features (B, T, C) and out (B, T, C)."""

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from d2vref import (IMAGE_POS_LEARNED, IMAGE_POS_SINCOS, ImageEmbed, SpeechEmbed, TextEmbed,
-                    conv_out_len)
+from d2vref import (IMAGE_POS_LEARNED, IMAGE_POS_SINCOS, POS_PAD_ROW, ImageEmbed, SpeechEmbed,
+                    TextEmbed, conv_out_len)
 
 
 def fail(msg):
@@ -116,13 +116,14 @@ def finish(tag, model, inputs, R, ds, attrs):
 
 
 def make_text(seed):
-    V, C, maxp, pad, eps, B, T = 50, 16, 12, 1, 1e-5, 3, 9
+    # pad 6, not RoBERTa's 1: the position table must still have maxp + 2 rows, numbered from 1
+    V, C, maxp, pad, eps, B, T = 50, 16, 12, 6, 1e-5, 3, 9
     gen = torch.Generator().manual_seed(seed)
     model = TextEmbed(V, C, maxp, pad, eps)
     randomise(model, gen)
     with torch.no_grad():  # init_bert_params: padding rows zero
         model.tok.weight[pad].zero_()
-        model.pos.weight[pad].zero_()
+        model.pos.weight[POS_PAD_ROW].zero_()
     tokens = torch.randint(0, V - 1, (B, T), generator=gen)
     tokens = tokens + (tokens >= pad).long()  # never pad
     tokens[:, 0] = 0  # <s> in every sample: one row used three times
@@ -130,8 +131,10 @@ def make_text(seed):
     tokens[1, T - 3:] = pad  # sample 1: three padding tokens at the end
     tokens[2, T - 5:] = pad  # sample 2: five
     R = torch.randn(B, T, C, generator=gen)
-    nonpad = tokens.ne(pad).long()  # expected TextEmbed.pos_ids (fairseq make_positions)
-    positions = torch.cumsum(nonpad, dim=1) * nonpad + pad
+    nonpad = tokens.ne(pad).long()  # expected TextEmbed.pos_ids (make_positions, padding_idx 1)
+    positions = torch.cumsum(nonpad, dim=1) * nonpad + POS_PAD_ROW
+    if model.pos.weight.shape[0] != maxp + 2:
+        fail(f"text: position table of {model.pos.weight.shape[0]} rows, want {maxp + 2}")
     ds = {"tokens": tokens.to(torch.int32), "positions": positions.to(torch.int32)}
     attrs = {"V": V, "C": C, "max_positions": maxp, "pad_id": pad, "eps": eps, "dropout": 0.0,
              "B": B, "T": T}

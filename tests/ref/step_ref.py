@@ -12,6 +12,10 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             text the encoder only (embeddings shared), speech the encoder + its input LN
             (feature extractor, projection, mask embedding, positional convs shared). The
             teacher sees the unmasked input, no dropout; head and final norm are student-only.
+  dropout   none: the dumps must come from a run with every dropout at 0 (model.dropout, which
+            also drives the speech encoder-input dropout of wav2vec2's extract_features,
+            attn_dropout, act_dropout, drop_path, layerdrop, text.dropout); d2v's keyed masks
+            are not replayed, so a dump with dropout on is refused.
   targets   mean of the top-K blocks' FFN branch ("ffn") or block output ("end"), each
             instance-normalised over time or layer-normalised over C (no affine), then an
             optional final LN over C; rows at the loss positions.
@@ -21,10 +25,12 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             summed over positions and dims; the dump's loss is that sum / masked count, and the
             gradients are d(sum)/d(theta) / masked count (autograd); the update clips them to
             optim.clip (torch.nn.utils.clip_grad_norm_; the dump holds them before clipping).
-  update    torch.optim.AdamW (decoupled decay p -= lr*wd*p) with two groups: optim.exempt_1d
-            exempts 1-D tensors (per layer for the stacked encoder tensors: biases, norms, layer
-            scales), cls / mask tokens and image.pos (timm's no_weight_decay); LR schedule and
-            EMA decay tau(n) from their formulas.
+  update    AdamW with decoupled decay (p -= lr*wd*p) and two groups: optim.exempt_1d exempts
+            1-D tensors (per layer for the stacked encoder tensors: biases, norms, layer
+            scales), cls / mask tokens and image.pos (timm's no_weight_decay). optim.eps_mode
+            "torch" is torch.optim.AdamW itself (denominator sqrt(v/bc2) + eps); "fairseq" is
+            fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
+            fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
 Modes:
   step (default)  every dump is checked on its own: tau and lr of update n (n from the file name
@@ -43,6 +49,8 @@ Modes:
                   step by step.
   --sharing       ema-all / share-all replace docs/algorithm.md §4.1's sharing rule by a wrong one (the teacher
                   averages / borrows its whole front-end): negative controls only.
+  --eps-mode      torch / fairseq replace the configuration's optim.eps_mode: negative controls
+                  only.
 
 Dumps of single-rank runs only: on several ranks a dump's batch is rank 0's while its loss and
 gradients are global.
@@ -79,6 +87,12 @@ TOL_F64 = 1e-4      # float32 reference against its float64 run
 
 class InputError(Exception):
     pass
+
+
+# Every dropout of the trainer (model.dropout also drives the speech encoder-input dropout;
+# text.dropout is read by text models only).
+DROPOUT_KEYS = ("model.dropout", "model.attn_dropout", "model.act_dropout", "model.drop_path",
+                "model.layerdrop", "text.dropout")
 
 
 # ---- libconfig subset ---------------------------------------------------------------------------
@@ -214,6 +228,7 @@ class Dump:
             self.config_text = text.decode() if isinstance(text, bytes) else text
             mod = f.attrs["modality"]
             self.modality = mod.decode() if isinstance(mod, bytes) else mod
+            self.pad_id = int(f.attrs["pad_id"]) if "pad_id" in f.attrs else None  # text
             self.d = {k: f[k][()] for k in f.keys()}
         m = re.search(r"_(\d+)\.h5$", path)
         self.n = int(m.group(1)) if m else 0
@@ -257,6 +272,11 @@ class RefModel:
     def __init__(self, dump, dtype, sharing="spec"):
         c, self.cfg, self.dtype = dump.cfg, dump.cfg, dtype
         self.modality = dump.modality
+        on = [k for k in DROPOUT_KEYS if c.get(k, 0) > 0
+              and (k != "text.dropout" or self.modality == "text")]
+        if on:
+            raise InputError(f"{dump.path}: dropout is on ({', '.join(on)}); the reference has "
+                             "no dropout: run d2v-train with these set to 0")
         shapes = {name: shape for name, _, shape, _ in dump.table}
         C, L = c["model.width"], c["model.layers"]
         self.C, self.L = C, L
@@ -272,7 +292,9 @@ class RefModel:
         def frontend():
             if self.modality == "text":
                 V = shapes["text.tok"][0]
-                self.pad_id = shapes["text.pos"][0] - c["text.max_positions"] - 1
+                if dump.pad_id is None:
+                    raise InputError(f"{dump.path}: a text dump without the pad_id attribute")
+                self.pad_id = dump.pad_id
                 return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
             if self.modality == "image":
                 pos = {"none": 0, "learned": 1, "sincos": 2, "relative": 3}[c["image.pos"]]
@@ -450,8 +472,39 @@ class RefModel:
         self.load(self.teacher, params, shared)
 
 
+EPS_MODE = None  # --eps-mode: overrides the dump's optim.eps_mode (negative controls)
+
+
+class FairseqAdam:
+    """fairseq's Adam (fairseq/optim/adam.py) from its formulas: m, v moments; eps added to
+    sqrt(v) before the bias correction, which goes into the step size lr*sqrt(bc2)/bc1; decoupled
+    weight decay p -= lr*wd*p on the pre-update value."""
+
+    def __init__(self, groups, betas, eps):
+        self.param_groups = groups
+        self.b1, self.b2 = betas
+        self.eps, self.t = eps, 0
+        self.m = {id(p): torch.zeros_like(p) for g in groups for p in g["params"]}
+        self.v = {id(p): torch.zeros_like(p) for g in groups for p in g["params"]}
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for g in self.param_groups:
+            step_size = g["lr"] * math.sqrt(bc2) / bc1
+            for p in g["params"]:
+                m, v = self.m[id(p)], self.v[id(p)]
+                m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                if g["weight_decay"]:
+                    p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.addcdiv_(m, v.sqrt().add_(self.eps), value=-step_size)
+
+
 class RefOptimizer:
-    """torch.optim.AdamW over the arena's tensors, two groups (decayed / exempt)."""
+    """AdamW over the arena's tensors, two groups (decayed / exempt): torch.optim.AdamW, or
+    fairseq's Adam for optim.eps_mode = "fairseq"."""
 
     def __init__(self, dump, flat):
         c = dump.cfg
@@ -466,9 +519,17 @@ class RefOptimizer:
         groups = [{"params": decay, "weight_decay": c["optim.weight_decay"]}]
         if rest:
             groups.append({"params": rest, "weight_decay": 0.0})
-        self.opt = torch.optim.AdamW(groups, lr=c["optim.lr"],
-                                     betas=(c["optim.beta1"], c["optim.beta2"]),
-                                     eps=c["optim.eps"])
+        betas = (c["optim.beta1"], c["optim.beta2"])
+        self.mode = EPS_MODE or c.get("optim.eps_mode", "torch")
+        if self.mode == "fairseq":
+            for g in groups:
+                g["lr"] = c["optim.lr"]
+            self.opt = FairseqAdam(groups, betas, c["optim.eps"])
+        elif self.mode == "torch":
+            self.opt = torch.optim.AdamW(groups, lr=c["optim.lr"], betas=betas,
+                                         eps=c["optim.eps"])
+        else:
+            raise InputError(f"optim.eps_mode {self.mode!r}: torch or fairseq expected")
 
     def step(self, grads, lr):
         for p, (_, off, _, count) in zip(self.tensors, self.table):
@@ -661,8 +722,6 @@ def run_steps(rep, dumps, dtype, verbose, sharing):
                       f"floats, layout {'; '.join(model.layout_problems) or 'as the reference'}")
             if model.layout_problems:
                 return
-        if dump.modality == "text":
-            dump.pad_id = model.pad_id
         check_schedule(rep, dump)
         check_batch(rep, dump, f"{dump.modality} u{dump.n:04d}")
         res = model.step(dump, dump["params_before"], dump["teacher_before"])
@@ -741,9 +800,14 @@ def main():
                     help="teacher sharing rule; ema-all (the teacher averages its whole "
                     "front-end) and share-all (it takes the student's whole front-end) are wrong "
                     "on purpose, for negative controls")
+    ap.add_argument("--eps-mode", choices=("torch", "fairseq"), default=None,
+                    help="replace the configuration's optim.eps_mode (a wrong one on purpose, "
+                    "for negative controls)")
     ap.add_argument("--verbose", action="store_true", help="per-tensor gradient lines for every "
                     "dump (default: the first one)")
     a = ap.parse_args()
+    global EPS_MODE
+    EPS_MODE = a.eps_mode
     torch.set_num_threads(1)
     dtype = torch.float32 if a.dtype == "float32" else torch.float64
     rep = Report()
