@@ -22,8 +22,16 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ljpeg -lblis -lm -pth
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c))
+# The element-wise row kernels, once per x86 ISA level (src/kernels/simd.h). -fno-trapping-math
+# lets GCC if-convert their selects into vector blends; NaN and Inf behave as before.
+SIMD_ISAS := base avx2 avx512
+SIMD_FLAGS_base   :=
+SIMD_FLAGS_avx2   := -mavx2 -mfma -ffp-contract=fast
+SIMD_FLAGS_avx512 := -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -ffp-contract=fast \
+                     -mprefer-vector-width=512
+SIMD_OBJ := $(SIMD_ISAS:%=$(BUILD)/src/kernels/simd_%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(SIMD_OBJ)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends $(BUILD)/bench/bench_loader $(BUILD)/bench/bench_train
@@ -44,6 +52,9 @@ deps-demo:
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+$(SIMD_OBJ): $(BUILD)/src/kernels/simd_%.o: src/kernels/simd_impl.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fno-trapping-math $(SIMD_FLAGS_$*) -DSIMD_ISA=$* -c $< -o $@
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

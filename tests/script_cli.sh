@@ -1,6 +1,6 @@
 #!/bin/sh
-# script_cli.sh: end-to-end checks of built programs: BLIS kernel choice and override, and that a
-# fatal error on one MPI rank ends the whole job instead of hanging it.
+# script_cli.sh: end-to-end checks of built programs: BLIS kernel and element-wise ISA choice and
+# override, and that a fatal error on one MPI rank ends the whole job instead of hanging it.
 set -u
 build=${1:-build/release}
 passed=0 failed=0
@@ -17,6 +17,21 @@ else
 fi
 info=$(BLIS_ARCH_TYPE=3 "$build/bin/d2v-info")
 echo "$info" | grep -q "blis_kernels=haswell (set by BLIS_ARCH_TYPE)" && ok "BLIS_ARCH_TYPE=3 overrides to haswell" || bad "BLIS_ARCH_TYPE=3 overrides to haswell"
+
+# element-wise kernels: the CPU's best ISA level by default, D2V_SIMD to force one
+info=$(env -u D2V_SIMD "$build/bin/d2v-info")
+if grep -q avx512bw /proc/cpuinfo && grep -q avx512dq /proc/cpuinfo && grep -q avx512vl /proc/cpuinfo; then
+    want=avx512
+elif grep -q avx2 /proc/cpuinfo && grep -q fma /proc/cpuinfo; then want=avx2; else want=base; fi
+echo "$info" | grep -q "elementwise_kernels=$want (auto-selected)" && ok "element-wise kernels: $want selected" ||
+    bad "element-wise kernels: want $want: $info"
+info=$(D2V_SIMD=base "$build/bin/d2v-info")
+echo "$info" | grep -q "elementwise_kernels=base (set by D2V_SIMD)" && ok "D2V_SIMD=base forces the baseline" ||
+    bad "D2V_SIMD=base: $info"
+err=$(D2V_SIMD=sse9 "$build/bin/d2v-info" 2>&1); rc=$?
+[ $rc -ne 0 ] && [ "$(echo "$err" | grep -c error)" -eq 1 ] &&
+    echo "$err" | grep -q "d2v: error: D2V_SIMD=sse9" &&
+    ok "an unknown D2V_SIMD is one clear error" || bad "D2V_SIMD=sse9: rc $rc: $err"
 
 start=$(date +%s)
 err=$(timeout 120 mpirun --oversubscribe -np 2 "$build/tests/test_mpi_dist" --die-on-rank 1 2>&1 >/dev/null)

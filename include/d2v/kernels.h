@@ -20,6 +20,8 @@
 const char *gemm_init(int threads);
 /// Number of threads BLIS uses for calls made outside OpenMP parallel regions.
 int gemm_threads(void);
+/// ISA level of the element-wise kernels in use: "avx512", "avx2" or "base" (D2V_SIMD forces one).
+const char *simd_level(void);
 
 /// Row-major C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T; op(A) is M x K, op(B) K x N.
 /// lda/ldb/ldc are row strides of the stored matrices. Uses BLIS's threads unless `single` is set

@@ -5,7 +5,7 @@
 #include <omp.h>
 
 #include "d2v/kernels.h"
-#include "vmath.h"
+#include "simd.h"
 
 size_t attention_scratch_size(int T) { return (size_t)omp_get_max_threads() * 2 * T * T; }
 
@@ -61,14 +61,6 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
         }
 }
 
-/* d <- p * (d - <p, d>): softmax backward for one row, overwriting the incoming gradient. */
-SIMD_CLONES static void softmax_grad_row_inplace(float *d, const float *p, int T) {
-    float dot = dot_lanes(p, d, T);
-#pragma omp simd
-    for (int j = 0; j < T; j++)
-        d[j] = p[j] * (d[j] - dot);
-}
-
 static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const float *dout,
                           const float *qkv, const float *att, int b, int h, int T, int C, int NH,
                           float p_drop, DropKey k) {
@@ -89,7 +81,7 @@ static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const
     gemm_rowmajor(0, 1, T, T, hs, 1.0f, dy, C, v, (int)C3, 0.0f, dp, T, 1);     /* dP = dY V^T */
     if (p_drop > 0) drop_probs(dp, dp, b, h, T, p_drop, k); /* through the same mask */
     for (size_t i = 0; i < (size_t)T; i++)
-        softmax_grad_row_inplace(dp + i * T, p + i * T, T);
+        simd_ops()->softmax_grad_row_inplace(dp + i * T, p + i * T, T);
     if (dbias) {
         float *db = dbias + (size_t)h * T * T;
         for (size_t i = 0; i < (size_t)T * T; i++)

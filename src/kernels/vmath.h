@@ -1,18 +1,13 @@
-/* vmath.h: vectorisable exp and erf for the hot element-wise loops (GELU, softmax), plus the
- * function-multiversioning attribute that compiles those loops for AVX-512, AVX2 and baseline
- * x86-64 and picks one at load time. libm's scalar expf/erff do not vectorise and made GELU and
- * softmax cost a third of a base-size encoder step. */
+/* vmath.h: vectorisable exp and erf for the hot element-wise loops (GELU, softmax; simd_impl.c
+ * compiles them per ISA level). libm's scalar expf/erff do not vectorise and made GELU and softmax
+ * cost a third of a base-size encoder step. Everything here is branch-free, so GCC if-converts it
+ * inside `omp simd` loops. */
 #ifndef D2V_VMATH_H
 #define D2V_VMATH_H
 
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define SIMD_CLONES
-#endif
 #define VMATH_INLINE static inline __attribute__((always_inline))
 
 /// e^x with relative error ~1e-7 for x in [-87, 88]; 0 below -87 (so exp(-inf) = 0 as masked
@@ -34,9 +29,10 @@ VMATH_INLINE float exp_approx(float x) {
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     int32_t bits = (kb - 0x4B400000 + 127) << 23; /* 2^k */
+    bits &= -(int32_t)(x >= -87.0f);              /* 0 below the range (and for -inf) */
     float s;
     memcpy(&s, &bits, sizeof s);
-    return x < -87.0f ? 0.0f : p * s;
+    return p * s;
 }
 
 /// erf(x) with absolute error below 2e-7: erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), the
@@ -58,8 +54,7 @@ VMATH_INLINE float erf_approx(float x) {
     return x < 0 ? -r : r;
 }
 
-/// <a, b> over n floats with 16 explicit partial sums: GCC 12 cannot vectorise `omp simd
-/// reduction` inside target_clones functions, but vectorises this lane-per-index form.
+/// <a, b> over n floats with 16 explicit partial sums (a fixed summation order on every ISA).
 #define VMATH_LANES 16
 VMATH_INLINE float dot_lanes(const float *a, const float *b, int n) {
     float acc[VMATH_LANES] = {0};

@@ -148,8 +148,9 @@ void trainer_banner(const Trainer *t) {
     log0("d2v-train: %s pretraining on %s (%lld samples, %lld per epoch for the loader)\n",
          d2v_modality_names[c->modality], c->train_path, (long long)t->ds.num_samples,
          t->loader ? (long long)loader_epoch_samples(t->loader) : 0LL);
-    log0("ranks=%d threads/rank: omp=%d blis=%d (%s kernels)  run dir %s\n", g_dist.world,
-         omp_get_max_threads(), gemm_threads(), t->arch, t->run_dir[0] ? t->run_dir : "(none)");
+    log0("ranks=%d threads/rank: omp=%d blis=%d (%s kernels, %s element-wise)  run dir %s\n",
+         g_dist.world, omp_get_max_threads(), gemm_threads(), t->arch, simd_level(),
+         t->run_dir[0] ? t->run_dir : "(none)");
     log0("batch %d per update = %d ranks x %d micro-batches x %d\n", c->batch_size, g_dist.world,
          t->split.update_freq, t->split.micro);
     log0("model L=%d C=%d heads=%d ffn=%d: %.2fM parameters; arenas: params+grads+adam+teacher "

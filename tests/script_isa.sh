@@ -1,0 +1,37 @@
+#!/bin/sh
+# script_isa.sh: every element-wise row kernel compiled for each ISA level really is vector code:
+# each simd_<isa>_* function of build/.../simd_<isa>.o must use packed instructions on that
+# level's widest registers (base: packed SSE on xmm; avx2: ymm; avx512: zmm). A loop GCC leaves
+# scalar (as target_clones once did for the AVX2 GELU) fails here, whatever CPU runs the test.
+set -u
+build=${1:-build/release}
+passed=0 failed=0
+for isa in base avx2 avx512; do
+    obj="$build/src/kernels/simd_$isa.o"
+    if [ ! -f "$obj" ]; then
+        failed=$((failed + 1)); echo "FAIL $obj missing"; continue
+    fi
+    case $isa in
+    base) pat='(mul|add|sub|max|min|and|or|div)ps[[:space:]]+[^,]*%xmm' ;;
+    avx2) pat='v(fmadd|fnmadd|fmsub|mul|add|sub|max|min|div|blendv|and)[0-9a-z]*ps[[:space:]].*%ymm' ;;
+    avx512) pat='v(fmadd|fnmadd|fmsub|mul|add|sub|max|min|div|blendm|and)[0-9a-z]*ps[[:space:]].*%zmm' ;;
+    esac
+    report=$(objdump -d --no-show-raw-insn "$obj" | awk -v pat="$pat" -v isa="$isa" '
+        /^[0-9a-f]+ <simd_/ { if (f != "") print f, n, s; f = $2; gsub(/[<>:]/, "", f); n = 0; s = 0; next }
+        /^[0-9a-f]+ </ { if (f != "") print f, n, s; f = ""; next }
+        f != "" && $0 ~ pat { n++ }
+        f != "" && /(mul|add|sub)ss[[:space:]]/ { s++ }
+        END { if (f != "") print f, n, s }')
+    [ -n "$report" ] || { failed=$((failed + 1)); echo "FAIL $isa: no simd_ functions in $obj"; }
+    echo "$report" | while read -r fn n s; do
+        [ -n "$fn" ] || continue
+        if [ "$n" -gt 0 ]; then echo "ok   $isa $fn: $n packed ops on its widest registers ($s scalar)"
+        else echo "FAIL $isa $fn: no packed ops on its widest registers ($s scalar): a scalar loop"; fi
+    done > "/tmp/d2v-isa.$$"
+    p=$(grep -c '^ok' "/tmp/d2v-isa.$$"); f=$(grep -c '^FAIL' "/tmp/d2v-isa.$$")
+    cat "/tmp/d2v-isa.$$"; rm -f "/tmp/d2v-isa.$$"
+    [ "$p" -eq 9 ] || { echo "FAIL $isa: $p of 9 kernels checked"; f=$((f + 1)); }
+    passed=$((passed + p)); failed=$((failed + f))
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

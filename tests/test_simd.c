@@ -1,0 +1,173 @@
+/* test_simd.c: every ISA level of the element-wise row kernels (src/kernels/simd.h) this CPU can
+ * run: the same results as a double-precision reference, and vector speed. The speed check is a
+ * ratio measured in one process, asserted loosely: each level's GELU must beat the same GELU
+ * compiled without vectorisation by a wide margin (a level that fell back to scalar code would
+ * not), and make bench prints the same ratios. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/kernels/simd.h"
+#include "../src/kernels/vmath.h"
+#include "check.h"
+#include "d2v/kernels.h"
+#include "d2v/util.h"
+
+static double gelu_ref(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+static double gelu_grad_ref(double x) {
+    return 0.5 * (1 + erf(x / sqrt(2.0))) +
+           x * exp(-0.5 * x * x) / sqrt(2 * 3.14159265358979323846);
+}
+
+/* The same GELU, kept scalar: the speed baseline. */
+__attribute__((optimize("no-tree-vectorize"), noinline)) static void
+gelu_scalar(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752440f));
+    }
+}
+
+static double best_seconds(void (*f)(float *, const float *, size_t), float *y, const float *x,
+                           size_t n) {
+    double best = 1e30;
+    for (int r = 0; r < 7; r++) {
+        double t0 = now_seconds();
+        for (int k = 0; k < 20; k++)
+            f(y, x, n);
+        double t = now_seconds() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
+static void test_level(const SimdOps *v, float min_speedup) {
+    printf("-- %s\n", v->name);
+    enum { N = 4096, C = 197 };
+    float *x = xalloc(N * 4, "x"), *y = xalloc(N * 4, "y"), *dy = xalloc(N * 4, "dy");
+    float *dx = xalloc(N * 4, "dx"), *w = xalloc(N * 4, "w"), *b = xalloc(N * 4, "b");
+    uint64_t k = rng_key(3, 0, 0, 0);
+    for (int i = 0; i < N; i++)
+        x[i] = 6 * rng_normal(k, i), dy[i] = rng_normal(k, N + i),
+        w[i] = 1 + rng_normal(k, 2 * N + i) / 4, b[i] = rng_normal(k, 3 * N + i) / 4;
+    x[0] = -INFINITY, x[1] = 80, x[2] = -80, x[3] = 0; /* tails and zero */
+    char label[160];
+    /* GELU forward and backward against double */
+    v->gelu_forward(y, x, N);
+    double e = 0;
+    for (int i = 1; i < N; i++)
+        e = fmax(e, fabs(y[i] - gelu_ref(x[i])) / fmax(1, fabs(gelu_ref(x[i]))));
+    snprintf(label, sizeof label, "%s gelu forward: worst error %.1e (<= 1e-6), gelu(-inf) = %g",
+             v->name, e, y[0]);
+    check_record(e <= 1e-6 && (y[0] == 0 || isnan(y[0])), label);
+    memset(dx, 0, N * 4);
+    v->gelu_backward(dx, x, dy, N);
+    e = 0;
+    for (int i = 1; i < N; i++)
+        e = fmax(e, fabs(dx[i] - dy[i] * gelu_grad_ref(x[i])) / fmax(1, fabs(dy[i])));
+    snprintf(label, sizeof label, "%s gelu backward: worst error %.1e (<= 2e-6)", v->name, e);
+    check_record(e <= 2e-6, label);
+    /* softmax rows (C not a multiple of the vector width), masked entries, an all-masked row */
+    float *row = x + 4;
+    row[5] = -INFINITY;
+    v->softmax_row(y, row, C);
+    double mx = -INFINITY, s = 0;
+    for (int c = 0; c < C; c++)
+        mx = fmax(mx, row[c]);
+    for (int c = 0; c < C; c++)
+        s += exp(row[c] - mx);
+    e = 0;
+    for (int c = 0; c < C; c++)
+        e = fmax(e, fabs(y[c] - exp(row[c] - mx) / s));
+    snprintf(label, sizeof label, "%s softmax row of %d: worst error %.1e, masked entry %g",
+             v->name, C, e, y[5]);
+    check_record(e <= 1e-6 && y[5] == 0, label);
+    float masked[C];
+    for (int c = 0; c < C; c++)
+        masked[c] = -INFINITY;
+    v->softmax_row(y, masked, C);
+    int zeros = 1;
+    for (int c = 0; c < C; c++)
+        zeros &= y[c] == 0;
+    snprintf(label, sizeof label, "%s softmax of an all-masked row: zeros, not NaN", v->name);
+    check_record(zeros, label);
+    /* softmax backward, both forms */
+    v->softmax_row(y, x + 300, C);
+    double dot = 0;
+    for (int c = 0; c < C; c++)
+        dot += (double)y[c] * dy[c];
+    memset(dx, 0, C * 4);
+    v->softmax_backward_row(dx, y, dy, C);
+    float d[C];
+    memcpy(d, dy, sizeof d);
+    v->softmax_grad_row_inplace(d, y, C);
+    double e1 = 0, e2 = 0;
+    for (int c = 0; c < C; c++) {
+        double want = y[c] * (dy[c] - dot);
+        e1 = fmax(e1, fabs(dx[c] - want)), e2 = fmax(e2, fabs(d[c] - want));
+    }
+    snprintf(label, sizeof label, "%s softmax backward: worst errors %.1e, %.1e", v->name, e1, e2);
+    check_record(e1 <= 1e-6 && e2 <= 1e-6, label);
+    /* layer norm row: statistics, normalisation, backward (affine and parameter-less) */
+    const float *r = x + 1000;
+    double m = 0, var = 0;
+    for (int c = 0; c < C; c++)
+        m += r[c];
+    m /= C;
+    for (int c = 0; c < C; c++)
+        var += (r[c] - m) * (r[c] - m);
+    var /= C;
+    float mean, rstd;
+    v->row_mean_rstd(r, C, 1e-5f, &mean, &rstd);
+    snprintf(label, sizeof label, "%s layer norm statistics (mean %.4f, rstd %.4f)", v->name, mean,
+             rstd);
+    check_record(fabs(mean - m) <= 1e-5 * fmax(1, fabs(m)) &&
+                     fabs(rstd - 1 / sqrt(var + 1e-5)) <= 1e-5 / sqrt(var + 1e-5),
+                 label);
+    for (int affine = 0; affine < 2; affine++) {
+        v->row_normalize(y, r, affine ? w : NULL, affine ? b : NULL, C, mean, rstd);
+        e = 0;
+        for (int c = 0; c < C; c++) {
+            double h = (r[c] - mean) * rstd;
+            e = fmax(e, fabs(y[c] - (affine ? h * w[c] + b[c] : h)));
+        }
+        memset(dx, 0, C * 4);
+        v->row_layernorm_backward(dx, r, dy, affine ? w : NULL, C, mean, rstd);
+        double sg = 0, sgh = 0;
+        for (int c = 0; c < C; c++) {
+            double g = affine ? (double)dy[c] * w[c] : dy[c], h = (r[c] - mean) * rstd;
+            sg += g, sgh += g * h;
+        }
+        double eb = 0;
+        for (int c = 0; c < C; c++) {
+            double g = affine ? (double)dy[c] * w[c] : dy[c], h = (r[c] - mean) * rstd;
+            eb = fmax(eb, fabs(dx[c] - rstd * (g - sg / C - h * sgh / C)));
+        }
+        snprintf(label, sizeof label, "%s layer norm %s: forward %.1e, backward %.1e", v->name,
+                 affine ? "affine" : "parameter-less", e, eb);
+        check_record(e <= 1e-5 && eb <= 1e-5, label);
+    }
+    /* speed: this level's GELU against the scalar GELU, same process, best of 7 */
+    double tv = best_seconds(v->gelu_forward, y, x, N), ts = best_seconds(gelu_scalar, y, x, N);
+    snprintf(label, sizeof label, "%s gelu is %.1fx the scalar loop's speed (>= %.1fx expected)",
+             v->name, ts / tv, min_speedup);
+    check_record(ts / tv >= min_speedup, label);
+    free(x), free(y), free(dy), free(dx), free(w), free(b);
+}
+
+int main(void) {
+    const char *names[] = {"base", "avx2", "avx512"};
+    /* SSE has 4 lanes, AVX2 8, AVX-512 16 (8 on cores that split it): loose floors well under */
+    const float floors[] = {1.8f, 2.5f, 2.5f};
+    for (int i = 0; i < 3; i++) {
+        const SimdOps *v = simd_ops_named(names[i]);
+        if (v)
+            test_level(v, floors[i]);
+        else
+            printf("-- %s: not supported by this CPU (tests/script_isa.sh still checks its code)\n",
+                   names[i]);
+    }
+    printf("in use: %s\n", simd_ops()->name);
+    return check_summary();
+}
