@@ -9,24 +9,9 @@
 #include "d2v/encoder.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
+#include "bench.h"
 
 /* Best-of-3 rate of a large square sgemm (the ceiling the encoder's GEMMs can reach). */
-static double blis_peak_gflops(int n) {
-    float *a = xalloc((size_t)n * n * 4, "A"), *b = xalloc((size_t)n * n * 4, "B");
-    float *c = xalloc((size_t)n * n * 4, "C");
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
-    gemm_rowmajor(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n, 0); /* warm-up */
-    double best = 1e30;
-    for (int r = 0; r < 3; r++) {
-        double t0 = now_seconds();
-        gemm_rowmajor(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n, 0);
-        double dt = now_seconds() - t0;
-        if (dt < best) best = dt;
-    }
-    free(a), free(b), free(c);
-    return 2.0 * n * n * (double)n / best / 1e9;
-}
 
 /* Matmul FLOPs of one forward: projections and FFN, plus QK^T and PV. Backward is 2x. */
 static double encoder_fwd_flops(const EncoderConfig *c, int B, int T) {

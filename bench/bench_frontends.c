@@ -7,21 +7,8 @@
 #include "d2v/frontends.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
+#include "bench.h"
 
-static double blis_rate(int n) {
-    float *a = xalloc((size_t)n * n * 4, "A"), *b = xalloc((size_t)n * n * 4, "B");
-    float *c = xalloc((size_t)n * n * 4, "C");
-    gemm_rowmajor(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n, 0);
-    double best = 1e30;
-    for (int r = 0; r < 3; r++) {
-        double t0 = now_seconds();
-        gemm_rowmajor(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n, 0);
-        double dt = now_seconds() - t0;
-        best = dt < best ? dt : best;
-    }
-    free(a), free(b), free(c);
-    return 2.0 * n * n * (double)n / best / 1e9;
-}
 
 static float *random_floats(size_t n, uint64_t seed) {
     float *x = xalloc(n * 4, "bench input");
@@ -143,7 +130,7 @@ static void bench_speech(int iters, double peak) {
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 0;
     const char *arch = gemm_init(threads);
-    double peak = blis_rate(2048);
+    double peak = blis_peak_gflops(2048);
     printf("threads=%d  BLIS kernels=%s  BLIS sgemm 2048^3: %.1f GFLOP/s\n", gemm_threads(), arch,
            peak);
     bench_text(3);

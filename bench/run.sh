@@ -1,5 +1,6 @@
 #!/bin/sh
-# make bench: encoder fwd+bwd at 1 and 2 threads beside the BLIS rate and PyTorch on the same model.
+# make bench: encoder fwd+bwd at 1 and 2 threads beside the BLIS rate and PyTorch on the same model,
+# the full training step against PyTorch per config (both ISA paths), and rank scaling.
 set -eu
 build=${1:-build/release}
 for t in 1 2; do
@@ -12,7 +13,58 @@ for t in 1 2; do
         OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"
     fi
 done
-echo "== training updates, small configs, 2 threads"
-OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$build/bench/bench_train" 2
+# Full training step: trainer_update against a PyTorch step of the same model, batch, masks and
+# threads (bench/torch_step.py on bench_train's dump of its first update; every dropout off on
+# both sides). Twice when the CPU has AVX-512: on it, and on the AVX2 path (D2V_SIMD=avx2 and
+# BLIS's haswell kernels for d2v; PyTorch held to AVX2 too), so both paths stay measured.
+step_vs_torch() { # label config [env...]
+    label=$1 cfg=$2
+    shift 2
+    name=$(basename "$cfg" .cfg)
+    out=$(env OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$@" "$build/bench/bench_train" "$cfg" \
+        --dump "$tmp/$name.h5" 2>&1 | grep -v "arena")
+    echo "$out" | grep -v "^bench_train\|^wrote"
+    d=$(echo "$out" | sed -n 's/^bench_train [^ ]* \([0-9.]*\)$/\1/p')
+    [ -n "$d" ] || { echo "    (no d2v figure)"; return; }
+    if [ "$torch" = 1 ]; then
+        n=3
+        case $name in *tiny) n=10 ;; esac
+        t=$(env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$@" /usr/bin/python3 bench/torch_step.py \
+            "$tmp/$name.h5" $n 2>&1 | sed -n 's/^torch_step \([0-9.]*\) .*/\1/p')
+        [ -n "$t" ] && awk -v l="$label" -v n="$name" -v d="$d" -v t="$t" 'BEGIN {
+            printf "    %s %-12s d2v %.4f s/update, PyTorch %.4f s/update: d2v is %.2fx PyTorch\n",
+                   l, n, d, t, t / d }' || echo "    (PyTorch step failed)"
+    fi
+}
+tmp=$(mktemp -d /tmp/d2v-bench.XXXXXX)
+torch=0
+/usr/bin/python3 -c "import torch, h5py" 2>/dev/null && torch=1
+echo "== training step vs PyTorch, 1 rank x 2 threads ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))"
+for cfg in configs/image-tiny.cfg configs/text-tiny.cfg configs/speech-tiny.cfg \
+    configs/image-small.cfg configs/text-small.cfg configs/speech-small.cfg; do
+    step_vs_torch native "$cfg"
+done
+if grep -q avx512f /proc/cpuinfo; then
+    echo "== the same on the AVX2 path (d2v: D2V_SIMD=avx2, BLIS haswell; PyTorch: AVX2 only)"
+    for cfg in configs/image-tiny.cfg configs/text-tiny.cfg configs/speech-tiny.cfg \
+        configs/image-small.cfg configs/text-small.cfg configs/speech-small.cfg; do
+        step_vs_torch avx2 "$cfg" D2V_SIMD=avx2 BLIS_ARCH_TYPE=3 ATEN_CPU_CAPABILITY=avx2 \
+            ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2
+    done
+fi
+echo "== scaling: 2 ranks x 1 thread against 1 rank x 2 threads, same global batch"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+for cfg in configs/image-small.cfg configs/text-small.cfg configs/speech-small.cfg; do
+    one=$(OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$build/bench/bench_train" "$cfg" 2>&1 |
+        sed -n 's/^bench_train [^ ]* \([0-9.]*\)$/\1/p')
+    two=$(mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREADS=1 \
+        "$build/bench/bench_train" "$cfg" 2>&1 | tee "$tmp/two.log" |
+        sed -n 's/^bench_train [^ ]* \([0-9.]*\)$/\1/p')
+    ar=$(sed -n 's/.*allreduce \([0-9]*\)%.*/\1/p' "$tmp/two.log")
+    [ -n "$one" ] && [ -n "$two" ] && awk -v n="$(basename "$cfg")" -v a="$one" -v b="$two" -v ar="$ar" 'BEGIN {
+        printf "    %-17s 1x2 %.4f s/update, 2x1 %.4f s/update: 2x1 runs at %.2fx of 1x2 (allreduce %s%% of the 2x1 update)\n",
+               n, a, b, a / b, ar }'
+done
+rm -rf "$tmp"
 echo "== dataset reader and loader alone (no model), 1 thread"
 OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 "$build/bench/bench_loader"

@@ -13,6 +13,8 @@ void die_at(const char *file, int line, const char *fmt, ...)
 /// 64-byte aligned, zeroed allocation; dies naming the request on failure.
 #define xalloc(bytes, what) xalloc_at((bytes), (what), __FILE__, __LINE__)
 void *xalloc_at(size_t bytes, const char *what, const char *file, int line);
+/// Bytes xalloc'd so far (frees not subtracted): the arenas' total once set-up is done.
+size_t xalloc_total(void);
 
 /// printf on rank 0 only.
 void log0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

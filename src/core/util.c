@@ -29,14 +29,19 @@ void die_at(const char *file, int line, const char *fmt, ...) {
     dist_abort(1);
 }
 
+static size_t g_xalloc_bytes; /* every arena is xalloc'd once at set-up: the analytic total */
+
 void *xalloc_at(size_t bytes, const char *what, const char *file, int line) {
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded == 0) rounded = 64;
     void *p = aligned_alloc(64, rounded);
     if (!p) die_at(file, line, "out of memory allocating %.1f MiB for %s", bytes / 1048576.0, what);
     memset(p, 0, rounded);
+    __atomic_fetch_add(&g_xalloc_bytes, rounded, __ATOMIC_RELAXED);
     return p;
 }
+
+size_t xalloc_total(void) { return __atomic_load_n(&g_xalloc_bytes, __ATOMIC_RELAXED); }
 
 void log0(const char *fmt, ...) {
     if (g_dist.rank != 0) return;

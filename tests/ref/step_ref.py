@@ -406,35 +406,53 @@ class RefModel:
     def step(self, dump, params, teacher):
         """Forward both networks on dump's batch with the given flat arenas, backward the loss.
         Returns a dict of numpy results; grads are divided by the masked count, not clipped."""
-        dt = self.dtype
         self.load(self.student, params, dump.table)
         self.load(self.teacher, teacher, dump.table)
         self.load_shared(params, dump.table)
         for p in self.student_params():
             p.grad = None
-        sel = torch.from_numpy(dump["loss_positions"].astype(bool))
+        r = self.forward_loss(self.inputs(dump))
+        r["mean"].backward()
+        return {"loss": float(r["sum"]) / r["M"], "M": r["M"], "targets": r["y"].numpy(),
+                "predictions": r["pred"].detach().numpy(), "layers": r["layers"].numpy(),
+                "grads": self.flat_grads(dump.table, dump.np).numpy()}
+
+    def inputs(self, dump):
+        """The dumped batch and masks as tensors (what forward_loss reads)."""
+        x = {"sel": torch.from_numpy(dump["loss_positions"].astype(bool))}
+        if self.modality == "text":
+            x["st"] = torch.from_numpy(dump["student_tokens"].astype(np.int64))
+            x["bt"] = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
+        elif self.modality == "image":
+            x["img"] = torch.from_numpy(dump["batch_images"]).to(self.dtype)
+            x["mask"] = torch.from_numpy(dump["patch_mask"].astype(bool))
+        else:
+            x["wav"] = torch.from_numpy(dump["batch_audio"]).to(self.dtype)
+            x["mask"] = torch.from_numpy(dump["frame_mask"].astype(bool))
+        return x
+
+    def forward_loss(self, x):
+        """Teacher targets and the student's loss on one batch (no backward). Returns the summed
+        loss, its mean over the M masked positions (what is differentiated), and the pieces."""
+        sel = x["sel"]
         pad_s = pad_t = None
         bias_s = bias_t = None  # image: BEiT's relative position bias
         if self.modality == "text":
-            st = torch.from_numpy(dump["student_tokens"].astype(np.int64))
-            bt = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
-            pad_s, pad_t = st.eq(self.pad_id), bt.eq(self.pad_id)
-            x_s = self.fe(st)["out"]
+            pad_s, pad_t = x["st"].eq(self.pad_id), x["bt"].eq(self.pad_id)
+            x_s = self.fe(x["st"])["out"]
             with torch.no_grad():
-                x_t = self.fe_t(bt)["out"]
+                x_t = self.fe_t(x["bt"])["out"]
         elif self.modality == "image":
-            img = torch.from_numpy(dump["batch_images"]).to(dt)
-            fs = self.fe(img, torch.from_numpy(dump["patch_mask"].astype(bool)))
+            fs = self.fe(x["img"], x["mask"])
             x_s, bias_s = fs["out"], fs.get("bias")
             with torch.no_grad():
-                ft = self.fe_t(img, None)
+                ft = self.fe_t(x["img"], None)
                 x_t, bias_t = ft["out"], ft.get("bias")
         else:
-            wav = torch.from_numpy(dump["batch_audio"]).to(dt)
-            feats = self.fe.features(wav)
-            x_s = self.fe.context(feats, torch.from_numpy(dump["frame_mask"].astype(bool)))
+            feats = self.fe.features(x["wav"])
+            x_s = self.fe.context(feats, x["mask"])
             with torch.no_grad():
-                x_t = self.fe_t.context(self.fe_t.features(wav), None)
+                x_t = self.fe_t.context(self.fe_t.features(x["wav"]), None)
         # teacher targets (docs/algorithm.md §1.3)
         with torch.no_grad():
             _, ffn_t, end_t = self.enc_t(x_t, pad_t, bias_t)
@@ -459,10 +477,8 @@ class RefModel:
             el = d * d
         loss_sum = el.sum() * self.scale
         M = int(sel.sum())
-        (loss_sum / M).backward()
-        return {"loss": float(loss_sum) / M, "M": M, "targets": y.numpy(),
-                "predictions": pred.detach().numpy(), "layers": layers.numpy(),
-                "grads": self.flat_grads(dump.table, dump.np).numpy()}
+        return {"sum": loss_sum, "mean": loss_sum / M, "M": M, "y": y, "pred": pred,
+                "layers": layers}
 
     def load_shared(self, params, table):
         """Shared front-end tensors (those not averaged): the teacher's front-end module gets the
