@@ -148,6 +148,28 @@ static void test_level(const SimdOps *v, float min_speedup) {
                  affine ? "affine" : "parameter-less", e, eb);
         check_record(e <= 1e-5 && eb <= 1e-5, label);
     }
+    /* column sums (bias and layer-norm parameter gradients): exactly the per-column loop */
+    enum { R = 37, LD = 80 };
+    float db[SIMD_COLS], dw2[SIMD_COLS], db2[SIMD_COLS], mean_r[R], rstd_r[R];
+    const float *xs = x + 500; /* finite values only */
+    for (int i = 0; i < R; i++)
+        mean_r[i] = xs[i] / 10, rstd_r[i] = 1 + fabsf(dy[i]);
+    int exact = 1;
+    for (int n = 1; n <= SIMD_COLS; n += 21) {
+        memset(db, 0, sizeof db), memset(dw2, 0, sizeof dw2), memset(db2, 0, sizeof db2);
+        v->colsum(db, dy, R, LD, n);
+        v->ln_param_grad(dw2, db2, dy, xs, mean_r, rstd_r, R, LD, n);
+        for (int j = 0; j < n; j++) {
+            double s1 = 0, sw = 0;
+            for (int q = 0; q < R; q++) {
+                float g = dy[(size_t)q * LD + j];
+                s1 += g, sw += g * (xs[(size_t)q * LD + j] - mean_r[q]) * rstd_r[q];
+            }
+            exact &= db[j] == (float)s1 && db2[j] == (float)s1 && dw2[j] == (float)sw;
+        }
+    }
+    snprintf(label, sizeof label, "%s column sums: bit-identical to the per-column loop", v->name);
+    check_record(exact, label);
     /* speed: this level's GELU against the scalar GELU, same process, best of 7 */
     double tv = best_seconds(v->gelu_forward, y, x, N), ts = best_seconds(gelu_scalar, y, x, N);
     snprintf(label, sizeof label, "%s gelu is %.1fx the scalar loop's speed (>= %.1fx expected)",

@@ -28,18 +28,13 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
                                       dout + (size_t)n * C, w, C, mean[n], rstd[n]);
     }
     if (dw || db) {
-        /* Threads split channels so no two write the same dw/db element. */
+        /* Threads take blocks of channels (no two write the same dw/db element), read row by
+         * row; each sum runs over the rows in order, whatever the thread count. */
+        const SimdOps *v = simd_ops();
 #pragma omp parallel for
-        for (int c = 0; c < C; c++) {
-            double sw = 0, sb = 0;
-            for (int n = 0; n < N; n++) {
-                float dy = dout[(size_t)n * C + c];
-                sw += dy * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
-                sb += dy;
-            }
-            if (dw) dw[c] += (float)sw;
-            if (db) db[c] += (float)sb;
-        }
+        for (int c = 0; c < C; c += SIMD_COLS)
+            v->ln_param_grad(dw ? dw + c : NULL, db ? db + c : NULL, dout + c, inp + c, mean, rstd,
+                             N, (size_t)C, C - c < SIMD_COLS ? C - c : SIMD_COLS);
     }
 }
 

@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#define SIMD_COLS 64 /* columns per colsum / ln_param_grad call */
+
 typedef struct {
     const char *name;
     void (*gelu_forward)(float *out, const float *inp, size_t n);
@@ -22,6 +24,13 @@ typedef struct {
                           float s);
     void (*row_layernorm_backward)(float *dx, const float *x, const float *dy, const float *w,
                                    int C, float m, float s);
+    /// db[j] += sum over the N rows (stride ld) of x[r][j], j < n <= SIMD_COLS, summed in double
+    /// in row order (bias gradients: the same sums as a per-column loop, read row by row)
+    void (*colsum)(float *db, const float *x, int N, size_t ld, int n);
+    /// Layer-norm parameter gradients of columns j < n <= SIMD_COLS: dw[j] += sum_r dy (x - m_r)
+    /// s_r, db[j] += sum_r dy, in double in row order; either output may be NULL
+    void (*ln_param_grad)(float *dw, float *db, const float *dy, const float *x, const float *mean,
+                          const float *rstd, int N, size_t ld, int n);
     /// y += a x: the plain vector loop the throughput checks compare against
     void (*axpy)(float *y, const float *x, float a, size_t n);
 } SimdOps;

@@ -163,6 +163,36 @@ static void FN(row_layernorm_backward)(float *dx, const float *x, const float *d
     }
 }
 
+static void FN(colsum)(float *db, const float *x, int N, size_t ld, int n) {
+    double acc[SIMD_COLS] = {0};
+    for (int r = 0; r < N; r++) {
+        const float *row = x + (size_t)r * ld;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            acc[j] += row[j];
+    }
+    for (int j = 0; j < n; j++)
+        db[j] += (float)acc[j];
+}
+
+static void FN(ln_param_grad)(float *dw, float *db, const float *dy, const float *x,
+                              const float *mean, const float *rstd, int N, size_t ld, int n) {
+    double aw[SIMD_COLS] = {0}, ab[SIMD_COLS] = {0};
+    for (int r = 0; r < N; r++) {
+        const float *g = dy + (size_t)r * ld, *xr = x + (size_t)r * ld;
+        float m = mean[r], s = rstd[r];
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            float t = g[j] * (xr[j] - m) * s; /* in float, as the per-column loop did */
+            aw[j] += t, ab[j] += g[j];
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        if (dw) dw[j] += (float)aw[j];
+        if (db) db[j] += (float)ab[j];
+    }
+}
+
 static void FN(axpy)(float *y, const float *x, float a, size_t n) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++)
@@ -171,8 +201,15 @@ static void FN(axpy)(float *y, const float *x, float a, size_t n) {
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
-const SimdOps CAT(simd_, SIMD_ISA, ) = {
-    STR(SIMD_ISA),     FN(gelu_forward),         FN(gelu_backward),
-    FN(softmax_row),   FN(softmax_backward_row), FN(softmax_grad_row_inplace),
-    FN(row_mean_rstd), FN(row_normalize),        FN(row_layernorm_backward),
-    FN(axpy)};
+const SimdOps CAT(simd_, SIMD_ISA, ) = {.name = STR(SIMD_ISA),
+                                        .gelu_forward = FN(gelu_forward),
+                                        .gelu_backward = FN(gelu_backward),
+                                        .softmax_row = FN(softmax_row),
+                                        .softmax_backward_row = FN(softmax_backward_row),
+                                        .softmax_grad_row_inplace = FN(softmax_grad_row_inplace),
+                                        .row_mean_rstd = FN(row_mean_rstd),
+                                        .row_normalize = FN(row_normalize),
+                                        .row_layernorm_backward = FN(row_layernorm_backward),
+                                        .colsum = FN(colsum),
+                                        .ln_param_grad = FN(ln_param_grad),
+                                        .axpy = FN(axpy)};
