@@ -22,7 +22,7 @@ step_vs_torch() { # label config [env...]
     shift 2
     name=$(basename "$cfg" .cfg)
     out=$(env OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$@" "$build/bench/bench_train" "$cfg" \
-        --dump "$tmp/$name.h5" 2>&1 | grep -v "arena")
+        --dump "$tmp/$name.h5" 2>&1 | grep -v "arena (")
     echo "$out" | grep -v "^bench_train\|^wrote"
     d=$(echo "$out" | sed -n 's/^bench_train [^ ]* \([0-9.]*\)$/\1/p')
     [ -n "$d" ] || { echo "    (no d2v figure)"; return; }

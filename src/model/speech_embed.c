@@ -113,7 +113,7 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
     f->Tmax = f->Lin[c->n_conv];
     if (f->Tmax <= 0)
         die("speech encoder: %d samples are too short for the conv feature extractor", Smax);
-    size_t B = Bmax, big = 0, cols = 0;
+    size_t B = Bmax, big = 0, cols = 0, before = xalloc_total();
     f->wav = xalloc(B * Smax * sizeof(float), "speech waveform");
     for (int i = 0; i < c->n_conv; i++) {
         size_t n = B * f->Lin[i + 1] * c->conv_dim[i];
@@ -136,8 +136,7 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
     for (int i = 0; i < 2; i++)
         f->dbuf[i] = xalloc(big * sizeof(float), "speech backward scratch");
     log0("speech feature extractor arena (B=%d, S=%d -> T=%d frames): %.1f MiB\n", Bmax, Smax,
-         f->Tmax,
-         (B * Smax + 5.0 * big * c->n_conv + NT * (D + c->C) + cols + 2.0 * big) * 4 / 1048576.0);
+         f->Tmax, (xalloc_total() - before) / 1048576.0);
 }
 
 void speech_features_free(SpeechFeatures *f) {
