@@ -33,7 +33,7 @@ static void bench_case(const char *name, EncoderConfig cfg, int B, int T, double
         x[i] = rng_normal(key, i), dout[i] = rng_normal(key, n + i);
     Encoder e;
     encoder_init(&e, &cfg, B, T, 1);
-    EncoderRun run = {B, T, NULL, NULL, 0, 1, 0, NULL}; /* dropout off: time the math */
+    EncoderRun run = {.B = B, .T = T, .seed = 1}; /* dropout off: time the math */
     encoder_forward(&e, &p, x, &run);                   /* warm-up: first touch of the arenas */
     encoder_backward(&e, &g, NULL, NULL, &p, x, &run, dout);
     memset(encoder_prof_seconds, 0, sizeof encoder_prof_seconds);

@@ -3,7 +3,7 @@
  * analytic count against this run's BLIS rate, and peak RSS against the arenas. --dump F writes
  * the first update as a step dump (bench/torch_step.py times PyTorch on the same model and
  * batch). Runs under mpirun too: data.batch_size is the global batch.
- * Usage: bench_train CONFIG [--updates N] [--dump F] */
+ * Usage: bench_train CONFIG [--updates N] [--dump F] [--set key=value ...] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,17 +51,20 @@ static double step_flops(const ModelConfig *c, int B, int T, int S, double M) {
 int main(int argc, char **argv) {
     dist_init(&argc, &argv);
     h5io_init();
-    const char *path = NULL, *dump = NULL;
-    int updates = 4;
+    const char *path = NULL, *dump = NULL, *extra[16];
+    int updates = 4, n_extra = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--updates") && i + 1 < argc)
+        if (!strcmp(argv[i], "--set") && i + 1 < argc && n_extra < 16)
+            extra[n_extra++] = argv[++i];
+        else if (!strcmp(argv[i], "--updates") && i + 1 < argc)
             updates = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc)
             dump = argv[++i];
         else
             path = argv[i];
     }
-    if (!path || updates < 1) die("usage: bench_train CONFIG [--updates N] [--dump F]");
+    if (!path || updates < 1)
+        die("usage: bench_train CONFIG [--updates N] [--dump F] [--set key=value ...]");
     TrainConfig c;
     char err[512];
     train_config_defaults(&c);
@@ -72,6 +75,8 @@ int main(int argc, char **argv) {
                           "run.collapse_after=0", "data.micro_batch=0"};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         if (train_config_set(&c, sets[i], err, sizeof err)) die("%s", err);
+    for (int i = 0; i < n_extra; i++)
+        if (train_config_set(&c, extra[i], err, sizeof err)) die("%s", err);
     c.max_updates = updates + 2;
     if (c.modality == D2V_SPEECH && c.speech_max_samples > 2 * 16000) c.speech_max_samples = 32000;
     int per_rank = c.batch_size / g_dist.world;
@@ -132,7 +137,7 @@ int main(int argc, char **argv) {
          "activations) = %.2fx; %s, %s element-wise, %s BLIS kernels\n",
          ru.ru_maxrss / 1024.0, arenas / 1048576.0, 5.0 * t.np * 4 / 1048576.0,
          ru.ru_maxrss * 1024.0 / arenas, cpu_model(cpu, sizeof cpu), simd_level(), t.arch);
-    log0("bench_train %s %.6f\n", name, su); /* for bench/run.sh */
+    log0("bench_train %s %.6f %.6f\n", name, su, tm->allreduce / updates); /* for bench/run.sh */
     trainer_free(&t);
     free(b->ids), free(b->labels), free(b->tokens), free(b->images), free(b->audio);
     dist_finalize();

@@ -1,8 +1,8 @@
 #!/bin/sh
 # script_trainer_ranks.sh: data.batch_size is the global batch, so one config describes one
 # experiment on any allocation: 1 rank, 2 ranks and 1 rank in 2 micro-batches of the same 16
-# samples give the same trajectory (to summation order); a batch the ranks cannot divide is an
-# error naming the key.
+# samples give the same trajectory (to summation order); the bucketed allreduce gives the same
+# bits as the blocking one; a batch the ranks cannot divide is an error naming the key.
 set -u
 build=${1:-build/release}
 dir=$(mktemp -d /tmp/d2v-ranks.XXXXXX)
@@ -39,6 +39,26 @@ msg=$(compare "$dir/one" "$dir/micro") && ok "data.micro_batch = 8 (2 micro-batc
     bad "micro-batches: $msg"
 grep -q "batch 16 per update = 1 ranks x 2 micro-batches x 8" "$dir/micro.log" &&
     ok "data.micro_batch = 8 gives update_freq 2" || bad "split: $(grep '^batch' "$dir/micro.log")"
+# bucketed allreduce during the backward: bit-identical parameters and teacher for any bucket
+# size, on 2 and 3 ranks (1 KB: every part on its own; 64 KB: a few buckets, the last one after
+# the backward; 0: one blocking call after the backward)
+for np in 2 3; do
+    b=$((np == 3 ? 12 : 16))
+    for kb in 0 1 64; do
+        timeout 300 mpirun --oversubscribe -np $np -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREADS=1 \
+            "$build/bin/d2v-train" "$@" --set data.batch_size=$b --set run.max_updates=4 \
+            --set run.allreduce_bucket_kb=$kb --run-dir "$dir/b$np-$kb" >/dev/null 2>&1
+    done
+    f=ckpt/step_00000004/model.h5
+    for kb in 1 64; do
+        if h5diff "$dir/b$np-0/$f" "$dir/b$np-$kb/$f" /params >/dev/null 2>&1 &&
+            h5diff "$dir/b$np-0/$f" "$dir/b$np-$kb/$f" /teacher >/dev/null 2>&1; then
+            ok "$np ranks: $kb KB buckets during the backward: bit-identical parameters and teacher"
+        else
+            bad "$np ranks: $kb KB buckets change the result (or a run failed: $dir/b$np-*)"
+        fi
+    done
+done
 out=$(timeout 120 mpirun --oversubscribe -np 3 "$build/bin/d2v-train" "$@" --run-dir "$dir/three" 2>&1)
 rc=$?
 n=$(echo "$out" | grep -c "data.batch_size 16 .* is not a multiple of the 3 ranks")

@@ -126,7 +126,7 @@ static void free_case(Case *k) {
 }
 
 static EncoderRun case_run(const Case *k) {
-    EncoderRun r = {k->B, k->T, k->key_pad, k->attn_bias, 0, 0, 0, NULL};
+    EncoderRun r = {.B = k->B, .T = k->T, .key_pad = k->key_pad, .attn_bias = k->attn_bias};
     return r;
 }
 

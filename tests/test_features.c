@@ -111,7 +111,7 @@ static void reference(const ModelConfig *mc, const ModelParams *p, const Batch *
     }
     Encoder e;
     encoder_init(&e, &mc->enc, B, T, 0);
-    EncoderRun run = {B, T, pad, bias, 0, 0, 0, NULL};
+    EncoderRun run = {.B = B, .T = T, .key_pad = pad, .attn_bias = bias};
     encoder_forward(&e, &p->enc, x, &run);
     const float *h = encoder_output(&e);
     for (int i = 0; i < B; i++)

@@ -31,4 +31,19 @@ void dist_set_chunk_elems(size_t n);
 void dist_allgather_i64(int64_t mine, int64_t *all);
 void dist_barrier(void);
 
+/// Outstanding non-blocking reductions (the MPI requests stay inside dist.c).
+typedef struct {
+    void *reqs;
+    int n, cap;
+} DistReqs;
+/// Start an in-place sum of n floats over all ranks (chunked like the blocking one); the buffer
+/// must not be touched until dist_wait. Nothing to do on one rank.
+void dist_iallreduce_sum_f32(float *buf, size_t n, DistReqs *q);
+/// Let MPI progress the outstanding reductions (Open MPI moves non-blocking collectives only
+/// inside MPI calls); 1 when all are done.
+int dist_test(DistReqs *q);
+/// Wait for every outstanding reduction; q is empty afterwards.
+void dist_wait(DistReqs *q);
+void dist_reqs_free(DistReqs *q);
+
 #endif

@@ -57,6 +57,10 @@ typedef struct {
     int train;                 // dropout, layerdrop and drop path on
     uint64_t seed, step;       // dropout keys: hash(seed, step, sample id, site)
     const int64_t *sample_ids; // (B) global sample index of each row, or NULL for 0..B-1
+    /* backward only: called as each block's parameter gradients are complete (block L-1
+     * first), so their allreduce can start while earlier blocks run; NULL: none */
+    void (*block_done)(void *ctx, int layer);
+    void *block_ctx;
 } EncoderRun;
 
 /// Per-layer views of one block's activations (N = B*T).

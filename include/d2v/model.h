@@ -92,6 +92,12 @@ void model_destroy(Model *m);
 void model_micro_step(Model *m, const ModelParams *student, const ModelParams *teacher,
                       ModelParams *grads, const Batch *b, uint64_t seed, uint64_t step,
                       MicroResult *out);
+/// Called in model_micro_step's backward as each part's parameter gradients are complete:
+/// GRAD_HEAD, then GRAD_BLOCK for blocks L-1 .. 0, then GRAD_FRONT (the trainer starts their
+/// allreduce there). NULL: none.
+enum { GRAD_HEAD, GRAD_BLOCK, GRAD_FRONT };
+typedef void (*GradHook)(void *ctx, int part, int layer);
+void model_set_grad_hook(Model *m, GradHook fn, void *ctx);
 /// Frozen features for evaluation: the encoder on the unmasked input (no dropout) with the
 /// given parameters, the final block output averaged over tokens (patches only for images,
 /// real tokens for text), out (B, C).

@@ -10,6 +10,7 @@
 #include "d2v/ckpt.h"
 #include "d2v/config.h"
 #include "d2v/dataset.h"
+#include "d2v/dist.h"
 #include "d2v/model.h"
 #include "d2v/optim.h"
 #include "d2v/params.h"
@@ -45,7 +46,8 @@ typedef struct {
 typedef struct {
     double model[PHASE_NUM]; // model_micro_step's phases
     double batches;          // waiting for micro-batches
-    double allreduce, optimizer, ema;
+    double allreduce;        // the allreduce not hidden behind the backward
+    double optimizer, ema;
     double total;
 } TrainTimes;
 
@@ -80,6 +82,14 @@ typedef struct {
     float *dump_p, *dump_t, *dump_g;
     TrainTimes times;
     const char *arch; // BLIS kernel set in use
+    /* bucketed allreduce: each part's gradient ranges (part 0 the head, 1 + l encoder block l,
+     * L + 1 the front-end), started as the backward completes them */
+    ParamRange *slices; // all parts' ranges, part p's at [part_first[p], part_first[p + 1])
+    int *part_first;
+    ParamRange *pending; // ranges waiting for their bucket to fill
+    int n_pending;
+    size_t pending_bytes, bucket_bytes;
+    DistReqs reqs;
 } Trainer;
 
 /// Set up data, model, teacher and optimiser from a validated config (every rank; dies with a

@@ -94,7 +94,16 @@ struct Model {
     float *tscratch;           // targets_build scratch
     float *layers[64];         // teacher top-K layer pointers
     double phase[PHASE_NUM];   // seconds per phase
+    GradHook hook;             // gradient-ready callback (the trainer's bucketed allreduce)
+    void *hook_ctx;
 };
+
+void model_set_grad_hook(Model *m, GradHook fn, void *ctx) { m->hook = fn, m->hook_ctx = ctx; }
+
+static void block_done(void *ctx, int layer) {
+    Model *m = ctx;
+    m->hook(m->hook_ctx, GRAD_BLOCK, layer);
+}
 
 const char *const model_phase_names[PHASE_NUM] = {
     "teacher encoder + targets", "front-ends + student forward", "head + loss", "student backward"};
@@ -173,7 +182,14 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_STUDENT_FWD] += t1 - t0;
     t0 = t1;
     /* 2. teacher: forward only, no dropout; top-K targets at the loss positions */
-    EncoderRun rt = {B, T, xt.pad, xt.bias, 0, seed, step, b->ids};
+    EncoderRun rt = {.B = B,
+                     .T = T,
+                     .key_pad = xt.pad,
+                     .attn_bias = xt.bias,
+                     .train = 0,
+                     .seed = seed,
+                     .step = step,
+                     .sample_ids = b->ids};
     encoder_forward(&m->enc_t, &t->enc, xt.x, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);
@@ -186,7 +202,16 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_TEACHER] += t1 - t0;
     t0 = t1;
     /* 3. student: encoder, then the head on the masked positions only */
-    EncoderRun rs = {B, T, xs.pad, xs.bias, 1, seed, step, b->ids};
+    EncoderRun rs = {.B = B,
+                     .T = T,
+                     .key_pad = xs.pad,
+                     .attn_bias = xs.bias,
+                     .train = 1,
+                     .seed = seed,
+                     .step = step,
+                     .sample_ids = b->ids,
+                     .block_done = m->hook ? block_done : NULL,
+                     .block_ctx = m};
     encoder_forward(&m->enc_s, &s->enc, xs.x, &rs);
     gather_rows(m->gathered, encoder_output(&m->enc_s), m->sel, N, C);
     const float *pred = head_forward(&m->head, &s->head, m->gathered, M);
@@ -206,12 +231,14 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     /* 5. student backward */
     memset(m->dgathered, 0, sizeof(float) * M * C);
     head_backward(&m->head, &g->head, &s->head, m->dpred, m->dgathered);
+    if (m->hook) m->hook(m->hook_ctx, GRAD_HEAD, -1);
     memset(m->dout, 0, sizeof(float) * N * C);
     scatter_rows(m->dout, m->dgathered, m->sel, N, C);
     memset(m->dfront, 0, sizeof(float) * N * C);
     if (xs.dbias) memset(xs.dbias, 0, sizeof(float) * c->enc.NH * T * T);
     encoder_backward(&m->enc_s, &g->enc, m->dfront, xs.dbias, &s->enc, xs.x, &rs, m->dout);
     m->ops->backward(m->fe, g, s, m->dfront, dk);
+    if (m->hook) m->hook(m->hook_ctx, GRAD_FRONT, -1);
     m->phase[PHASE_BACKWARD] += now_seconds() - t0;
 }
 
@@ -221,7 +248,7 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x = m->ops->forward(m->fe, p, b, 0, dk);
-    EncoderRun r = {B, T, x.pad, x.bias, 0, 0, 0, b->ids};
+    EncoderRun r = {.B = B, .T = T, .key_pad = x.pad, .attn_bias = x.bias, .sample_ids = b->ids};
     encoder_forward(&m->enc_t, &p->enc, x.x, &r);
     const float *h = encoder_output(&m->enc_t);
     for (int i = 0; i < B; i++) {

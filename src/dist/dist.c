@@ -92,3 +92,36 @@ void dist_allgather_i64(int64_t mine, int64_t *all) {
 void dist_barrier(void) {
     if (g_dist.initialized && g_dist.world > 1) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
 }
+
+void dist_iallreduce_sum_f32(float *buf, size_t n, DistReqs *q) {
+    if (!g_dist.initialized || g_dist.world == 1) return;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t m = n - off < chunk ? n - off : chunk;
+        if (q->n == q->cap) {
+            q->cap = q->cap ? 2 * q->cap : 64;
+            q->reqs = realloc(q->reqs, sizeof(MPI_Request) * (size_t)q->cap);
+            if (!q->reqs) die("MPI: out of memory for %d requests", q->cap);
+        }
+        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)m, MPI_FLOAT, MPI_SUM,
+                                 MPI_COMM_WORLD, (MPI_Request *)q->reqs + q->n++));
+    }
+}
+
+int dist_test(DistReqs *q) {
+    if (q->n == 0) return 1;
+    int done = 0;
+    MPI_CHECK(MPI_Testall(q->n, q->reqs, &done, MPI_STATUSES_IGNORE));
+    if (done) q->n = 0;
+    return done;
+}
+
+void dist_wait(DistReqs *q) {
+    if (q->n == 0) return;
+    MPI_CHECK(MPI_Waitall(q->n, q->reqs, MPI_STATUSES_IGNORE));
+    q->n = 0;
+}
+
+void dist_reqs_free(DistReqs *q) {
+    free(q->reqs);
+    q->reqs = NULL, q->n = q->cap = 0;
+}

@@ -403,13 +403,16 @@ void encoder_backward(Encoder *e, EncoderParams *grads, float *dx, float *dattn_
     (void)NF;
     TIMED(PROF_MEMORY, memcpy(g[G_OUT], dout, NC * sizeof(float)));
     for (int l = e->cfg.L - 1; l >= 0; l--) {
-        if (e->dropped[l]) continue; /* identity block: the gradient passes through */
-        const float *in = l == 0 ? x : encoder_block(e, l - 1).out;
-        block_backward(e, encoder_block(e, l), layer_params(p, &e->cfg, l),
-                       layer_grads(grads, &e->cfg, l), g, dattn_bias, in, r, l);
-        float *t = g[G_OUT];
-        g[G_OUT] = g[G_IN], g[G_IN] = t;
+        if (!e->dropped[l]) { /* a dropped block is the identity: the gradient passes through */
+            const float *in = l == 0 ? x : encoder_block(e, l - 1).out;
+            block_backward(e, encoder_block(e, l), layer_params(p, &e->cfg, l),
+                           layer_grads(grads, &e->cfg, l), g, dattn_bias, in, r, l);
+            float *t = g[G_OUT];
+            g[G_OUT] = g[G_IN], g[G_IN] = t;
+        }
+        if (!e->cfg.k_bias) /* BEiT: no key bias, so no gradient for it (before any reduction) */
+            memset(grads->qkv_b + (size_t)l * 3 * e->cfg.C + e->cfg.C, 0, sizeof(float) * e->cfg.C);
+        if (r->block_done) r->block_done(r->block_ctx, l);
     }
     if (dx) residual_backward(dx, NULL, g[G_OUT], NC);
-    encoder_params_constrain(grads, &e->cfg);
 }

@@ -43,6 +43,74 @@ static void open_loader(Trainer *t) {
     t->source = (BatchSource){next_from_loader, t->loader};
 }
 
+/* The gradient ranges of each backward part, from the table: encoder tensors are stacked over
+ * blocks, so block l's part is one slice of each; adjacent ranges are merged. */
+static void build_slices(Trainer *t) {
+    int L = t->mc.enc.L, P = L + 2, n = 0;
+    t->slices = xalloc(sizeof(ParamRange) * (size_t)(t->table.n * (L + 1) + P), "gradient slices");
+    t->part_first = xalloc(sizeof(int) * (size_t)(P + 1), "gradient parts");
+    t->pending = xalloc(sizeof(ParamRange) * (size_t)(t->table.n * (L + 1) + P), "pending slices");
+    for (int p = 0; p < P; p++) {
+        t->part_first[p] = n;
+        for (int i = 0; i < t->table.n; i++) {
+            const ParamSpec *s = &t->table.t[i];
+            int enc = !strncmp(s->name, "enc.", 4), head = !strncmp(s->name, "head.", 5);
+            ParamRange r;
+            if (enc && p >= 1 && p <= L) {
+                size_t per = s->count / (size_t)L;
+                r = (ParamRange){s->offset + (size_t)(p - 1) * per, per};
+            } else if ((head && p == 0) || (!enc && !head && p == L + 1)) {
+                r = (ParamRange){s->offset, s->count};
+            } else {
+                continue;
+            }
+            if (n > t->part_first[p] &&
+                t->slices[n - 1].offset + t->slices[n - 1].count == r.offset)
+                t->slices[n - 1].count += r.count;
+            else
+                t->slices[n++] = r;
+        }
+    }
+    t->part_first[P] = n;
+    size_t covered = 0;
+    for (int i = 0; i < n; i++)
+        covered += t->slices[i].count;
+    if (covered != t->np) die("trainer: gradient parts cover %zu of %zu floats", covered, t->np);
+}
+
+static void flush_pending(Trainer *t) {
+    /* in arena order, adjacent ranges merged: a bucket that is the whole arena is one call */
+    ParamRange *q = t->pending;
+    for (int i = 1; i < t->n_pending; i++)
+        for (int j = i; j > 0 && q[j - 1].offset > q[j].offset; j--) {
+            ParamRange x = q[j];
+            q[j] = q[j - 1], q[j - 1] = x;
+        }
+    int n = 0;
+    for (int i = 0; i < t->n_pending; i++)
+        if (n > 0 && q[n - 1].offset + q[n - 1].count == q[i].offset)
+            q[n - 1].count += q[i].count;
+        else
+            q[n++] = q[i];
+    t->n_pending = n;
+    for (int i = 0; i < t->n_pending; i++)
+        dist_iallreduce_sum_f32(t->grads + t->pending[i].offset, t->pending[i].count, &t->reqs);
+    t->n_pending = 0, t->pending_bytes = 0;
+}
+
+/* model_micro_step's backward completed a part: queue its ranges, start the bucket when full,
+ * and let MPI progress what is in flight. */
+static void grads_ready(void *ctx, int part, int layer) {
+    Trainer *t = ctx;
+    int p = part == GRAD_HEAD ? 0 : part == GRAD_BLOCK ? 1 + layer : t->mc.enc.L + 1;
+    for (int i = t->part_first[p]; i < t->part_first[p + 1]; i++) {
+        t->pending[t->n_pending++] = t->slices[i];
+        t->pending_bytes += t->slices[i].count * sizeof(float);
+    }
+    if (t->pending_bytes >= t->bucket_bytes) flush_pending(t);
+    dist_test(&t->reqs);
+}
+
 void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg, t->opt = *o;
@@ -99,6 +167,8 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
         t->dump_g = xalloc(np * 4, "dump copy");
     }
     t->config_text = train_config_text(cfg);
+    t->bucket_bytes = (size_t)cfg->allreduce_bucket_kb * 1024;
+    build_slices(t);
     t->last_ckpt = -1;
     open_loader(t);
 
@@ -203,11 +273,15 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     int64_t samples = 0;
     double phase0[PHASE_NUM], phase1[PHASE_NUM];
     model_phase_times(t->model, phase0);
+    /* the last micro-batch's backward starts each bucket's allreduce as it completes */
+    int overlap = g_dist.world > 1 && t->bucket_bytes > 0;
     for (int k = 0; k < t->split.update_freq; k++) {
         double tb = now_seconds();
         b = t->source.next(t->source.ctx);
         t->times.batches += now_seconds() - tb;
         MicroResult r = {0, 0, pred_stats, target_stats};
+        model_set_grad_hook(t->model, overlap && k == t->split.update_freq - 1 ? grads_ready : NULL,
+                            t);
         /* dropout keyed on (update, sample): the same masks however the batch is split */
         model_micro_step(t->model, &t->ps, &t->pt, &t->pg, b, (uint64_t)c->seed, (uint64_t)n, &r);
         *loss_sum += r.loss_sum, *masked += (double)r.masked;
@@ -216,10 +290,18 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     model_phase_times(t->model, phase1);
     for (int i = 0; i < PHASE_NUM; i++)
         t->times.model[i] += phase1[i] - phase0[i];
-    /* one allreduce of the flat gradients and one of the metric sums */
+    /* the gradients: the buckets still pending, then wait for all (or one blocking allreduce);
+     * the metric sums in one small allreduce. Each element is the same sum over ranks either
+     * way. */
     t0 = now_seconds();
-    dist_allreduce_sum_f32(t->grads, np);
-    dist_allreduce_sum_f64(t->sums, t->n_sums);
+    if (overlap) {
+        flush_pending(t);
+        dist_allreduce_sum_f64(t->sums, t->n_sums);
+        dist_wait(&t->reqs);
+    } else {
+        dist_allreduce_sum_f32(t->grads, np);
+        dist_allreduce_sum_f64(t->sums, t->n_sums);
+    }
     t1 = now_seconds(), t->times.allreduce += t1 - t0, t0 = t1;
     TrainMetrics m = {.update = n + 1, .tau = tau, .masked = *masked};
     m.samples = samples * g_dist.world;
@@ -357,6 +439,7 @@ void trainer_free(Trainer *t) {
     ptab_free(&t->table);
     free(t->params), free(t->grads), free(t->adam_m), free(t->adam_v), free(t->teacher);
     free(t->decay), free(t->sums), free(t->dump_p), free(t->dump_t), free(t->dump_g);
-    free(t->config_text);
+    free(t->config_text), free(t->slices), free(t->part_first), free(t->pending);
+    dist_reqs_free(&t->reqs);
     memset(t, 0, sizeof *t);
 }
