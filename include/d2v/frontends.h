@@ -172,10 +172,11 @@ typedef struct {
     int Bmax, Smax, Tmax, B, S, T;
     int Lin[SPEECH_MAX_CONV + 1];     // sequence length entering conv layer i (Lin[n_conv] = T)
     float *wav;                       // (B, S) copy of the input waveform
-    float *conv_out[SPEECH_MAX_CONV]; // (B, L_{i+1}, dim_i) conv output (LN input)
-    float *conv_ln[SPEECH_MAX_CONV];  // (B, L_{i+1}, dim_i) LN output (GELU input)
+    float *conv_out[SPEECH_MAX_CONV]; // (B, L_{i+1}, dim_i) conv output of layers >= 1 (LN input);
+                                      // LN and GELU outputs are recomputed in the backward
     float *conv_mean[SPEECH_MAX_CONV], *conv_rstd[SPEECH_MAX_CONV];
-    float *conv_act[SPEECH_MAX_CONV];       // (B, L_{i+1}, dim_i) GELU output (next layer's input)
+    float *act;                             // one layer's LN / GELU output (largest layer)
+    float *ln0;                             // layer 0's LN output in the backward (may be cols)
     float *feat_ln, *feat_mean, *feat_rstd; // (B, T, D), (B, T) x2
     float *features;                        // (B, T, C) projected features: the teacher's input
     float *cols;                            // im2col scratch (largest layer)

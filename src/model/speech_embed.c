@@ -117,9 +117,10 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
     f->wav = xalloc(B * Smax * sizeof(float), "speech waveform");
     for (int i = 0; i < c->n_conv; i++) {
         size_t n = B * f->Lin[i + 1] * c->conv_dim[i];
-        f->conv_out[i] = xalloc(n * sizeof(float), "speech conv outputs");
-        f->conv_ln[i] = xalloc(n * sizeof(float), "speech conv LN");
-        f->conv_act[i] = xalloc(n * sizeof(float), "speech conv GELU");
+        /* only the conv outputs of layers >= 1 are kept: LN and GELU are recomputed from them in
+         * the backward, and layer 0's (the largest, from a 1-channel input: cheap) from the
+         * waveform (docs/performance.md) */
+        if (i > 0) f->conv_out[i] = xalloc(n * sizeof(float), "speech conv outputs");
         f->conv_mean[i] = xalloc(B * f->Lin[i + 1] * sizeof(float), "speech conv LN mean");
         f->conv_rstd[i] = xalloc(B * f->Lin[i + 1] * sizeof(float), "speech conv LN rstd");
         size_t k =
@@ -135,18 +136,52 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
     f->cols = xalloc(cols * sizeof(float), "speech im2col");
     for (int i = 0; i < 2; i++)
         f->dbuf[i] = xalloc(big * sizeof(float), "speech backward scratch");
+    f->act = xalloc(big * sizeof(float), "speech conv activations (one layer)");
+    size_t n0 = B * f->Lin[1] * c->conv_dim[0];
+    /* layer 0's backward needs its LN output beside its conv output: in the im2col scratch when
+     * that is large enough (wav2vec 2.0's stack: 1.5x), else in a buffer of its own */
+    f->ln0 = cols >= n0 ? f->cols : xalloc(n0 * sizeof(float), "speech conv 0 LN");
     log0("speech feature extractor arena (B=%d, S=%d -> T=%d frames): %.1f MiB\n", Bmax, Smax,
          f->Tmax, (xalloc_total() - before) / 1048576.0);
 }
 
 void speech_features_free(SpeechFeatures *f) {
     for (int i = 0; i < f->cfg.n_conv; i++) {
-        free(f->conv_out[i]), free(f->conv_ln[i]), free(f->conv_act[i]);
-        free(f->conv_mean[i]), free(f->conv_rstd[i]);
+        free(f->conv_out[i]), free(f->conv_mean[i]), free(f->conv_rstd[i]);
     }
+    if (f->ln0 != f->cols) free(f->ln0);
+    free(f->act);
     free(f->wav), free(f->feat_ln), free(f->feat_mean), free(f->feat_rstd), free(f->features);
     free(f->cols), free(f->dbuf[0]), free(f->dbuf[1]);
     memset(f, 0, sizeof *f);
+}
+
+/* y = LN(x) (gelu: then GELU(y)) of conv layer i, in place when y == x. The statistics are
+ * recomputed: the same arithmetic on the same input, so the same values as the forward's. */
+static void conv_activation(SpeechFeatures *f, const SpeechEmbedParams *p, int i, float *y,
+                            const float *x, int gelu) {
+    const SpeechEmbedConfig *c = &f->cfg;
+    int rows = f->B * f->Lin[i + 1], dim = c->conv_dim[i];
+    layernorm_forward(y, f->conv_mean[i], f->conv_rstd[i], x, p->conv_ln_w[i], p->conv_ln_b[i],
+                      rows, dim, c->ln_eps);
+    if (gelu) gelu_forward(y, y, (size_t)rows * dim);
+}
+
+/* Layer 0's conv output again, from the kept waveform. */
+static void conv0_recompute(SpeechFeatures *f, const SpeechEmbedParams *p, float *out) {
+    const SpeechEmbedConfig *c = &f->cfg;
+    conv1d_forward(out, f->cols, f->wav, p->conv_w[0], NULL, f->B, f->Lin[0], 1, c->conv_dim[0],
+                   c->conv_k[0], c->conv_s[0], 0, 1);
+}
+
+/* The input of conv layer i (i >= 1), recomputed into f->act. */
+static void conv_input(SpeechFeatures *f, const SpeechEmbedParams *p, int i) {
+    if (i == 1) {
+        conv0_recompute(f, p, f->act);
+        conv_activation(f, p, 0, f->act, f->act, 1);
+    } else {
+        conv_activation(f, p, i - 1, f->act, f->conv_out[i - 1], 1);
+    }
 }
 
 void speech_features_forward(SpeechFeatures *f, const SpeechEmbedParams *p, const float *wav, int B,
@@ -160,19 +195,17 @@ void speech_features_forward(SpeechFeatures *f, const SpeechEmbedParams *p, cons
         die("speech encoder: %d samples are too short for the conv feature extractor", S);
     f->B = B, f->S = S, f->T = f->Lin[c->n_conv];
     memcpy(f->wav, wav, (size_t)B * S * sizeof(float));
-    const float *in = f->wav;
     for (int i = 0; i < c->n_conv; i++) {
-        int L = f->Lin[i + 1], dim = c->conv_dim[i];
-        conv1d_forward(f->conv_out[i], f->cols, in, p->conv_w[i], NULL, B, f->Lin[i],
-                       conv_in_dim(c, i), dim, c->conv_k[i], c->conv_s[i], 0, 1);
-        layernorm_forward(f->conv_ln[i], f->conv_mean[i], f->conv_rstd[i], f->conv_out[i],
-                          p->conv_ln_w[i], p->conv_ln_b[i], B * L, dim, c->ln_eps);
-        gelu_forward(f->conv_act[i], f->conv_ln[i], (size_t)B * L * dim);
-        in = f->conv_act[i];
+        /* conv (into its kept output, or f->act for layer 0), then LN and GELU into f->act: the
+         * previous layer's activations are dead once this conv has read them */
+        conv1d_forward(i ? f->conv_out[i] : f->act, f->cols, i ? f->act : f->wav, p->conv_w[i],
+                       NULL, B, f->Lin[i], conv_in_dim(c, i), c->conv_dim[i], c->conv_k[i],
+                       c->conv_s[i], 0, 1);
+        conv_activation(f, p, i, f->act, i ? f->conv_out[i] : f->act, 1);
     }
     int N = B * f->T, D = feat_dim(c);
-    layernorm_forward(f->feat_ln, f->feat_mean, f->feat_rstd, in, p->feat_ln_w, p->feat_ln_b, N, D,
-                      c->ln_eps);
+    layernorm_forward(f->feat_ln, f->feat_mean, f->feat_rstd, f->act, p->feat_ln_w, p->feat_ln_b, N,
+                      D, c->ln_eps);
     linear_forward(f->features, f->feat_ln, p->proj_w, p->proj_b, N, D, c->C);
 }
 
@@ -186,21 +219,29 @@ void speech_features_backward(SpeechFeatures *f, SpeechEmbedParams *g, const Spe
     zero(other, (size_t)N * D);
     linear_backward(other, g->proj_w, g->proj_b, dfeatures, f->feat_ln, p->proj_w, N, D, c->C);
     zero(cur, (size_t)N * D);
-    layernorm_backward(cur, g->feat_ln_w, g->feat_ln_b, other, f->conv_act[n - 1], p->feat_ln_w,
-                       f->feat_mean, f->feat_rstd, N, D);
-    for (int i = n - 1; i >= 0; i--) { /* cur = dLoss / d conv_act[i] */
+    conv_input(f, p, n); /* the last layer's activations: the feature LN's input */
+    layernorm_backward(cur, g->feat_ln_w, g->feat_ln_b, other, f->act, p->feat_ln_w, f->feat_mean,
+                       f->feat_rstd, N, D);
+    for (int i = n - 1; i >= 0; i--) { /* cur = dLoss / d(GELU output of layer i) */
         int L = f->Lin[i + 1], dim = c->conv_dim[i];
         size_t m = (size_t)B * L * dim;
+        /* the conv output (kept, or recomputed for layer 0) and its LN output */
+        const float *y = i ? f->conv_out[i] : f->act;
+        float *z = i ? f->act : f->ln0;
+        if (!i) conv0_recompute(f, p, f->act);
+        conv_activation(f, p, i, z, y, 0);
         zero(other, m);
-        gelu_backward(other, f->conv_ln[i], cur, m);
+        gelu_backward(other, z, cur, m);
         zero(cur, m);
-        layernorm_backward(cur, g->conv_ln_w[i], g->conv_ln_b[i], other, f->conv_out[i],
-                           p->conv_ln_w[i], f->conv_mean[i], f->conv_rstd[i], B * L, dim);
-        const float *in = i ? f->conv_act[i - 1] : f->wav;
+        layernorm_backward(cur, g->conv_ln_w[i], g->conv_ln_b[i], other, y, p->conv_ln_w[i],
+                           f->conv_mean[i], f->conv_rstd[i], B * L, dim);
         float *din = NULL;
-        if (i) zero(other, (size_t)B * f->Lin[i] * conv_in_dim(c, i)), din = other;
-        conv1d_backward(din, g->conv_w[i], NULL, f->cols, cur, in, p->conv_w[i], B, f->Lin[i],
-                        conv_in_dim(c, i), dim, c->conv_k[i], c->conv_s[i], 0, 1);
+        if (i) {
+            conv_input(f, p, i);
+            zero(other, (size_t)B * f->Lin[i] * conv_in_dim(c, i)), din = other;
+        }
+        conv1d_backward(din, g->conv_w[i], NULL, f->cols, cur, i ? f->act : f->wav, p->conv_w[i], B,
+                        f->Lin[i], conv_in_dim(c, i), dim, c->conv_k[i], c->conv_s[i], 0, 1);
         t = cur, cur = other, other = t;
     }
 }
