@@ -1189,7 +1189,7 @@ static void test_conv_case(int B, int L, int Cin, int Cout, int K, int stride, i
     if (Lo != Lo_want) return;
     int Cig = Cin / groups, Cog = Cout / groups;
     size_t ni = (size_t)B * L * Cin, nw = (size_t)Cout * Cig * K, no = (size_t)B * Lo * Cout;
-    size_t ncols = conv1d_cols_size(B, L, Cin, K, stride, pad, groups);
+    size_t ncols = conv1d_cols_size(B, L, Cin, Cout, K, stride, pad, groups);
     float *inp = fnew(ni), *W = fnew(nw), *bias = with_bias ? fnew(Cout) : NULL;
     float *out = fnew(no), *want = fnew(no), *r = fnew(no), *cols = fnew(ncols + COLS_GUARD);
     fill(inp, ni, 1, 0), fill(W, nw, 0.5f, 0), fill(r, no, 1, 0);
@@ -1269,6 +1269,10 @@ static void test_conv1d(void) {
     test_conv_case(2, 23, 4, 4, 4, 1, 2, 4, 1, 0);  // even K, pad K/2 (pos-conv style), depthwise
     test_conv_case(2, 60, 1, 8, 10, 5, 0, 1, 0, 1); // wav2vec first layer: Cin=1, K=10, stride 5
     test_conv_case(1, 11, 6, 6, 3, 2, 1, 3, 1, 0);
+    /* ungrouped, unpadded, >= 64 input channels: one GEMM per tap on strided input views */
+    test_conv_case(2, 23, 64, 8, 3, 2, 0, 1, 0, 1); // wav2vec layers 1-4: K=3, stride 2
+    test_conv_case(2, 16, 64, 5, 2, 2, 0, 1, 1, 1); // layers 5-6: K=2, stride 2, with a bias
+    test_conv_case(1, 19, 80, 7, 4, 1, 0, 1, 1, 0); // overlapping taps (K > stride)
 }
 
 typedef struct {

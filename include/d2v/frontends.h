@@ -176,7 +176,6 @@ typedef struct {
                                       // LN and GELU outputs are recomputed in the backward
     float *conv_mean[SPEECH_MAX_CONV], *conv_rstd[SPEECH_MAX_CONV];
     float *act;                             // one layer's LN / GELU output (largest layer)
-    float *ln0;                             // layer 0's LN output in the backward (may be cols)
     float *feat_ln, *feat_mean, *feat_rstd; // (B, T, D), (B, T) x2
     float *features;                        // (B, T, C) projected features: the teacher's input
     float *cols;                            // im2col scratch (largest layer)

@@ -45,6 +45,10 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
                        const float *b, int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, int N, int C);
+/// dinp += dout * GELU'(LN(inp)) with LN's saved statistics and affine (w, b; NULL: none): the
+/// GELU backward of y = GELU(LN(x)) without keeping LN(x) (recomputed a row at a time).
+void layernorm_gelu_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                             const float *b, const float *mean, const float *rstd, int N, int C);
 
 /// Instance norm over time: for each (b, c) of inp (B, T, C), normalise across T (no affine),
 /// as data2vec speech targets do (F.instance_norm on B x C x T). Saves mean, rstd (B, C).
@@ -121,7 +125,7 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
 /// bias (Cout) or NULL. `cols` is scratch of conv1d_cols_size() floats (im2col buffer); backward
 /// recomputes it, so it need not hold the forward's contents.
 int conv1d_out_len(int L, int K, int stride, int pad);
-size_t conv1d_cols_size(int B, int L, int Cin, int K, int stride, int pad, int groups);
+size_t conv1d_cols_size(int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups);
 void conv1d_forward(float *out, float *cols, const float *inp, const float *W, const float *bias,
                     int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups);
 void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const float *dout,

@@ -1,14 +1,78 @@
 /* conv1d.c: grouped, strided, padded 1-D convolution on channels-last (B, L, C) tensors as
- * im2col + BLIS GEMM per group; weights in PyTorch's (Cout, Cin/groups, K) layout. */
+ * im2col + BLIS GEMM per group, or, ungrouped and unpadded with many input channels, as one GEMM
+ * per tap on strided views of the input; weights in PyTorch's (Cout, Cin/groups, K) layout. */
+#include <string.h>
+
 #include "d2v/kernels.h"
 #include "d2v/util.h"
 
 int conv1d_out_len(int L, int K, int stride, int pad) { return (L + 2 * pad - K) / stride + 1; }
 
-size_t conv1d_cols_size(int B, int L, int Cin, int K, int stride, int pad, int groups) {
-    (void)groups; /* groups * (Cin/groups) * K == Cin * K */
-    int Lout = conv1d_out_len(L, K, stride, pad);
+/* The wav2vec 2.0 stack after its first layer: tap k is a GEMM (Lout x Cin) (Cin x Cout) whose
+ * input rows are every stride-th row of the input from row k, so nothing is copied and the
+ * scratch is only the repacked weights and their gradient (docs/performance.md). */
+static int by_taps(int Cin, int K, int pad, int groups) {
+    return groups == 1 && pad == 0 && K > 1 && Cin >= 64;
+}
+
+size_t conv1d_cols_size(int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups) {
+    if (by_taps(Cin, K, pad, groups)) return 2 * (size_t)Cout * Cin * K;
+    int Lout = conv1d_out_len(L, K, stride, pad); /* groups * (Cin/groups) * K == Cin * K */
     return (size_t)B * (Lout > 0 ? Lout : 0) * Cin * K;
+}
+
+/* Wr[k][o][ci] = W[o][ci][k]: tap k's (Cout, Cin) matrix. */
+static void repack(float *Wr, const float *W, int Cout, int Cin, int K) {
+#pragma omp parallel for
+    for (int o = 0; o < Cout; o++)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int k = 0; k < K; k++)
+                Wr[((size_t)k * Cout + o) * Cin + ci] = W[((size_t)o * Cin + ci) * K + k];
+}
+
+static void taps_forward(float *out, float *scratch, const float *inp, const float *W,
+                         const float *bias, int B, int L, int Cin, int Cout, int K, int stride,
+                         int Lout) {
+    float *Wr = scratch;
+    repack(Wr, W, Cout, Cin, K);
+    if (bias) {
+#pragma omp parallel for
+        for (size_t n = 0; n < (size_t)B * Lout; n++)
+            for (int o = 0; o < Cout; o++)
+                out[n * Cout + o] = bias[o];
+    }
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < K; k++)
+            gemm_rowmajor(0, 1, Lout, Cout, Cin, 1.0f, inp + ((size_t)b * L + k) * Cin,
+                          stride * Cin, Wr + (size_t)k * Cout * Cin, Cin,
+                          k == 0 && !bias ? 0.0f : 1.0f, out + (size_t)b * Lout * Cout, Cout, 0);
+}
+
+static void taps_backward(float *dinp, float *dW, float *scratch, const float *dout,
+                          const float *inp, const float *W, int B, int L, int Cin, int Cout, int K,
+                          int stride, int Lout) {
+    float *Wr = scratch, *dWr = scratch + (size_t)Cout * Cin * K;
+    if (dW) {
+        memset(dWr, 0, sizeof(float) * Cout * Cin * K);
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++)
+                gemm_rowmajor(1, 0, Cout, Cin, Lout, 1.0f, dout + (size_t)b * Lout * Cout, Cout,
+                              inp + ((size_t)b * L + k) * Cin, stride * Cin, 1.0f,
+                              dWr + (size_t)k * Cout * Cin, Cin, 0);
+#pragma omp parallel for
+        for (int o = 0; o < Cout; o++)
+            for (int ci = 0; ci < Cin; ci++)
+                for (int k = 0; k < K; k++)
+                    dW[((size_t)o * Cin + ci) * K + k] += dWr[((size_t)k * Cout + o) * Cin + ci];
+    }
+    if (dinp) { /* tap k adds into every stride-th input row from row k; taps run in turn */
+        repack(Wr, W, Cout, Cin, K);
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++)
+                gemm_rowmajor(0, 0, Lout, Cin, Cout, 1.0f, dout + (size_t)b * Lout * Cout, Cout,
+                              Wr + (size_t)k * Cout * Cin, Cin, 1.0f,
+                              dinp + ((size_t)b * L + k) * Cin, stride * Cin, 0);
+    }
 }
 
 /* cols[g][b*Lout + t][ci*K + k] = inp[b, t*stride - pad + k, g*Cin_g + ci] (0 outside). */
@@ -61,6 +125,10 @@ void conv1d_forward(float *out, float *cols, const float *inp, const float *W, c
                     int B, int L, int Cin, int Cout, int K, int stride, int pad, int groups) {
     check_shape(L, Cin, Cout, K, stride, pad, groups);
     int Lout = conv1d_out_len(L, K, stride, pad);
+    if (by_taps(Cin, K, pad, groups)) {
+        taps_forward(out, cols, inp, W, bias, B, L, Cin, Cout, K, stride, Lout);
+        return;
+    }
     int Cg = Cin / groups, Og = Cout / groups, row = Cg * K;
     size_t N = (size_t)B * Lout;
     im2col(cols, inp, B, L, Cin, K, stride, pad, groups, Lout);
@@ -91,6 +159,10 @@ void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const fl
                 s += dout[n * Cout + o];
             dbias[o] += (float)s;
         }
+    }
+    if (by_taps(Cin, K, pad, groups)) {
+        taps_backward(dinp, dW, cols, dout, inp, W, B, L, Cin, Cout, K, stride, Lout);
+        return;
     }
     if (dW) im2col(cols, inp, B, L, Cin, K, stride, pad, groups, Lout); /* recomputed, not kept */
     for (int g = 0; g < groups; g++) {

@@ -3,7 +3,17 @@
 #include <math.h>
 
 #include "d2v/kernels.h"
+#include <stdlib.h>
+
+#include "d2v/util.h"
 #include "simd.h"
+
+/* A per-thread row buffer (not counted in the arenas: C floats). */
+static float *xalloc_rows(int C) {
+    float *z = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+    if (!z) die("layer norm: out of memory for a row of %d", C);
+    return z;
+}
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int N, int C, float eps) {
@@ -85,5 +95,21 @@ void instancenorm_backward(float *dinp, const float *dout, const float *inp, con
                 dx[(size_t)t * C + c] += s * (dy[(size_t)t * C + c] - mg - h * mgh);
             }
         }
+    }
+}
+
+void layernorm_gelu_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                             const float *b, const float *mean, const float *rstd, int N, int C) {
+    const SimdOps *v = simd_ops();
+#pragma omp parallel
+    {
+        float *z = xalloc_rows(C); /* one row of the LN output, never the whole tensor */
+#pragma omp for
+        for (int n = 0; n < N; n++) {
+            size_t o = (size_t)n * C;
+            v->row_normalize(z, inp + o, w, b, C, mean[n], rstd[n]);
+            v->gelu_backward(dinp + o, z, dout + o, (size_t)C);
+        }
+        free(z);
     }
 }

@@ -123,8 +123,8 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
         if (i > 0) f->conv_out[i] = xalloc(n * sizeof(float), "speech conv outputs");
         f->conv_mean[i] = xalloc(B * f->Lin[i + 1] * sizeof(float), "speech conv LN mean");
         f->conv_rstd[i] = xalloc(B * f->Lin[i + 1] * sizeof(float), "speech conv LN rstd");
-        size_t k =
-            conv1d_cols_size(Bmax, f->Lin[i], conv_in_dim(c, i), c->conv_k[i], c->conv_s[i], 0, 1);
+        size_t k = conv1d_cols_size(Bmax, f->Lin[i], conv_in_dim(c, i), c->conv_dim[i],
+                                    c->conv_k[i], c->conv_s[i], 0, 1);
         if (n > big) big = n;
         if (k > cols) cols = k;
     }
@@ -137,10 +137,6 @@ void speech_features_init(SpeechFeatures *f, const SpeechEmbedConfig *c, int Bma
     for (int i = 0; i < 2; i++)
         f->dbuf[i] = xalloc(big * sizeof(float), "speech backward scratch");
     f->act = xalloc(big * sizeof(float), "speech conv activations (one layer)");
-    size_t n0 = B * f->Lin[1] * c->conv_dim[0];
-    /* layer 0's backward needs its LN output beside its conv output: in the im2col scratch when
-     * that is large enough (wav2vec 2.0's stack: 1.5x), else in a buffer of its own */
-    f->ln0 = cols >= n0 ? f->cols : xalloc(n0 * sizeof(float), "speech conv 0 LN");
     log0("speech feature extractor arena (B=%d, S=%d -> T=%d frames): %.1f MiB\n", Bmax, Smax,
          f->Tmax, (xalloc_total() - before) / 1048576.0);
 }
@@ -149,7 +145,6 @@ void speech_features_free(SpeechFeatures *f) {
     for (int i = 0; i < f->cfg.n_conv; i++) {
         free(f->conv_out[i]), free(f->conv_mean[i]), free(f->conv_rstd[i]);
     }
-    if (f->ln0 != f->cols) free(f->ln0);
     free(f->act);
     free(f->wav), free(f->feat_ln), free(f->feat_mean), free(f->feat_rstd), free(f->features);
     free(f->cols), free(f->dbuf[0]), free(f->dbuf[1]);
@@ -159,7 +154,7 @@ void speech_features_free(SpeechFeatures *f) {
 /* y = LN(x) (gelu: then GELU(y)) of conv layer i, in place when y == x. The statistics are
  * recomputed: the same arithmetic on the same input, so the same values as the forward's. */
 static void conv_activation(SpeechFeatures *f, const SpeechEmbedParams *p, int i, float *y,
-                            const float *x, int gelu) {
+                            const float *x, int gelu) { /* gelu = 0: the LN output alone */
     const SpeechEmbedConfig *c = &f->cfg;
     int rows = f->B * f->Lin[i + 1], dim = c->conv_dim[i];
     layernorm_forward(y, f->conv_mean[i], f->conv_rstd[i], x, p->conv_ln_w[i], p->conv_ln_b[i],
@@ -225,13 +220,13 @@ void speech_features_backward(SpeechFeatures *f, SpeechEmbedParams *g, const Spe
     for (int i = n - 1; i >= 0; i--) { /* cur = dLoss / d(GELU output of layer i) */
         int L = f->Lin[i + 1], dim = c->conv_dim[i];
         size_t m = (size_t)B * L * dim;
-        /* the conv output (kept, or recomputed for layer 0) and its LN output */
+        /* the conv output (kept, or recomputed for layer 0); LN's output is recomputed a row at
+         * a time inside the GELU backward */
         const float *y = i ? f->conv_out[i] : f->act;
-        float *z = i ? f->act : f->ln0;
         if (!i) conv0_recompute(f, p, f->act);
-        conv_activation(f, p, i, z, y, 0);
         zero(other, m);
-        gelu_backward(other, z, cur, m);
+        layernorm_gelu_backward(other, cur, y, p->conv_ln_w[i], p->conv_ln_b[i], f->conv_mean[i],
+                                f->conv_rstd[i], B * L, dim);
         zero(cur, m);
         layernorm_backward(cur, g->conv_ln_w[i], g->conv_ln_b[i], other, y, p->conv_ln_w[i],
                            f->conv_mean[i], f->conv_rstd[i], B * L, dim);
@@ -276,10 +271,10 @@ void speech_context_init(SpeechContext *s, const SpeechEmbedConfig *c, int Bmax,
     s->ln_rstd = xalloc(N * sizeof(float), "speech encoder LN rstd");
     s->out = xalloc(NC * sizeof(float), "speech context output");
     if (c->pos_layers)
-        s->cols =
-            xalloc(conv1d_cols_size(Bmax, Tmax, c->C, c->pos_k, 1, c->pos_k / 2, c->pos_groups) *
-                       sizeof(float),
-                   "speech pos im2col");
+        s->cols = xalloc(
+            conv1d_cols_size(Bmax, Tmax, c->C, c->C, c->pos_k, 1, c->pos_k / 2, c->pos_groups) *
+                sizeof(float),
+            "speech pos im2col");
     if (keep_caches)
         for (int i = 0; i < 3; i++)
             s->dbuf[i] = xalloc(NC * sizeof(float), "speech scratch");
