@@ -170,6 +170,44 @@ static void test_level(const SimdOps *v, float min_speedup) {
     }
     snprintf(label, sizeof label, "%s column sums: bit-identical to the per-column loop", v->name);
     check_record(exact, label);
+    /* dropout: the same masks as rng_uniform element by element, bit for bit */
+    {
+        enum { ND = 1000 };
+        uint64_t key = rng_key(5, 7, 11, 13), start = 123456789;
+        float pd = 0.3f, sc = 1 / (1 - pd), ps = 1.7f;
+        float *a = xalloc(ND * 4, "a"), *r1 = xalloc(ND * 4, "r1"), *r2 = xalloc(ND * 4, "r2");
+        int same = 1, kept = 0;
+        v->dropout_fwd(a, x, key, start, ND, pd, sc);
+        for (int i = 0; i < ND; i++) {
+            float want = rng_uniform(key, start + i) >= pd ? x[i] * sc : 0.0f;
+            same &= a[i] == want || (isnan(a[i]) && isnan(want));
+            kept += rng_uniform(key, start + i) >= pd;
+        }
+        for (int i = 0; i < ND; i++)
+            r1[i] = r2[i] = dy[i];
+        v->dropout_bwd(r1, x + 8, key, start, ND, pd, sc);
+        for (int i = 0; i < ND; i++)
+            if (rng_uniform(key, start + i) >= pd) r2[i] += x[8 + i] * sc;
+        same &= !memcmp(r1, r2, ND * 4);
+        v->branch_fwd(r1, dy, x + 8, w, ps, key, start, ND, pd);
+        for (int i = 0; i < ND; i++) {
+            float vv = x[8 + i] * ps * w[i];
+            r2[i] = dy[i] + (rng_uniform(key, start + i) < pd ? 0.0f : vv);
+        }
+        same &= !memcmp(r1, r2, ND * 4);
+        for (int i = 0; i < ND; i++)
+            r1[i] = r2[i] = b[i];
+        v->branch_bwd(r1, dy, w, ps, key, start, ND, pd);
+        for (int i = 0; i < ND; i++)
+            if (rng_uniform(key, start + i) >= pd) r2[i] += dy[i] * ps * w[i];
+        same &= !memcmp(r1, r2, ND * 4);
+        snprintf(label, sizeof label,
+                 "%s dropout and branch kernels: bit-identical to rng_uniform's masks (%d of %d "
+                 "kept at p = 0.3)",
+                 v->name, kept, ND);
+        check_record(same && kept > 600 && kept < 800, label);
+        free(a), free(r1), free(r2);
+    }
     /* speed: this level's GELU against the scalar GELU, same process, best of 7 */
     double tv = best_seconds(v->gelu_forward, y, x, N), ts = best_seconds(gelu_scalar, y, x, N);
     snprintf(label, sizeof label, "%s gelu is %.1fx the scalar loop's speed (>= %.1fx expected)",

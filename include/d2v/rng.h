@@ -32,10 +32,28 @@ enum {
     RNG_SITE_BLOCKS = 16,      // encoder block l uses RNG_SITE_BLOCKS * (l + 1) + 0..15
 };
 
+/// splitmix64's finaliser: the one hash behind every draw.
+static inline uint64_t rng_mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 /// Key of one site: a hash of (seed, step, global sample index, site).
-uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site);
-/// Uniform in [0, 1) for element `index` under `key` (24 bits).
-float rng_uniform(uint64_t key, uint64_t index);
+static inline uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site) {
+    uint64_t h = rng_mix64(seed);
+    h = rng_mix64(h ^ step);
+    h = rng_mix64(h ^ sample);
+    return rng_mix64(h ^ site);
+}
+
+/// Uniform in [0, 1) for element `index` under `key` (24 bits). Inline, so element-wise loops
+/// vectorise it (dropout masks: src/kernels/simd_impl.c).
+static inline float rng_uniform(uint64_t key, uint64_t index) {
+    /* 24 bits through int32: the same value, and a conversion every vector ISA has */
+    return (float)(int32_t)(rng_mix64(key ^ rng_mix64(index)) >> 40) * (1.0f / 16777216.0f);
+}
 /// Standard normal for element `index` under `key` (Box-Muller on two counter draws).
 float rng_normal(uint64_t key, uint64_t index);
 /// 64-bit FNV-1a of a string (tensor names as init keys).

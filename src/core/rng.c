@@ -3,27 +3,9 @@
 
 #include <math.h>
 
-static inline uint64_t mix64(uint64_t z) { /* splitmix64 finaliser */
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-uint64_t rng_key(uint64_t seed, uint64_t step, uint64_t sample, uint64_t site) {
-    uint64_t h = mix64(seed);
-    h = mix64(h ^ step);
-    h = mix64(h ^ sample);
-    return mix64(h ^ site);
-}
-
-float rng_uniform(uint64_t key, uint64_t index) {
-    return (float)(mix64(key ^ mix64(index)) >> 40) * (1.0f / 16777216.0f);
-}
-
 float rng_normal(uint64_t key, uint64_t index) {
-    double u1 = ((mix64(key ^ mix64(2 * index)) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
-    double u2 = (mix64(key ^ mix64(2 * index + 1)) >> 11) * (1.0 / 9007199254740992.0);
+    double u1 = ((rng_mix64(key ^ rng_mix64(2 * index)) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double u2 = (rng_mix64(key ^ rng_mix64(2 * index + 1)) >> 11) * (1.0 / 9007199254740992.0);
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 

@@ -14,9 +14,7 @@ static void drop_probs(float *pd, const float *p, int b, int h, int T, float p_d
     uint64_t sample = k.sample_ids ? (uint64_t)k.sample_ids[b] : (uint64_t)b;
     uint64_t key = rng_key(k.seed, k.step, sample, k.site);
     float scale = 1.0f / (1.0f - p_drop);
-    size_t off = (size_t)h * T * T;
-    for (size_t i = 0; i < (size_t)T * T; i++)
-        pd[i] = rng_uniform(key, off + i) >= p_drop ? p[i] * scale : 0.0f;
+    simd_ops()->dropout_fwd(pd, p, key, (size_t)h * T * T, (size_t)T * T, p_drop, scale);
 }
 
 static void head_forward(float *out, float *att, float *pd, const float *qkv,

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "d2v/kernels.h"
+#include "simd.h"
 
 static inline uint64_t row_key(DropKey k, int b, uint64_t site) {
     uint64_t sample = k.sample_ids ? (uint64_t)k.sample_ids[b] : (uint64_t)b;
@@ -12,26 +13,32 @@ static inline uint64_t row_key(DropKey k, int b, uint64_t site) {
 
 void dropout_forward(float *out, const float *inp, int B, size_t n_per_sample, float p, DropKey k) {
     float scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const SimdOps *v = simd_ops();
 #pragma omp parallel for
     for (int b = 0; b < B; b++) {
-        uint64_t key = row_key(k, b, k.site);
         const float *x = inp + (size_t)b * n_per_sample;
         float *y = out + (size_t)b * n_per_sample;
-        for (size_t i = 0; i < n_per_sample; i++)
-            y[i] = (p <= 0 || rng_uniform(key, i) >= p) ? x[i] * scale : 0.0f;
+        if (p <= 0)
+            for (size_t i = 0; i < n_per_sample; i++)
+                y[i] = x[i] * scale;
+        else
+            v->dropout_fwd(y, x, row_key(k, b, k.site), 0, n_per_sample, p, scale);
     }
 }
 
 void dropout_backward(float *dinp, const float *dout, int B, size_t n_per_sample, float p,
                       DropKey k) {
     float scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const SimdOps *v = simd_ops();
 #pragma omp parallel for
     for (int b = 0; b < B; b++) {
-        uint64_t key = row_key(k, b, k.site);
         const float *dy = dout + (size_t)b * n_per_sample;
         float *dx = dinp + (size_t)b * n_per_sample;
-        for (size_t i = 0; i < n_per_sample; i++)
-            if (p <= 0 || rng_uniform(key, i) >= p) dx[i] += dy[i] * scale;
+        if (p <= 0)
+            for (size_t i = 0; i < n_per_sample; i++)
+                dx[i] += dy[i] * scale;
+        else
+            v->dropout_bwd(dx, dy, row_key(k, b, k.site), 0, n_per_sample, p, scale);
     }
 }
 
@@ -44,18 +51,15 @@ static inline float path_scale(DropKey k, int b, float p_path) {
 void branch_add_forward(float *out, const float *x, const float *branch, const float *gamma, int B,
                         int T, int C, float p_drop, float p_path, DropKey k) {
     float dscale = p_drop > 0 ? 1.0f / (1.0f - p_drop) : 1.0f;
+    const SimdOps *v = simd_ops();
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             float ps = path_scale(k, b, p_path) * dscale;
-            uint64_t key = row_key(k, b, k.site);
             size_t base = ((size_t)b * T + t) * C;
-            for (int c = 0; c < C; c++) {
-                size_t i = base + c;
-                float v = branch[i] * ps * (gamma ? gamma[c] : 1.0f);
-                if (p_drop > 0 && rng_uniform(key, (size_t)t * C + c) < p_drop) v = 0.0f;
-                out[i] = x[i] + v;
-            }
+            /* p_drop 0 keeps everything: rng_uniform is never below 0 */
+            v->branch_fwd(out + base, x + base, branch + base, gamma, ps, row_key(k, b, k.site),
+                          (size_t)t * C, (size_t)C, p_drop > 0 ? p_drop : 0.0f);
         }
 }
 
@@ -64,19 +68,18 @@ void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *
                          float p_path, DropKey k) {
     float dscale = p_drop > 0 ? 1.0f / (1.0f - p_drop) : 1.0f;
     if (dx || dbranch) {
+        const SimdOps *v = simd_ops();
 #pragma omp parallel for collapse(2)
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
                 float ps = path_scale(k, b, p_path) * dscale;
-                uint64_t key = row_key(k, b, k.site);
                 size_t base = ((size_t)b * T + t) * C;
-                for (int c = 0; c < C; c++) {
-                    size_t i = base + c;
-                    if (dx) dx[i] += dout[i];
-                    if (!dbranch) continue;
-                    if (p_drop > 0 && rng_uniform(key, (size_t)t * C + c) < p_drop) continue;
-                    dbranch[i] += dout[i] * ps * (gamma ? gamma[c] : 1.0f);
-                }
+                if (dx)
+                    for (int c = 0; c < C; c++)
+                        dx[base + c] += dout[base + c];
+                if (dbranch)
+                    v->branch_bwd(dbranch + base, dout + base, gamma, ps, row_key(k, b, k.site),
+                                  (size_t)t * C, (size_t)C, p_drop > 0 ? p_drop : 0.0f);
             }
     }
     if (dgamma) {

@@ -6,6 +6,7 @@
 #define D2V_SIMD_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define SIMD_COLS 64 /* columns per colsum / ln_param_grad call */
 
@@ -31,6 +32,20 @@ typedef struct {
     /// s_r, db[j] += sum_r dy, in double in row order; either output may be NULL
     void (*ln_param_grad)(float *dw, float *db, const float *dy, const float *x, const float *mean,
                           const float *rstd, int N, size_t ld, int n);
+    /* Dropout, element i of a row kept when rng_uniform(key, start + i) >= p (the masks of
+     * dropout.c, bit for bit, with the counter hash vectorised): */
+    /// y[i] = kept ? x[i] * scale : 0 (y may alias x)
+    void (*dropout_fwd)(float *y, const float *x, uint64_t key, uint64_t start, size_t n, float p,
+                        float scale);
+    /// dx[i] += kept ? dy[i] * scale : nothing
+    void (*dropout_bwd)(float *dx, const float *dy, uint64_t key, uint64_t start, size_t n, float p,
+                        float scale);
+    /// out[i] = x[i] + (kept ? branch[i] * ps * gamma[i] : 0), gamma NULL = 1
+    void (*branch_fwd)(float *out, const float *x, const float *branch, const float *gamma,
+                       float ps, uint64_t key, uint64_t start, size_t n, float p);
+    /// dbranch[i] += kept ? dout[i] * ps * gamma[i] : nothing
+    void (*branch_bwd)(float *dbranch, const float *dout, const float *gamma, float ps,
+                       uint64_t key, uint64_t start, size_t n, float p);
     /// y += a x: the plain vector loop the throughput checks compare against
     void (*axpy)(float *y, const float *x, float a, size_t n);
 } SimdOps;

@@ -3,6 +3,7 @@
  * and vectorises them (-fno-trapping-math lets it); tests/script_isa.sh checks the result. */
 #include <math.h>
 
+#include "d2v/rng.h"
 #include "simd.h"
 #include "vmath.h"
 
@@ -193,6 +194,56 @@ static void FN(ln_param_grad)(float *dw, float *db, const float *dy, const float
     }
 }
 
+/* The dropout kernels must round as dropout.c's scalar loops did (no fused multiply-add), so a
+ * run's masks and sums do not depend on the ISA level. */
+#define NO_FMA __attribute__((optimize("fp-contract=off")))
+
+NO_FMA static void FN(dropout_fwd)(float *y, const float *x, uint64_t key, uint64_t start, size_t n,
+                            float p, float scale) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        y[i] = rng_uniform(key, start + i) >= p ? x[i] * scale : 0.0f;
+}
+
+NO_FMA static void FN(dropout_bwd)(float *dx, const float *dy, uint64_t key, uint64_t start, size_t n,
+                            float p, float scale) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        dx[i] = rng_uniform(key, start + i) >= p ? dx[i] + dy[i] * scale : dx[i];
+}
+
+NO_FMA static void FN(branch_fwd)(float *out, const float *x, const float *branch, const float *gamma,
+                           float ps, uint64_t key, uint64_t start, size_t n, float p) {
+    if (gamma) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            float v = branch[i] * ps * gamma[i];
+            out[i] = x[i] + (rng_uniform(key, start + i) < p ? 0.0f : v);
+        }
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            float v = branch[i] * ps * 1.0f;
+            out[i] = x[i] + (rng_uniform(key, start + i) < p ? 0.0f : v);
+        }
+    }
+}
+
+NO_FMA static void FN(branch_bwd)(float *dbranch, const float *dout, const float *gamma, float ps,
+                           uint64_t key, uint64_t start, size_t n, float p) {
+    if (gamma) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            dbranch[i] =
+                rng_uniform(key, start + i) < p ? dbranch[i] : dbranch[i] + dout[i] * ps * gamma[i];
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            dbranch[i] =
+                rng_uniform(key, start + i) < p ? dbranch[i] : dbranch[i] + dout[i] * ps * 1.0f;
+    }
+}
+
 static void FN(axpy)(float *y, const float *x, float a, size_t n) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++)
@@ -212,4 +263,8 @@ const SimdOps CAT(simd_, SIMD_ISA, ) = {.name = STR(SIMD_ISA),
                                         .row_layernorm_backward = FN(row_layernorm_backward),
                                         .colsum = FN(colsum),
                                         .ln_param_grad = FN(ln_param_grad),
+                                        .dropout_fwd = FN(dropout_fwd),
+                                        .dropout_bwd = FN(dropout_bwd),
+                                        .branch_fwd = FN(branch_fwd),
+                                        .branch_bwd = FN(branch_bwd),
                                         .axpy = FN(axpy)};
