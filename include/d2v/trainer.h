@@ -82,6 +82,7 @@ typedef struct {
     float *dump_p, *dump_t, *dump_g;
     TrainTimes times;
     const char *arch; // BLIS kernel set in use
+    size_t act_bytes; // the model's activation arenas
     /* bucketed allreduce: each part's gradient ranges (part 0 the head, 1 + l encoder block l,
      * L + 1 the front-end), started as the backward completes them */
     ParamRange *slices; // all parts' ranges, part p's at [part_first[p], part_first[p + 1])

@@ -158,7 +158,9 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     int len = cfg->modality == D2V_TEXT     ? cfg->text_block
               : cfg->modality == D2V_SPEECH ? cfg->speech_max_samples
                                             : 0;
+    size_t before = xalloc_total();
     t->model = model_create(&t->mc, t->split.micro, len);
+    t->act_bytes = xalloc_total() - before; /* every activation: front-end, encoders, head */
     t->adamw = train_config_to_optim(cfg), t->sched = train_config_to_schedule(cfg);
     t->n_sums = 2 + 2 * (1 + 2 * (size_t)t->mc.enc.C);
     t->sums = xalloc(sizeof(double) * t->n_sums, "metric sums");
@@ -224,9 +226,9 @@ void trainer_banner(const Trainer *t) {
     log0("batch %d per update = %d ranks x %d micro-batches x %d\n", c->batch_size, g_dist.world,
          t->split.update_freq, t->split.micro);
     log0("model L=%d C=%d heads=%d ffn=%d: %.2fM parameters; arenas: params+grads+adam+teacher "
-         "%.1f MiB, activations %.1f MiB\n",
+         "%.1f MiB, activations (front-end, encoders, head) %.1f MiB\n",
          mc->enc.L, mc->enc.C, mc->enc.NH, mc->enc.F, t->np / 1e6, 5.0 * t->np * 4 / 1048576.0,
-         model_act_mib(t->model));
+         t->act_bytes / 1048576.0);
     char names[16][16];
     size_t counts[16];
     int nm = ptab_modules(&t->table, names, counts, 16);
