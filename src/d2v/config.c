@@ -86,7 +86,7 @@ static const KeySpec schema[] = {
     {"mask.speech_min_masks", T_INT, F(mask_speech_min_masks), 0, 1000, NULL, "1"},
     {"mask.speech_same_count", T_BOOL, F(mask_speech_same), 0, 1, NULL, "true"},
     {"mask.speech_dropout", T_FLOAT, F(mask_speech_dropout), 0, 1, NULL, "0"},
-    {"target.top_k", T_INT, F(target_top_k), 1, 128, NULL, "8"},
+    {"target.top_k", T_INT, F(target_top_k), 1, 64, NULL, "8"},
     {"target.tensor", T_ENUM, F(target_tensor), 0, 0, tensor_names, "ffn"},
     {"target.layer_norm", T_ENUM, F(target_layer_norm), 0, 0, norm_names, "instance"},
     {"target.final_norm", T_BOOL, F(target_final_norm), 0, 1, NULL, "false"},

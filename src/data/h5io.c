@@ -12,9 +12,11 @@
 
 #include "d2v/util.h"
 
-/* Debian's serial HDF5 is not thread-safe and the loader's prefetch thread reads while the main
- * thread writes checkpoints: every function here holds this lock for its whole body (recursive,
- * since some call others), so no caller ever takes it. */
+/* The loader's prefetch thread reads while the main thread writes checkpoints, and an HDF5 built
+ * without thread safety must never see two calls at once: every function here holds this lock
+ * for its whole body (recursive, since some call others), so no caller ever takes it. (The
+ * H5T_NATIVE_* macros callers pass still call H5open outside it: harmless once the library is
+ * open, which h5io_init does first.) */
 static pthread_mutex_t g_mu;
 static pthread_once_t g_mu_once = PTHREAD_ONCE_INIT;
 static void mu_init(void) {
@@ -279,6 +281,10 @@ int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsiz
     hid_t fs = H5Dget_space(d);
     int r = H5Sget_simple_extent_ndims(fs);
     hsize_t dims[4] = {0}, off[4] = {0}, cnt[4];
+    if (r < 1 || r > 4) {
+        H5Sclose(fs), H5Dclose(d);
+        return fail(err, errlen, "%s: dataset '%s' has unsupported rank %d", path, name, r);
+    }
     H5Sget_simple_extent_dims(fs, dims, NULL);
     int rc = 0;
     if (start + count > dims[0]) {

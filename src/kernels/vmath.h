@@ -28,8 +28,8 @@ VMATH_INLINE float exp_approx(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = (kb - 0x4B400000 + 127) << 23; /* 2^k */
-    bits &= -(int32_t)(x >= -87.0f);              /* 0 below the range (and for -inf) */
+    uint32_t bits = ((uint32_t)kb - 0x4B400000u + 127u) << 23; /* 2^k, unsigned: no overflow */
+    bits &= -(uint32_t)(x >= -87.0f);                          /* 0 below the range, -inf */
     float s;
     memcpy(&s, &bits, sizeof s);
     return p * s;

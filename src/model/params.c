@@ -29,6 +29,8 @@ void ptab_add(ParamTable *t, float **field, const char *name, Shape s, ParamInit
     if (f < t->view || f + sizeof(float *) > t->view + t->view_bytes)
         die("params: tensor '%s' does not point into its view", name);
     if (ptab_find(t, name)) die("params: tensor '%s' declared twice", name);
+    if (init.kind == INIT_TRUNC_NORMAL && !(init.b > 0 && init.a > 0))
+        die("params: tensor '%s': a truncated normal needs a positive std and cut", name);
     if (t->n == t->cap) {
         t->cap = t->cap ? 2 * t->cap : 64;
         t->t = realloc(t->t, sizeof *t->t * (size_t)t->cap);

@@ -105,8 +105,9 @@ int main(int argc, char **argv) {
     signal(SIGUSR1, on_stop_signal), signal(SIGTERM, on_stop_signal);
     TrainMetrics m;
     while (t.st.update < cfg.max_updates) {
-        if (trainer_update(&t, &m)) continue; /* skipped as non-finite */
-        if (m.update % cfg.log_every == 0 || m.update == 1 || m.update == cfg.max_updates)
+        int skipped = trainer_update(&t, &m); /* a non-finite update is counted, not applied */
+        if (!skipped &&
+            (m.update % cfg.log_every == 0 || m.update == 1 || m.update == cfg.max_updates))
             trainer_log(&t, &m);
         /* a signal on any rank, or RUN_DIR/stop, stops every rank after this update */
         int stop = trainer_stop_requested(&t, g_stop_signal != 0);

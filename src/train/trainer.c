@@ -35,7 +35,7 @@ static void open_loader(Trainer *t) {
     if (t->opt.source.next) return;
     if (t->loader) loader_destroy(t->loader);
     LoaderConfig lc = train_config_to_loader(&t->cfg, t->split.micro);
-    if (lc.speech_min_samples != t->cfg.speech_min_samples)
+    if (lc.speech_min_samples != t->cfg.speech_min_samples && !t->loader) /* once, not on resume */
         log0("data.speech_min_samples raised from %d to %d (shorter clips give fewer than %d "
              "frames)\n",
              t->cfg.speech_min_samples, lc.speech_min_samples, t->cfg.mask_speech_length + 1);
