@@ -11,6 +11,12 @@ for t in 1 2; do
     if /usr/bin/python3 -c "import torch" 2>/dev/null; then
         echo "== PyTorch reference, $t thread(s)"
         OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t /usr/bin/python3 bench/torch_encoder.py "$t"
+        if grep -q avx512f /proc/cpuinfo; then # PyTorch's AVX-512 path can be the slower one
+            echo "== PyTorch reference held to AVX2, $t thread(s)"
+            OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+                OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2 \
+                /usr/bin/python3 bench/torch_encoder.py "$t"
+        fi
     fi
 done
 # Full training step: trainer_update against a PyTorch step of the same model, batch, masks and
