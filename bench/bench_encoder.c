@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "d2v/dist.h"
 #include "d2v/encoder.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
-#include "bench.h"
 
 /* Best-of-3 rate of a large square sgemm (the ceiling the encoder's GEMMs can reach). */
 
@@ -34,7 +34,7 @@ static void bench_case(const char *name, EncoderConfig cfg, int B, int T, double
     Encoder e;
     encoder_init(&e, &cfg, B, T, 1);
     EncoderRun run = {.B = B, .T = T, .seed = 1}; /* dropout off: time the math */
-    encoder_forward(&e, &p, x, &run);                   /* warm-up: first touch of the arenas */
+    encoder_forward(&e, &p, x, &run);             /* warm-up: first touch of the arenas */
     encoder_backward(&e, &g, NULL, NULL, &p, x, &run, dout);
     memset(encoder_prof_seconds, 0, sizeof encoder_prof_seconds);
     encoder_prof_on = 1;

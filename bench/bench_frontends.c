@@ -4,11 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "d2v/frontends.h"
 #include "d2v/kernels.h"
 #include "d2v/util.h"
-#include "bench.h"
-
 
 static float *random_floats(size_t n, uint64_t seed) {
     float *x = xalloc(n * 4, "bench input");

@@ -51,8 +51,14 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
     uint8_t pad[64] = {0};
     pad[1 * T + T - 1] = pad[1 * T + T - 2] = 1; /* sample 1 has two padding keys */
     int64_t ids[8] = {40, 41, 42, 43, 44, 45, 46, 47};
-    EncoderRun run = {.B = B, .T = T, .key_pad = pad, .attn_bias = bias, .train = 1, .seed = 1234,
-                      .step = 9, .sample_ids = ids};
+    EncoderRun run = {.B = B,
+                      .T = T,
+                      .key_pad = pad,
+                      .attn_bias = bias,
+                      .train = 1,
+                      .seed = 1234,
+                      .step = 9,
+                      .sample_ids = ids};
     Encoder e;
     encoder_init(&e, &cfg, B, T, 1);
     Ctx c = {&e, &p, x, bias, r, &run, n};

@@ -60,9 +60,9 @@ static void test_rng(void) {
     RngStream a = rng_stream(SEED, EPOCH, 5, RNG_MASK_IMAGE);
     RngStream b = rng_stream(SEED, EPOCH, 5, RNG_MASK_IMAGE);
     RngStream d[4] = {rng_stream(SEED + 1, EPOCH, 5, RNG_MASK_IMAGE),
-                    rng_stream(SEED, EPOCH + 1, 5, RNG_MASK_IMAGE),
-                    rng_stream(SEED, EPOCH, 6, RNG_MASK_IMAGE),
-                    rng_stream(SEED, EPOCH, 5, RNG_MASK_SPEECH)};
+                      rng_stream(SEED, EPOCH + 1, 5, RNG_MASK_IMAGE),
+                      rng_stream(SEED, EPOCH, 6, RNG_MASK_IMAGE),
+                      rng_stream(SEED, EPOCH, 5, RNG_MASK_SPEECH)};
     int same = 1, differs[4] = {0, 0, 0, 0};
     for (int i = 0; i < 64; i++) {
         double u = rng_stream_uniform(&a);

@@ -74,6 +74,16 @@ void ptab_add(ParamTable *t, float **field, const char *name, Shape s, ParamInit
               int ema);
 const ParamSpec *ptab_find(const ParamTable *t, const char *name);
 
+/// One module's declaration as an untyped callback, for the two helpers below (the per-module
+/// *_params_layout / *_params_init the kernel tests use).
+typedef void (*ParamDeclare)(ParamTable *t, void *view, const void *cfg);
+/// Lay the module's tensors out in `memory` (NULL: count only); returns the float count.
+size_t ptab_module_layout(ParamDeclare declare, void *view, size_t bytes, const void *cfg,
+                          float *memory);
+/// Initialise a bound view of the module by its declared rules.
+void ptab_module_init(ParamDeclare declare, void *view, size_t bytes, const void *cfg,
+                      uint64_t seed);
+
 /// Point every tensor pointer of `view` into the arena at `base`.
 void ptab_bind(const ParamTable *t, void *view, float *base);
 /// The teacher's view: averaged tensors in `teacher`, shared ones in the student's `student`.

@@ -202,16 +202,9 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_TEACHER] += t1 - t0;
     t0 = t1;
     /* 3. student: encoder, then the head on the masked positions only */
-    EncoderRun rs = {.B = B,
-                     .T = T,
-                     .key_pad = xs.pad,
-                     .attn_bias = xs.bias,
-                     .train = 1,
-                     .seed = seed,
-                     .step = step,
-                     .sample_ids = b->ids,
-                     .block_done = m->hook ? block_done : NULL,
-                     .block_ctx = m};
+    EncoderRun rs = rt; /* the student: its own input, dropout on, the gradient hook */
+    rs.key_pad = xs.pad, rs.attn_bias = xs.bias, rs.train = 1;
+    rs.block_done = m->hook ? block_done : NULL, rs.block_ctx = m;
     encoder_forward(&m->enc_s, &s->enc, xs.x, &rs);
     gather_rows(m->gathered, encoder_output(&m->enc_s), m->sel, N, C);
     const float *pred = head_forward(&m->head, &s->head, m->gathered, M);

@@ -199,21 +199,22 @@ static void FN(ln_param_grad)(float *dw, float *db, const float *dy, const float
 #define NO_FMA __attribute__((optimize("fp-contract=off")))
 
 NO_FMA static void FN(dropout_fwd)(float *y, const float *x, uint64_t key, uint64_t start, size_t n,
-                            float p, float scale) {
+                                   float p, float scale) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++)
         y[i] = rng_uniform(key, start + i) >= p ? x[i] * scale : 0.0f;
 }
 
-NO_FMA static void FN(dropout_bwd)(float *dx, const float *dy, uint64_t key, uint64_t start, size_t n,
-                            float p, float scale) {
+NO_FMA static void FN(dropout_bwd)(float *dx, const float *dy, uint64_t key, uint64_t start,
+                                   size_t n, float p, float scale) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++)
         dx[i] = rng_uniform(key, start + i) >= p ? dx[i] + dy[i] * scale : dx[i];
 }
 
-NO_FMA static void FN(branch_fwd)(float *out, const float *x, const float *branch, const float *gamma,
-                           float ps, uint64_t key, uint64_t start, size_t n, float p) {
+NO_FMA static void FN(branch_fwd)(float *out, const float *x, const float *branch,
+                                  const float *gamma, float ps, uint64_t key, uint64_t start,
+                                  size_t n, float p) {
     if (gamma) {
 #pragma omp simd
         for (size_t i = 0; i < n; i++) {
@@ -230,7 +231,7 @@ NO_FMA static void FN(branch_fwd)(float *out, const float *x, const float *branc
 }
 
 NO_FMA static void FN(branch_bwd)(float *dbranch, const float *dout, const float *gamma, float ps,
-                           uint64_t key, uint64_t start, size_t n, float p) {
+                                  uint64_t key, uint64_t start, size_t n, float p) {
     if (gamma) {
 #pragma omp simd
         for (size_t i = 0; i < n; i++)

@@ -64,23 +64,14 @@ void encoder_declare(ParamTable *t, EncoderParams *p, const EncoderConfig *c) {
     }
 }
 
+static void declare_any(ParamTable *t, void *p, const void *c) { encoder_declare(t, p, c); }
+
 size_t encoder_params_layout(EncoderParams *p, float *memory, const EncoderConfig *cfg) {
-    ParamTable t;
-    ptab_begin(&t, p, sizeof *p);
-    encoder_declare(&t, p, cfg);
-    if (memory) ptab_bind(&t, p, memory);
-    size_t n = t.total;
-    ptab_free(&t);
-    return n;
+    return ptab_module_layout(declare_any, p, sizeof *p, cfg, memory);
 }
 
 void encoder_params_init(EncoderParams *p, const EncoderConfig *cfg, uint64_t seed) {
-    ParamTable t;
-    EncoderParams tmp;
-    ptab_begin(&t, &tmp, sizeof tmp);
-    encoder_declare(&t, &tmp, cfg);
-    ptab_init_values(&t, p, seed);
-    ptab_free(&t);
+    ptab_module_init(declare_any, p, sizeof *p, cfg, seed);
     encoder_params_constrain(p, cfg);
 }
 

@@ -34,23 +34,16 @@ void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedCon
                  PINIT_ZERO, DECAY_YES, ema);
 }
 
+static void declare_shared(ParamTable *t, void *p, const void *c) {
+    image_embed_declare(t, p, c, EMA_SHARED);
+}
+
 size_t image_embed_params_layout(ImageEmbedParams *p, float *memory, const ImageEmbedConfig *c) {
-    ParamTable t;
-    ptab_begin(&t, p, sizeof *p);
-    image_embed_declare(&t, p, c, EMA_SHARED);
-    if (memory) ptab_bind(&t, p, memory);
-    size_t n = t.total;
-    ptab_free(&t);
-    return n;
+    return ptab_module_layout(declare_shared, p, sizeof *p, c, memory);
 }
 
 void image_embed_params_init(ImageEmbedParams *p, const ImageEmbedConfig *c, uint64_t seed) {
-    ParamTable t;
-    ImageEmbedParams tmp;
-    ptab_begin(&t, &tmp, sizeof tmp);
-    image_embed_declare(&t, &tmp, c, EMA_SHARED);
-    ptab_init_values(&t, p, seed);
-    ptab_free(&t);
+    ptab_module_init(declare_shared, p, sizeof *p, c, seed);
 }
 
 int image_rel_table_rows(const ImageEmbedConfig *c) {

@@ -159,3 +159,23 @@ int ptab_modules(const ParamTable *t, char names[][16], size_t *counts, int max)
     }
     return n;
 }
+
+size_t ptab_module_layout(ParamDeclare declare, void *view, size_t bytes, const void *cfg,
+                          float *memory) {
+    ParamTable t;
+    ptab_begin(&t, view, bytes);
+    declare(&t, view, cfg); /* records field offsets only: the view is written by ptab_bind */
+    if (memory) ptab_bind(&t, view, memory);
+    size_t n = t.total;
+    ptab_free(&t);
+    return n;
+}
+
+void ptab_module_init(ParamDeclare declare, void *view, size_t bytes, const void *cfg,
+                      uint64_t seed) {
+    ParamTable t;
+    ptab_begin(&t, view, bytes);
+    declare(&t, view, cfg);
+    ptab_init_values(&t, view, seed);
+    ptab_free(&t);
+}

@@ -68,23 +68,16 @@ void speech_embed_declare(ParamTable *t, SpeechEmbedParams *p, const SpeechEmbed
     ptab_add(t, &p->enc_ln_b, "speech.enc_ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
 }
 
+static void declare_shared(ParamTable *t, void *p, const void *c) {
+    speech_embed_declare(t, p, c, EMA_SHARED);
+}
+
 size_t speech_embed_params_layout(SpeechEmbedParams *p, float *memory, const SpeechEmbedConfig *c) {
-    ParamTable t;
-    ptab_begin(&t, p, sizeof *p);
-    speech_embed_declare(&t, p, c, EMA_SHARED);
-    if (memory) ptab_bind(&t, p, memory);
-    size_t n = t.total;
-    ptab_free(&t);
-    return n;
+    return ptab_module_layout(declare_shared, p, sizeof *p, c, memory);
 }
 
 void speech_embed_params_init(SpeechEmbedParams *p, const SpeechEmbedConfig *c, uint64_t seed) {
-    ParamTable t;
-    SpeechEmbedParams tmp;
-    ptab_begin(&t, &tmp, sizeof tmp);
-    speech_embed_declare(&t, &tmp, c, EMA_SHARED);
-    ptab_init_values(&t, p, seed);
-    ptab_free(&t);
+    ptab_module_init(declare_shared, p, sizeof *p, c, seed);
 }
 
 int speech_num_frames(const SpeechEmbedConfig *c, int S) {

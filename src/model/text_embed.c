@@ -24,23 +24,16 @@ void text_embed_declare(ParamTable *t, TextEmbedParams *p, const TextEmbedConfig
     ptab_add(t, &p->ln_b, "text.ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
 }
 
+static void declare_shared(ParamTable *t, void *p, const void *c) {
+    text_embed_declare(t, p, c, EMA_SHARED);
+}
+
 size_t text_embed_params_layout(TextEmbedParams *p, float *memory, const TextEmbedConfig *c) {
-    ParamTable t;
-    ptab_begin(&t, p, sizeof *p);
-    text_embed_declare(&t, p, c, EMA_SHARED);
-    if (memory) ptab_bind(&t, p, memory);
-    size_t n = t.total;
-    ptab_free(&t);
-    return n;
+    return ptab_module_layout(declare_shared, p, sizeof *p, c, memory);
 }
 
 void text_embed_params_init(TextEmbedParams *p, const TextEmbedConfig *c, uint64_t seed) {
-    ParamTable t;
-    TextEmbedParams tmp;
-    ptab_begin(&t, &tmp, sizeof tmp);
-    text_embed_declare(&t, &tmp, c, EMA_SHARED);
-    ptab_init_values(&t, p, seed);
-    ptab_free(&t);
+    ptab_module_init(declare_shared, p, sizeof *p, c, seed);
 }
 
 void text_embed_init(TextEmbed *t, const TextEmbedConfig *c, int Bmax, int Tmax) {

@@ -11,10 +11,11 @@
 
 int main(int argc, char **argv) {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: d2v-info\n"
-               "Prints the BLIS kernel set d2v selects (override with BLIS_ARCH_TYPE=<id>), the ISA\n"
-               "level of its element-wise kernels (override with D2V_SIMD=base|avx2|avx512),\n"
-               "BLIS and OpenMP thread counts, and the MPI world size when run under mpirun.\n");
+        printf(
+            "usage: d2v-info\n"
+            "Prints the BLIS kernel set d2v selects (override with BLIS_ARCH_TYPE=<id>), the ISA\n"
+            "level of its element-wise kernels (override with D2V_SIMD=base|avx2|avx512),\n"
+            "BLIS and OpenMP thread counts, and the MPI world size when run under mpirun.\n");
         return 0;
     }
     dist_init(&argc, &argv);
