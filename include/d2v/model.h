@@ -104,8 +104,6 @@ void model_set_grad_hook(Model *m, GradHook fn, void *ctx);
 void model_features(Model *m, const ModelParams *p, const Batch *b, float *out);
 /// Model width C.
 int model_width(const ModelConfig *c);
-/// MiB of the activation arenas.
-double model_act_mib(const Model *m);
 
 /// Seconds spent in each phase of model_micro_step since the last reset (for benchmarks).
 enum { PHASE_TEACHER, PHASE_STUDENT_FWD, PHASE_LOSS, PHASE_BACKWARD, PHASE_NUM };

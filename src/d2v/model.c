@@ -141,10 +141,6 @@ void model_destroy(Model *m) {
     free(m->dfront), free(m->tscratch), free(m->sel), free(m);
 }
 
-double model_act_mib(const Model *m) {
-    return encoder_act_mib(&m->enc_s) + encoder_act_mib(&m->enc_t);
-}
-
 /* ---- one micro-batch ---- */
 
 /* Rows of x (B*T, C) where sel is set, into out (M, C); scatter is the transpose (adds). */
