@@ -53,7 +53,7 @@ typedef struct {
     /// dx (B, T, C) = dLoss/d(encoder input), plus dbias if the forward had a bias.
     void (*backward)(void *fe, struct ModelParams *g, const struct ModelParams *s, const float *dx,
                      DropKey dk);
-    /// First token of the features' mean pool (1 skips a cls token).
+    /// First token of the features' mean pool (1 skips a cls token); NULL: 0.
     int (*pool_first)(const struct ModelConfig *c);
     /// The batch and mask arrays of the last step; returns how many (<= FRONT_MAX_TRACE).
     int (*trace)(const void *fe, const struct Batch *b, TraceArray *out);

@@ -233,7 +233,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
 
 void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) {
     const ModelConfig *c = &m->c;
-    int B = b->B, C = c->enc.C, first = m->ops->pool_first(c);
+    int B = b->B, C = c->enc.C, first = m->ops->pool_first ? m->ops->pool_first(c) : 0;
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x = m->ops->forward(m->fe, p, b, 0, dk);

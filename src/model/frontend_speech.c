@@ -74,11 +74,6 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
     speech_features_backward(&f->feat, &g->speech, &s->speech, f->dfeat);
 }
 
-static int pool_first(const ModelConfig *c) {
-    (void)c;
-    return 0;
-}
-
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
     const SpeechFront *f = fe;
     out[0] = (TraceArray){"batch_audio", TRACE_F32, 2, {b->B, b->S}, b->audio};
@@ -86,5 +81,5 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_speech = {"speech", declare, create,   destroy,    begin,
-                                     mask,     forward, backward, pool_first, trace};
+const FrontendOps frontend_speech = {"speech", declare, create,   destroy, begin,
+                                     mask,     forward, backward, NULL,    trace};

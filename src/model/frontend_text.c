@@ -72,11 +72,6 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
     text_embed_backward(&f->s, &g->text, &s->text, dx, 1, dk);
 }
 
-static int pool_first(const ModelConfig *c) {
-    (void)c;
-    return 0;
-}
-
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
     const TextFront *f = fe;
     out[0] = (TraceArray){"batch_tokens", TRACE_I32, 2, {b->B, f->T}, b->tokens};
@@ -84,5 +79,5 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_text = {"text", declare, create,   destroy,    begin,
-                                   mask,   forward, backward, pool_first, trace};
+const FrontendOps frontend_text = {"text", declare, create,   destroy, begin,
+                                   mask,   forward, backward, NULL,    trace};
