@@ -77,6 +77,21 @@ static void run_case(const char *name, EncoderConfig cfg, int B, int T) {
         if (fabsf(gm[i] - 2 * g1[i]) > 1e-5f * (1 + fabsf(g1[i]))) acc_ok = 0;
     check_record(acc_ok, "backward accumulates into gradients");
     memcpy(gm, g1, np * 4);
+    { /* stored attention probabilities: the same gradients, bit for bit */
+        EncoderConfig sc = cfg;
+        sc.store_attention = !cfg.store_attention;
+        Encoder es;
+        encoder_init(&es, &sc, B, T, 1);
+        float *g2m = xalloc(np * 4, "g2"), *dx2 = xalloc(n * 4, "dx2");
+        EncoderParams g2;
+        encoder_params_layout(&g2, g2m, &cfg);
+        encoder_forward(&es, &p, x, &run);
+        encoder_backward(&es, &g2, dx2, NULL, &p, x, &run, r);
+        check_record(memcmp(g2m, g1, np * 4) == 0 && memcmp(dx2, dx, n * 4) == 0,
+                     "store_attention = 1 gives the recomputing backward's gradients bit for bit");
+        encoder_free(&es);
+        free(g2m), free(dx2);
+    }
 
     size_t sizes[ENCODER_NUM_PARAMS];
     encoder_param_sizes(sizes, &cfg);

@@ -177,7 +177,7 @@ static void test_image_relative(void) {
     rel_loss(&c);
     float *dqkv = xalloc(3 * n * 4, "dqkv"), *dbias = xalloc((size_t)NH * T * T * 4, "dbias");
     DropKey k = {0, 0, 0, NULL};
-    attention_backward(dqkv, dbias, c.scratch, c.r, c.qkv, c.att, B, T, 8, NH, 0, k);
+    attention_backward(dqkv, dbias, c.scratch, c.r, c.qkv, c.att, NULL, c.bias, B, T, 8, NH, 0, k);
     image_rel_bias_backward(&e, &g, dbias);
     fd_tensor("rel_pos_table", rel_loss, &c, p.rel_table, g.rel_table, (size_t)R * NH, 200, 0);
     g.rel_table[7] *= -1.0f;

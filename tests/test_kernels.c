@@ -1095,21 +1095,36 @@ static void test_attention_case(int B, int T, int C, int NH, int use_pad, int us
     check_tensor(lab, out, wout, no, 1e-5, 1e-4);
 
     float *dqkv = fnew(nq), *dbias = fnew(nb);
-    attention_backward(dqkv, bias ? dbias : NULL, scr, r, qkv, att, B, T, C, NH, p, k);
+    attention_backward(dqkv, bias ? dbias : NULL, scr, r, qkv, att, pad, bias, B, T, C, NH, p, k);
     float *dqkv1 = fcopy(dqkv, nq), *dbias1 = fcopy(dbias, nb);
     if (extras) {
-        attention_backward(dqkv, bias ? dbias : NULL, scr, r, qkv, att, B, T, C, NH, p, k);
+        attention_backward(dqkv, bias ? dbias : NULL, scr, r, qkv, att, pad, bias, B, T, C, NH, p,
+                           k);
         snprintf(lab, sizeof lab, "%s dqkv", tag);
         check_accum(lab, dqkv1, dqkv, nq);
         if (bias) {
             snprintf(lab, sizeof lab, "%s dbias", tag);
             check_accum(lab, dbias1, dbias, nb);
             float *dq_only = fnew(nq);
-            attention_backward(dq_only, NULL, scr, r, qkv, att, B, T, C, NH, p, k);
+            attention_backward(dq_only, NULL, scr, r, qkv, att, pad, bias, B, T, C, NH, p, k);
             snprintf(lab, sizeof lab, "%s dqkv with dbias=NULL", tag);
             check_tensor(lab, dq_only, dqkv1, nq, 1e-6, 1e-5);
             free(dq_only);
         }
+    }
+    { /* probabilities not stored: the same output, and the backward's recomputed tile gives
+       * the same gradients bit for bit */
+        float *out2 = fnew(no), *dqkv2 = fnew(nq), *dbias2 = fnew(nb);
+        attention_forward(out2, NULL, scr, qkv, pad, bias, B, T, C, NH, p, k);
+        snprintf(lab, sizeof lab, "%s att=NULL: same out", tag);
+        check_record(memcmp(out2, out, no * sizeof(float)) == 0, lab);
+        attention_backward(dqkv2, bias ? dbias2 : NULL, scr, r, qkv, NULL, pad, bias, B, T, C, NH,
+                           p, k);
+        snprintf(lab, sizeof lab, "%s att=NULL: recomputed backward bit-identical", tag);
+        check_record(memcmp(dqkv2, dqkv1, nq * sizeof(float)) == 0 &&
+                         memcmp(dbias2, dbias1, nb * sizeof(float)) == 0,
+                     lab);
+        free(out2), free(dqkv2), free(dbias2);
     }
     AttCtx ctx = {out, att, scr, qkv, bias, r, pad, B, T, C, NH, p, k};
     snprintf(lab, sizeof lab, "%s dqkv", tag);

@@ -20,6 +20,8 @@ typedef struct {
     float layerdrop;        // probability of skipping a whole block in a training step
     float drop_path;        // per-sample stochastic depth, linear in depth from 0 to this
     int init_beit;          // 1: BEiT's trunc_normal_ + fix_init_weight; 0: init_bert_params
+    int store_attention;    // 1: keep the (B, NH, T, T) probabilities for the backward; 0:
+                            //   recompute them per head there (docs/performance.md)
 } EncoderConfig;
 
 #define ENCODER_NUM_PARAMS 14
@@ -67,7 +69,7 @@ typedef struct {
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; // (N, C), (N), (N)
     float *qkv;                       // (N, 3C)
-    float *att;                       // (B, NH, T, T) softmax probabilities
+    float *att;                       // (B, NH, T, T) softmax probabilities, or NULL (recomputed)
     float *atty;                      // (N, C) attention output before out-projection
     float *attproj;                   // (N, C)
     float *res1;                      // (N, C) input + attention branch

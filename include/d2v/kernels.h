@@ -103,20 +103,22 @@ void branch_add_backward(float *dx, float *dbranch, float *dgamma, const float *
 
 /// Multi-head scaled-dot-product self-attention.
 ///   qkv (B, T, 3C): q | k | v, heads of size C/NH contiguous inside each; out (B, T, C).
-///   att (B, NH, T, T): softmax probabilities (before attention dropout), saved for backward.
+///   att (B, NH, T, T): softmax probabilities (before attention dropout), saved for backward;
+///   or NULL: not stored, the backward recomputes each head's tile (same bits, one more GEMM).
 ///   key_pad (B, T) uint8, 1 = padding key (masked with -inf); NULL = none.
 ///   bias (NH, T, T) additive per-head logit bias (ALiBi / relative position); NULL = none.
 ///   p_drop: attention-probability dropout keyed on k (site k.site, index (h, i, j)).
-///   scratch: attention_scratch_size(T) floats (two T x T buffers per OpenMP thread, sized for
+///   scratch: attention_scratch_size(T) floats (three T x T buffers per OpenMP thread, sized for
 ///   omp_get_max_threads() at that call: do not raise the thread count afterwards).
 size_t attention_scratch_size(int T);
 void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                        const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
                        float p_drop, DropKey k);
-/// dqkv += ..., dbias (NH, T, T) += sum over the batch (NULL = not needed).
+/// dqkv += ..., dbias (NH, T, T) += sum over the batch (NULL = not needed). att, key_pad and
+/// bias as given to the forward.
 void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
-                        const float *qkv, const float *att, int B, int T, int C, int NH,
-                        float p_drop, DropKey k);
+                        const float *qkv, const float *att, const uint8_t *key_pad,
+                        const float *bias, int B, int T, int C, int NH, float p_drop, DropKey k);
 
 /* ---- Convolution and embedding --------------------------------------------------------------- */
 

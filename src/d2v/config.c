@@ -137,6 +137,7 @@ static const KeySpec schema[] = {
     {"run.checkpoint_every", T_I64, F(checkpoint_every), 0, 1e12, NULL, "1000"},
     {"run.keep_last", T_INT, F(keep_last), 0, 1 << 20, NULL, "3"},
     {"run.allreduce_bucket_kb", T_INT, F(allreduce_bucket_kb), 0, 1 << 22, NULL, "0"},
+    {"run.store_attention", T_BOOL, F(store_attention), 0, 1, NULL, "false"},
     {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL, "0.1"},
     {"run.min_pred_var", T_FLOAT, F(min_pred_var), 0, 1e6, NULL, "0.01"},
 };
@@ -516,7 +517,8 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                              .resid_dropout = (float)c->dropout,
                              .layerdrop = (float)c->layerdrop,
                              .drop_path = (float)c->drop_path,
-                             .init_beit = beit};
+                             .init_beit = beit,
+                             .store_attention = c->store_attention};
     if (c->modality == D2V_TEXT) {
         m->text = (TextEmbedConfig){.V = d->vocab_size,
                                     .C = c->width,

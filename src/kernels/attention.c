@@ -1,13 +1,15 @@
 /* attention.c: multi-head scaled-dot-product self-attention with key padding mask, additive
  * per-head bias and counter-based attention dropout. One (sample, head) pair per OpenMP task,
- * each running single-threaded strided BLIS GEMMs straight on the (B, T, 3C) qkv layout. */
+ * each running single-threaded strided BLIS GEMMs straight on the (B, T, 3C) qkv layout. With
+ * att == NULL the probabilities are never stored: the backward recomputes them in a per-thread
+ * T x T tile, bit-identical to the forward's (docs/performance.md, "attention"). */
 #include <math.h>
 #include <omp.h>
 
 #include "d2v/kernels.h"
 #include "simd.h"
 
-size_t attention_scratch_size(int T) { return (size_t)omp_get_max_threads() * 2 * T * T; }
+size_t attention_scratch_size(int T) { return (size_t)omp_get_max_threads() * 3 * T * T; }
 
 /* dst = src * mask / (1 - p_drop) for head h of sample b (T x T); dst may alias src. */
 static void drop_probs(float *pd, const float *p, int b, int h, int T, float p_drop, DropKey k) {
@@ -17,16 +19,14 @@ static void drop_probs(float *pd, const float *p, int b, int h, int T, float p_d
     simd_ops()->dropout_fwd(pd, p, key, (size_t)h * T * T, (size_t)T * T, p_drop, scale);
 }
 
-static void head_forward(float *out, float *att, float *pd, const float *qkv,
-                         const uint8_t *key_pad, const float *bias, int b, int h, int T, int C,
-                         int NH, float p_drop, DropKey k) {
+/* s = softmax(scale Q K^T + bias, padding keys -inf) for head h of sample b (T x T). The one
+ * routine both passes use, so a recomputed tile equals the forward's bit for bit. */
+static void head_probs(float *s, const float *qkv, const uint8_t *key_pad, const float *bias, int b,
+                       int h, int T, int C, int NH) {
     int hs = C / NH;
     size_t C3 = 3 * (size_t)C;
-    const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-    const float *kk = q + C, *v = q + 2 * C;
-    float *s = att + ((size_t)b * NH + h) * T * T;
-    float scale = 1.0f / sqrtf((float)hs);
-    gemm_rowmajor(0, 1, T, T, hs, scale, q, (int)C3, kk, (int)C3, 0.0f, s, T, 1);
+    const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs, *kk = q + C;
+    gemm_rowmajor(0, 1, T, T, hs, 1.0f / sqrtf((float)hs), q, (int)C3, kk, (int)C3, 0.0f, s, T, 1);
     const uint8_t *pad = key_pad ? key_pad + (size_t)b * T : NULL;
     const float *bh = bias ? bias + (size_t)h * T * T : NULL;
     for (int i = 0; i < T; i++) {
@@ -39,6 +39,15 @@ static void head_forward(float *out, float *att, float *pd, const float *qkv,
                 if (pad[j]) row[j] = -INFINITY;
         softmax_row(row, row, T); /* all keys padding: a zero row (attend to nothing), not NaN */
     }
+}
+
+static void head_forward(float *out, float *s, float *pd, const float *qkv, const uint8_t *key_pad,
+                         const float *bias, int b, int h, int T, int C, int NH, float p_drop,
+                         DropKey k) {
+    int hs = C / NH;
+    size_t C3 = 3 * (size_t)C;
+    const float *v = qkv + (size_t)b * T * C3 + (size_t)h * hs + 2 * C;
+    head_probs(s, qkv, key_pad, bias, b, h, T, C, NH);
     const float *p = s;
     if (p_drop > 0) {
         drop_probs(pd, s, b, h, T, p_drop, k);
@@ -54,20 +63,23 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T;
-            head_forward(out, att, pd, qkv, key_pad, bias, b, h, T, C, NH, p_drop, k);
+            float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
+            float *s = att ? att + ((size_t)b * NH + h) * T * T : pd + (size_t)T * T;
+            head_forward(out, s, pd, qkv, key_pad, bias, b, h, T, C, NH, p_drop, k);
         }
 }
 
-static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const float *dout,
-                          const float *qkv, const float *att, int b, int h, int T, int C, int NH,
-                          float p_drop, DropKey k) {
+static void head_backward(float *dqkv, float *dbias, float *pd, const float *dout, const float *qkv,
+                          const float *att, const uint8_t *key_pad, const float *bias, int b, int h,
+                          int T, int C, int NH, float p_drop, DropKey k) {
     int hs = C / NH;
     size_t C3 = 3 * (size_t)C;
     size_t qoff = (size_t)b * T * C3 + (size_t)h * hs;
     const float *q = qkv + qoff, *kk = q + C, *v = q + 2 * C;
     float *dq = dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C;
-    const float *p = att + ((size_t)b * NH + h) * T * T;
+    float *dp = pd + (size_t)T * T, *tile = dp + (size_t)T * T;
+    const float *p = att ? att + ((size_t)b * NH + h) * T * T : tile;
+    if (!att) head_probs(tile, qkv, key_pad, bias, b, h, T, C, NH);
     const float *dy = dout + (size_t)b * T * C + (size_t)h * hs;
     float scale = 1.0f / sqrtf((float)hs);
     const float *pused = p;
@@ -90,24 +102,23 @@ static void head_backward(float *dqkv, float *dbias, float *pd, float *dp, const
 }
 
 void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
-                        const float *qkv, const float *att, int B, int T, int C, int NH,
-                        float p_drop, DropKey k) {
+                        const float *qkv, const float *att, const uint8_t *key_pad,
+                        const float *bias, int B, int T, int C, int NH, float p_drop, DropKey k) {
     if (dbias) {
         /* Heads in parallel, samples in sequence: each dbias[h] has a single writer. */
 #pragma omp parallel for schedule(dynamic)
         for (int h = 0; h < NH; h++) {
-            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T,
-                  *dp = pd + (size_t)T * T;
+            float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
             for (int b = 0; b < B; b++)
-                head_backward(dqkv, dbias, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
+                head_backward(dqkv, dbias, pd, dout, qkv, att, key_pad, bias, b, h, T, C, NH,
+                              p_drop, k);
         }
         return;
     }
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            float *pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T,
-                  *dp = pd + (size_t)T * T;
-            head_backward(dqkv, NULL, pd, dp, dout, qkv, att, b, h, T, C, NH, p_drop, k);
+            float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
+            head_backward(dqkv, NULL, pd, dout, qkv, att, key_pad, bias, b, h, T, C, NH, p_drop, k);
         }
 }

@@ -116,10 +116,9 @@ void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int 
     e->cfg = *cfg, e->Bmax = Bmax, e->Tmax = Tmax, e->keep_caches = keep_caches;
     size_t N = (size_t)Bmax * Tmax, C = cfg->C, F = cfg->F, L = cfg->L;
     int ls = cfg->layer_scale_init > 0;
-    size_t size[A_NUM] = {N * C, N,     N,     3 * N * C, (size_t)Bmax * cfg->NH * Tmax * Tmax,
-                          N * C, N * C, N * C, N * C,     N,
-                          N,     N * F, N * F, N * C,     ls ? N * C : 0,
-                          N * C};
+    size_t att = cfg->store_attention && keep_caches ? (size_t)Bmax * cfg->NH * Tmax * Tmax : 0;
+    size_t size[A_NUM] = {N * C, N, N, 3 * N * C, att,   N * C, N * C,          N * C,
+                          N * C, N, N, N * F,     N * F, N * C, ls ? N * C : 0, N * C};
     /* Without caches every field is one shared layer of scratch, except the two per-block
      * outputs the teacher targets are built from. */
     int kept_out = cfg->pre_ln ? A_RES2 : A_LN2, kept_ffn = ls ? A_FFN_OUT : A_FFN;
@@ -165,6 +164,7 @@ BlockActs encoder_block(const Encoder *e, int l) {
                    f[A_LN2_RSTD], f[A_FCH],      f[A_FCG],      f[A_FFN], f[A_FFN],
                    f[A_RES2],     NULL};
     if (e->field_size[A_FFN_OUT]) a.ffn_out = f[A_FFN_OUT];
+    if (!e->field_size[A_ATT]) a.att = NULL; /* recomputed in the backward */
     a.out = e->cfg.pre_ln ? a.res2 : a.ln2;
     return a;
 }
@@ -364,9 +364,10 @@ static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGr
     TIMED(PROF_LINEAR,
           linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C));
     TIMED(PROF_MEMORY, zero(g[G_QKV], 3 * NC));
-    TIMED(PROF_ATTENTION, attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv,
-                                             a.att, B, T, C, c->NH, r->train ? c->attn_dropout : 0,
-                                             drop_key(r, SITE(l, SITE_ATT))));
+    TIMED(PROF_ATTENTION,
+          attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att, r->key_pad,
+                             r->attn_bias, B, T, C, c->NH, r->train ? c->attn_dropout : 0,
+                             drop_key(r, SITE(l, SITE_ATT))));
     if (c->pre_ln) {
         TIMED(PROF_MEMORY, zero(g[G_A], NC));
         TIMED(PROF_LINEAR,
