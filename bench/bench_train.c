@@ -131,13 +131,15 @@ int main(int argc, char **argv) {
     log0("    ");
     for (int i = 0; i < PHASE_NUM; i++)
         log0("%s %.0f%%, ", model_phase_names[i], 100 * tm->model[i] / tm->total);
-    log0("allreduce %.0f%%, optimiser %.0f%%, EMA %.0f%%\n", 100 * tm->allreduce / tm->total,
+    log0("waiting for the slowest rank %.0f%%, allreduce %.0f%%, optimiser %.0f%%, EMA %.0f%%\n",
+         100 * tm->skew / tm->total, 100 * tm->allreduce / tm->total,
          100 * tm->optimizer / tm->total, 100 * tm->ema / tm->total);
     log0("    memory: peak RSS %.1f MiB, arenas %.1f MiB (params+grads+adam+teacher %.1f, the rest "
          "activations) = %.2fx; %s, %s element-wise, %s BLIS kernels\n",
          ru.ru_maxrss / 1024.0, arenas / 1048576.0, 5.0 * t.np * 4 / 1048576.0,
          ru.ru_maxrss * 1024.0 / arenas, cpu_model(cpu, sizeof cpu), simd_level(), t.arch);
-    log0("bench_train %s %.6f %.6f\n", name, su, tm->allreduce / updates); /* for bench/run.sh */
+    log0("bench_train %s %.6f %.6f %.6f\n", name, su, tm->allreduce / updates,
+         tm->skew / updates); /* for bench/run.sh */
     trainer_free(&t);
     free(b->ids), free(b->labels), free(b->tokens), free(b->images), free(b->audio);
     dist_finalize();

@@ -64,7 +64,7 @@ typedef struct {
     int64_t max_updates, collapse_after, checkpoint_every;
     int keep_last;
     int allreduce_bucket_kb; // > 0: gradients allreduced in buckets of this size as the backward
-                             // completes them (multi-node); 0: one blocking call after it
+                             // completes them (default 4096); 0: one blocking call after it
     int store_attention;     // keep attention probabilities (memory) instead of recomputing
     int log_every, skip_nonfinite, threads;
     int64_t seed;

@@ -46,7 +46,8 @@ typedef struct {
 typedef struct {
     double model[PHASE_NUM]; // model_micro_step's phases
     double batches;          // waiting for micro-batches
-    double allreduce;        // the allreduce not hidden behind the backward
+    double skew;             // waiting for the slowest rank to finish its backward (stragglers)
+    double allreduce;        // after that, the allreduce not hidden behind the backward
     double optimizer, ema;
     double total;
 } TrainTimes;
@@ -81,6 +82,8 @@ typedef struct {
     int64_t samples_since_log;
     float *dump_p, *dump_t, *dump_g;
     TrainTimes times;
+    double log_skew, log_allreduce; // times.skew and times.allreduce at the last log
+    int64_t updates_since_log;
     const char *arch; // BLIS kernel set in use
     size_t act_bytes; // the model's activation arenas
     /* bucketed allreduce: each part's gradient ranges (part 0 the head, 1 + l encoder block l,

@@ -296,6 +296,10 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
      * the metric sums in one small allreduce. Each element is the same sum over ranks either
      * way. */
     t0 = now_seconds();
+    if (g_dist.world > 1) { /* the slowest rank's lag, apart from the communication proper */
+        dist_barrier();
+        t1 = now_seconds(), t->times.skew += t1 - t0, t0 = t1;
+    }
     if (overlap) {
         flush_pending(t);
         dist_allreduce_sum_f64(t->sums, t->n_sums);
@@ -307,7 +311,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     t1 = now_seconds(), t->times.allreduce += t1 - t0, t0 = t1;
     TrainMetrics m = {.update = n + 1, .tau = tau, .masked = *masked};
     m.samples = samples * g_dist.world;
-    t->samples_since_log += m.samples;
+    t->samples_since_log += m.samples, t->updates_since_log++;
     m.loss = *masked > 0 ? *loss_sum / *masked : 0;
     if (*masked > 0) { /* the gradient of the per-masked-token mean over all ranks */
         float inv = (float)(1.0 / *masked);
@@ -383,6 +387,9 @@ void trainer_log(Trainer *t, const TrainMetrics *m) {
     const TrainConfig *c = &t->cfg;
     double now = now_seconds(), rate = t->samples_since_log / (now - t->t_log);
     double eta = (now - t->t_start) / m->update * (c->max_updates - m->update);
+    double since = t->updates_since_log > 0 ? (double)t->updates_since_log : 1;
+    double skew = (t->times.skew - t->log_skew) / since;
+    double comm = (t->times.allreduce - t->log_allreduce) / since;
     log0("update %7lld  loss %.4f  target_var %.4f  pred_var %.4f  tau %.5f  lr %.3e  "
          "gnorm %.3f  %.1f samples/s  eta %.0f s\n",
          (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr, m->grad_norm,
@@ -391,12 +398,15 @@ void trainer_log(Trainer *t, const TrainMetrics *m) {
         fprintf(t->metrics,
                 "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
                 "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
-                "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld}\n",
+                "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld, \"wait_s\": %.4g, "
+                "\"allreduce_s\": %.4g}\n",
                 (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr,
-                m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total);
+                m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total, skew, comm);
         fflush(t->metrics);
     }
     t->t_log = now, t->samples_since_log = 0;
+    t->log_skew = t->times.skew, t->log_allreduce = t->times.allreduce;
+    t->updates_since_log = 0;
 }
 
 int trainer_stop_requested(Trainer *t, int local) {
@@ -430,6 +440,7 @@ void trainer_finish(Trainer *t) {
 
 void trainer_reset_times(Trainer *t) {
     memset(&t->times, 0, sizeof t->times);
+    t->log_skew = t->log_allreduce = 0;
     model_phase_reset(t->model);
 }
 
