@@ -1,14 +1,17 @@
-/* test_ckpt.c: checkpoints through ckpt.h: a bit-exact round trip, DONE and keep_last, and reads
- * that fail with one line naming the file (another config or modality, truncated, missing).
- * Run from the repository root (reads configs/). */
+/* test_ckpt.c: checkpoints through ckpt.h: a bit-exact round trip, DONE and retention, reads that
+ * fail with one line naming the file (another config or modality, truncated, missing, flipped
+ * bytes, impossible values), the fall-back past a damaged newest checkpoint, stale temporary
+ * files, and a full disk during a write. Run from the repository root (reads configs/). */
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/ckpt.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,7 +86,7 @@ static void write_ckpt(const char *run, const ModelConfig *mc, const Arenas *r, 
                        int keep_last) {
     TrainState st = {update, update / 3, {update / 7, 11 * update + 5}};
     ckpt_write(run, mc, "# resolved config\nseed = 1;\n", r->a[0], r->a[1], r->a[2], r->a[3], r->np,
-               &st, keep_last);
+               &st, keep_last, 0);
 }
 
 static int read_ckpt(const char *path, const ModelConfig *mc, Arenas *r, TrainState *st, char *err,
@@ -122,18 +125,37 @@ static void copy_file(const char *from, const char *to) {
     if (fclose(out) != 0) die("%s: cannot write", to);
 }
 
-/* A failed read: -1, and err is one non-empty line naming the file and holding `want` if set. */
-static void expect_fail(const char *what, int rc, const char *err, const char *path,
-                        const char *want) {
+/* Wait for a forked child; its first stderr line (redirected to log) into msg. */
+static int wait_child(pid_t pid, const char *log, char *msg, size_t n) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    msg[0] = 0;
+    FILE *f = fopen(log, "r");
+    if (f) {
+        if (!fgets(msg, (int)n, f)) msg[0] = 0;
+        fclose(f);
+    }
+    msg[strcspn(msg, "\n")] = 0;
+    return status;
+}
+
+/* A failed read: rc == code (CKPT_OTHER: another model's, never fallen back from; CKPT_DAMAGED;
+ * CKPT_MISSING), and err is one non-empty line naming the file and holding `want` if set. */
+static void expect_fail_code(const char *what, int rc, int code, const char *err, const char *path,
+                             const char *want) {
     int one_line = err[0] && !strchr(err, '\n');
-    int ok = rc == -1 && one_line && strstr(err, path) && (!want || strstr(err, want));
+    int ok = rc == code && one_line && strstr(err, path) && (!want || strstr(err, want));
     char label[1400];
     snprintf(label, sizeof label, "%s: fails with \"%s\"", what, err);
     check_record(ok, label);
     if (!ok)
-        printf("     want rc -1 (got %d), one line naming %s%s%s\n", rc, path,
+        printf("     want rc %d (got %d), one line naming %s%s%s\n", code, rc, path,
                want ? " and containing " : "", want ? want : "");
 }
+#define expect_fail(what, rc, err, path, want)                                                     \
+    expect_fail_code(what, rc, CKPT_OTHER, err, path, want)
+#define expect_damaged(what, rc, err, path, want)                                                  \
+    expect_fail_code(what, rc, CKPT_DAMAGED, err, path, want)
 
 /* ---- round trip ------------------------------------------------------------------------------ */
 
@@ -148,8 +170,8 @@ static void test_round_trip(int modality) {
     Arenas w = arenas_new(&mc, 100 + (uint64_t)modality), r = arenas_new(&mc, 999);
     arenas_fill(&r, 0xCD);
     /* values past 2^32 and 2^53 - 1: int64 all the way through */
-    TrainState st = {(int64_t)1 << 40 | 3, 12345, {(int64_t)1 << 33, ((int64_t)1 << 53) - 1}};
-    ckpt_write(run, &mc, "modality = \"x\";\n", w.a[0], w.a[1], w.a[2], w.a[3], w.np, &st, 0);
+    TrainState st = {(int64_t)1 << 34 | 3, 12345, {(int64_t)1 << 33, ((int64_t)1 << 53) - 1}};
+    ckpt_write(run, &mc, "modality = \"x\";\n", w.a[0], w.a[1], w.a[2], w.a[3], w.np, &st, 0, 0);
     TrainState back;
     memset(&back, 0x5A, sizeof back);
     int found = ckpt_find_latest(run, path, sizeof path);
@@ -192,7 +214,7 @@ static void test_round_trip(int modality) {
     memset(tiny, 'x', sizeof tiny);
     rc = read_ckpt("/nonexistent/ckpt/model.h5", &mc, &r, &back, tiny, sizeof tiny);
     snprintf(label, sizeof label, "%s: a short err buffer is cut, still terminated", name);
-    check_record(rc == -1 && memchr(tiny, '\0', sizeof tiny), label);
+    check_record(rc == CKPT_MISSING && memchr(tiny, '\0', sizeof tiny), label);
     arenas_free(&w), arenas_free(&r);
 }
 
@@ -320,7 +342,7 @@ static void test_bad_reads(void) {
         char what[96];
         snprintf(what, sizeof what, "model.h5 truncated to %lld of %lld bytes", (long long)cut[i],
                  (long long)sb.st_size);
-        expect_fail(what, rc, err, p, NULL);
+        expect_damaged(what, rc, err, p, NULL);
     }
     /* well-formed HDF5 with one arena missing, or one value short */
     for (int i = 0; i < 2; i++) {
@@ -332,25 +354,25 @@ static void test_bad_reads(void) {
         if (i) h5_write(h, "adam_v", H5T_NATIVE_FLOAT, 1, n, NULL, w.a[3]);
         H5Fclose(h);
         err[0] = 0;
-        expect_fail(i ? "adam_v one value short" : "adam_v missing",
-                    read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "adam_v");
+        expect_damaged(i ? "adam_v one value short" : "adam_v missing",
+                       read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "adam_v");
     }
     /* the file itself truncated in place, as a full disk would leave it */
     truncate(path, sb.st_size / 3);
     err[0] = 0;
-    expect_fail("the checkpoint's own model.h5 truncated",
-                read_ckpt(path, &mc, &r, &st, err, sizeof err), err, path, NULL);
+    expect_damaged("the checkpoint's own model.h5 truncated",
+                   read_ckpt(path, &mc, &r, &st, err, sizeof err), err, path, NULL);
 
     snprintf(p, sizeof p, "%s/no-such-step/model.h5", run);
     err[0] = 0;
-    expect_fail("a missing file", read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p,
-                "no such file");
+    expect_fail_code("a missing file", read_ckpt(p, &mc, &r, &st, err, sizeof err), CKPT_MISSING,
+                     err, p, "No such file");
     snprintf(p, sizeof p, "%s/notes.txt", run);
     FILE *f = fopen(p, "w");
     fputs("not a checkpoint at all, and much longer than an HDF5 signature\n", f);
     fclose(f);
     err[0] = 0;
-    expect_fail("a text file", read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "HDF5");
+    expect_damaged("a text file", read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "HDF5");
     /* an HDF5 file of d2v's format that is a dataset, not a checkpoint */
     snprintf(p, sizeof p, "%s/dataset.h5", run);
     H5Out o;
@@ -360,6 +382,197 @@ static void test_bad_reads(void) {
     err[0] = 0;
     expect_fail("a d2v dataset file", read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p,
                 "not a d2v checkpoint");
+    arenas_free(&w), arenas_free(&r);
+}
+
+/* ---- damage, fall-back, stale files, a full disk (docs/reliability.md) ------------------------
+ */
+
+/* Flip `n` bytes of dataset `name`'s data in place (contiguous layout: H5Dget_offset). */
+static void flip_bytes(const char *path, const char *name, size_t at, int n) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    haddr_t off = H5Dget_offset(d);
+    H5Dclose(d), H5Fclose(f);
+    if (off == HADDR_UNDEF) die("%s: %s has no contiguous data", path, name);
+    int fd = open(path, O_RDWR);
+    for (int i = 0; i < n; i++) {
+        unsigned char b;
+        if (pread(fd, &b, 1, (off_t)(off + at + 7 * i)) != 1) die("%s: cannot read", path);
+        b ^= 0x5a;
+        if (pwrite(fd, &b, 1, (off_t)(off + at + 7 * i)) != 1) die("%s: cannot write", path);
+    }
+    close(fd);
+}
+
+static void test_damage(void) {
+    printf("-- damaged checkpoints: verified, and fallen back from\n");
+    ModelConfig mc, image;
+    if (tiny_model(&mc, D2V_TEXT, NULL) || tiny_model(&image, D2V_IMAGE, NULL)) return;
+    char run[PATH_MAX], path[PATH_MAX + 64], p[PATH_MAX + 64], err[1024], label[1400];
+    run_dir(run, sizeof run, "damage");
+    Arenas w = arenas_new(&mc, 5), r = arenas_new(&mc, 1);
+    TrainState st;
+    write_ckpt(run, &mc, &w, 4, 0);
+    write_ckpt(run, &mc, &w, 8, 0);
+    step_path(path, sizeof path, run, 8, "model.h5");
+    /* a few flipped bytes in each arena, as a bad disk or a torn write would leave them */
+    const char *const arena[4] = {"params", "teacher", "adam_m", "adam_v"};
+    for (int a = 0; a < 4; a++) {
+        snprintf(p, sizeof p, "%s/flipped-%s.h5", run, arena[a]);
+        copy_file(path, p);
+        flip_bytes(p, arena[a], 4 * (r.np / 2) + (size_t)a, 3);
+        char want[64], what[96];
+        snprintf(want, sizeof want, "of /%s fails its CRC32", arena[a]);
+        snprintf(what, sizeof what, "3 flipped bytes in %s", arena[a]);
+        err[0] = 0;
+        expect_damaged(what, read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, want);
+    }
+    /* values no run reaches */
+    struct {
+        const char *attr, *want;
+        int64_t v;
+    } bad[4] = {{"update", "update 1000000000000 is out of range", 1000000000000LL},
+                {"skipped", "skipped -1 is out of range", -1},
+                {"epoch", "epoch -3 is out of range", -3},
+                {"position", "position -5 is negative", -5}};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/bad-%s.h5", run, bad[i].attr);
+        copy_file(path, p);
+        hid_t h = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        H5Adelete(h, bad[i].attr);
+        h5_attr_i64(h, bad[i].attr, bad[i].v);
+        H5Fclose(h);
+        char what[96];
+        snprintf(what, sizeof what, "%s = %lld", bad[i].attr, (long long)bad[i].v);
+        err[0] = 0;
+        expect_damaged(what, read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, bad[i].want);
+    }
+    /* another model's checkpoints are never moved aside: CKPT_OTHER, nothing renamed */
+    Arenas ri = arenas_new(&image, 1);
+    int rc = ckpt_load_latest(run, &image, ri.a[0], ri.a[1], ri.a[2], ri.a[3], ri.np, &st, p,
+                              sizeof p, err, sizeof err);
+    step_path(p, sizeof p, run, 8, NULL);
+    check_record(rc == CKPT_OTHER && exists(p) && strstr(err, "a text checkpoint"),
+                 "an image run on a text run's checkpoints: stops, moves nothing");
+    arenas_free(&ri);
+    /* the newest damaged: reported, moved aside, the previous one loaded */
+    flip_bytes(path, "teacher", 40, 2);
+    arenas_fill(&r, 0);
+    fflush(stdout);
+    rc = ckpt_load_latest(run, &mc, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, p, sizeof p, err,
+                          sizeof err);
+    char want4[PATH_MAX + 64], moved[PATH_MAX + 64];
+    step_path(want4, sizeof want4, run, 4, "model.h5");
+    step_path(moved, sizeof moved, run, 8, NULL);
+    strcat(moved, ".damaged");
+    int same = 1;
+    for (int k = 0; k < 4; k++)
+        same &= memcmp(r.a[k], w.a[k], r.np * sizeof(float)) == 0;
+    snprintf(label, sizeof label,
+             "damaged step 8: moved to step_00000008.damaged, step 4 loaded "
+             "bit-exactly (rc %d, %.900s)",
+             rc, p);
+    check_record(rc == 0 && !strcmp(p, want4) && st.update == 4 && same && exists(moved), label);
+    char latest[PATH_MAX + 64];
+    check_record(ckpt_find_latest(run, latest, sizeof latest) == 0 && !strcmp(latest, want4),
+                 "the damaged one is never offered again");
+    /* every one damaged: none left, a fresh start */
+    flip_bytes(want4, "params", 0, 1);
+    rc = ckpt_load_latest(run, &mc, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, p, sizeof p, err,
+                          sizeof err);
+    step_path(moved, sizeof moved, run, 4, NULL);
+    strcat(moved, ".damaged");
+    check_record(rc == 1 && exists(moved), "all damaged: none left (1), step 4 moved aside too");
+    arenas_free(&w), arenas_free(&r);
+}
+
+static void test_stale_and_keep_every(void) {
+    printf("-- stale temporary files; keep_last with keep_every\n");
+    ModelConfig mc;
+    if (tiny_model(&mc, D2V_TEXT, NULL)) return;
+    char run[PATH_MAX], p[PATH_MAX + 64], q[PATH_MAX + 64];
+    run_dir(run, sizeof run, "stale");
+    Arenas w = arenas_new(&mc, 2);
+    write_ckpt(run, &mc, &w, 5, 0);
+    step_path(p, sizeof p, run, 5, "model.h5.tmp.424242"); /* beside a complete one */
+    touch(p);
+    step_path(q, sizeof q, run, 9, NULL); /* a writer killed before DONE: only its tmp file */
+    mkdir(q, 0775);
+    strcat(q, "/model.h5.tmp.4243");
+    touch(q);
+    ckpt_remove_stale(run);
+    step_path(q, sizeof q, run, 9, NULL);
+    char keep[PATH_MAX + 64];
+    step_path(keep, sizeof keep, run, 5, "model.h5");
+    check_record(!exists(p) && !exists(q) && exists(keep),
+                 "stale *.tmp.* removed (and their empty step directory); the checkpoint kept");
+    char run2[PATH_MAX];
+    run_dir(run2, sizeof run2, "every");
+    TrainState st = {0, 0, {0, 0}};
+    for (int u = 1; u <= 8; u++) {
+        st.update = u;
+        ckpt_write(run2, &mc, "", w.a[0], w.a[1], w.a[2], w.a[3], w.np, &st, 2, 3);
+    }
+    int ok = 1;
+    for (int u = 1; u <= 8; u++) {
+        step_path(p, sizeof p, run2, u, NULL);
+        ok &= exists(p) == (u == 3 || u == 6 || u == 7 || u == 8);
+    }
+    check_record(ok, "keep_last 2, keep_every 3 after updates 1..8: steps 3, 6, 7 and 8 remain");
+    arenas_free(&w);
+}
+
+/* A disk that fills during a checkpoint (RLIMIT_FSIZE: writes past the limit fail with EFBIG):
+ * one line naming the file, no temporary file left, no DONE, the previous checkpoint intact. */
+static void test_disk_full(void) {
+    printf("-- a full disk during a checkpoint\n");
+    ModelConfig mc;
+    if (tiny_model(&mc, D2V_TEXT, NULL)) return;
+    char run[PATH_MAX], log[PATH_MAX + 16], p[PATH_MAX + 64], err[1024];
+    run_dir(run, sizeof run, "full");
+    Arenas w = arenas_new(&mc, 7), r = arenas_new(&mc, 1);
+    write_ckpt(run, &mc, &w, 10, 0);
+    step_path(p, sizeof p, run, 10, "model.h5");
+    struct stat sb;
+    stat(p, &sb);
+    snprintf(log, sizeof log, "%s/full.log", dir);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2), close(fd);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {(rlim_t)sb.st_size / 2, (rlim_t)sb.st_size / 2};
+        setrlimit(RLIMIT_FSIZE, &lim);
+        write_ckpt(run, &mc, &w, 20, 0);
+        _exit(0);
+    }
+    char msg[1024];
+    int status = wait_child(pid, log, msg, sizeof msg);
+    char step20[PATH_MAX + 64], label[1400];
+    step_path(step20, sizeof step20, run, 20, NULL);
+    int tmp_left = 0;
+    DIR *d = opendir(step20);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        tmp_left |= strstr(e->d_name, ".tmp.") != NULL;
+    if (d) closedir(d);
+    strcat(step20, "/DONE");
+    snprintf(label, sizeof label,
+             "exit %d (signal %d), \"%.900s\": names the file, no temporary file, no DONE",
+             WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+             WIFSIGNALED(status) ? WTERMSIG(status) : 0, msg);
+    check_record(WIFEXITED(status) && WEXITSTATUS(status) != 0 && strstr(msg, "step_00000020") &&
+                     strstr(msg, "disk full") && !tmp_left && !exists(step20),
+                 label);
+    TrainState st;
+    char path[PATH_MAX + 64];
+    int rc = ckpt_load_latest(run, &mc, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, path,
+                              sizeof path, err, sizeof err);
+    check_record(rc == 0 && st.update == 10 && !memcmp(r.a[1], w.a[1], r.np * sizeof(float)),
+                 "the previous checkpoint (update 10) still loads bit-exactly");
+    unlink(log);
     arenas_free(&w), arenas_free(&r);
 }
 
@@ -381,15 +594,8 @@ static void test_write_failure(void) {
         write_ckpt(run, &mc, &w, 1, 0);
         _exit(0); /* not reached when ckpt_write dies */
     }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    char msg[1024] = "";
-    FILE *f = fopen(log, "r");
-    if (f) {
-        if (!fgets(msg, sizeof msg, f)) msg[0] = 0;
-        fclose(f);
-    }
-    msg[strcspn(msg, "\n")] = 0;
+    char msg[1024];
+    int status = wait_child(pid, log, msg, sizeof msg);
     char label[1200];
     snprintf(label, sizeof label, "exit status %d, \"%s\"",
              WIFEXITED(status) ? WEXITSTATUS(status) : -1, msg);
@@ -415,7 +621,7 @@ static void test_config(void) {
     TrainState st = {3, 0, {0, 0}};
     char *text = train_config_text(&c);
     run_dir(run, sizeof run, "config");
-    ckpt_write(run, &mc, text, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, 0);
+    ckpt_write(run, &mc, text, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, 0, 0);
     step_path(path, sizeof path, run, 3, "model.h5");
     int rc = ckpt_read_config(path, &back, err, sizeof err);
     char *again = rc ? NULL : train_config_text(&back);
@@ -425,7 +631,7 @@ static void test_config(void) {
                      back.modality == D2V_SPEECH,
                  "overrides and the modality survive the round trip");
     ckpt_write(run, &mc, "model: { layers = oops; };", r.a[0], r.a[1], r.a[2], r.a[3], r.np,
-               &(TrainState){4, 0, {0, 0}}, 0);
+               &(TrainState){4, 0, {0, 0}}, 0, 0);
     step_path(path, sizeof path, run, 4, "model.h5");
     rc = ckpt_read_config(path, &back, err, sizeof err);
     expect_fail("a checkpoint whose config does not parse", rc, err, path, NULL);
@@ -463,6 +669,9 @@ int main(void) {
     test_done_and_retention();
     test_bad_reads();
     test_write_failure();
+    test_damage();
+    test_stale_and_keep_every();
+    test_disk_full();
     test_config();
     remove_tree(dir);
     check_record(!exists(dir), "the test directory is removed");

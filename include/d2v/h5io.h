@@ -32,11 +32,15 @@ typedef struct {
     hid_t file;
     char path[PATH_MAX]; // final name
     char tmp[PATH_MAX];  // name while being written: "<path>.tmp.<pid>"
+    int cleanup;         // die() removes tmp while the file is open (die_cleanup_push)
+    char dir[PATH_MAX];  // scratch: the directory, for messages and its fsync
 } H5Out;
 
 /// Create `path`'s temporary file; dies naming the path on failure.
 void h5out_create(H5Out *o, const char *path);
-/// Close and atomically rename the temporary file to its final name.
+/// Close, fsync and atomically rename the temporary file to its final name, then fsync the
+/// directory, so the new name survives a node crash. A fatal error while the file is open
+/// removes the temporary file.
 void h5out_commit(H5Out *o);
 /// Close and delete the temporary file (the final name is untouched).
 void h5out_abort(H5Out *o);

@@ -78,6 +78,7 @@ typedef struct {
     size_t n_sums;
     char *config_text; // the resolved configuration (in every checkpoint and dump)
     FILE *metrics;
+    int metrics_failed; // a write to metrics.jsonl failed (reported once)
     double t_start, t_log;
     int64_t samples_since_log;
     float *dump_p, *dump_t, *dump_g;

@@ -10,6 +10,15 @@
 void die_at(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
 
+/// Undo work a fatal error would leave half done (a temporary file) before die() ends the job:
+/// fn(arg) runs once, newest first. Register returns a handle for die_cleanup_pop.
+int die_cleanup_push(void (*fn)(void *), void *arg);
+/// Drop a registration (the work completed): handles are popped in reverse order.
+void die_cleanup_pop(int handle);
+
+/// fsync a file, or a directory (its entries: a rename or a new file in it). 0, or -1 (errno).
+int fsync_path(const char *path);
+
 /// 64-byte aligned, zeroed allocation; dies naming the request on failure.
 #define xalloc(bytes, what) xalloc_at((bytes), (what), __FILE__, __LINE__)
 void *xalloc_at(size_t bytes, const char *what, const char *file, int line);

@@ -2,13 +2,44 @@
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "d2v/dist.h"
+
+/* Pending clean-ups (a temporary file being written): few, and only from the main thread's
+ * checkpoint and tool writers, so a fixed stack. */
+static struct {
+    void (*fn)(void *);
+    void *arg;
+} g_cleanup[8];
+static int g_ncleanup;
+
+int die_cleanup_push(void (*fn)(void *), void *arg) {
+    if (g_ncleanup == 8) die("internal: too many pending clean-ups");
+    g_cleanup[g_ncleanup].fn = fn, g_cleanup[g_ncleanup].arg = arg;
+    return g_ncleanup++;
+}
+
+void die_cleanup_pop(int handle) {
+    if (handle >= 0 && handle < g_ncleanup) g_ncleanup = handle;
+}
+
+int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
 
 void die_at(const char *file, int line, const char *fmt, ...) {
     char msg[1024];
@@ -26,6 +57,10 @@ void die_at(const char *file, int line, const char *fmt, ...) {
     else
         fprintf(stderr, "d2v: error: %s%s\n", msg, where);
     fflush(stderr);
+    while (g_ncleanup > 0) { /* pop first: a clean-up that dies itself does not loop */
+        g_ncleanup--;
+        g_cleanup[g_ncleanup].fn(g_cleanup[g_ncleanup].arg);
+    }
     dist_abort(1);
 }
 

@@ -1,5 +1,7 @@
-/* ckpt.c: checkpoint write (atomic, then a DONE marker, with retention), discovery of the newest
- * complete one, and a read that rejects a checkpoint of another model with a clear message. */
+/* ckpt.c: checkpoint write (atomic and fsynced, per-tensor CRC32s, then a DONE marker, with
+ * retention), discovery of the newest complete one, and a read that verifies every tensor and
+ * tells a damaged file (fall back to an older one) from one of another model (stop). See
+ * docs/reliability.md. */
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/ckpt.h"
 
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "d2v/h5io.h"
 #include "d2v/util.h"
@@ -83,9 +86,41 @@ void ckpt_write_table(hid_t file, const ModelConfig *mc) {
     ptab_free(&t);
 }
 
+static const char *const arena_names[4] = {"params", "teacher", "adam_m", "adam_v"};
+
+/* CRC32 (zlib) of each tensor of each arena: (4, n) in arena_names order. */
+static void tensor_crcs(uint32_t *out, const ParamTable *t, const float *const arena[4]) {
+    for (int a = 0; a < 4; a++)
+        for (int i = 0; i < t->n; i++) {
+            const Bytef *p = (const Bytef *)(arena[a] + t->t[i].offset);
+            uLong crc = crc32(0L, Z_NULL, 0);
+            size_t left = t->t[i].count * sizeof(float);
+            while (left > 0) { /* crc32 takes a uInt length */
+                uInt n = left > (1u << 30) ? 1u << 30 : (uInt)left;
+                crc = crc32(crc, p, n);
+                p += n, left -= n;
+            }
+            out[(size_t)a * t->n + i] = (uint32_t)crc;
+        }
+}
+
+/* Retention: the newest keep_last complete checkpoints, and every one whose update is a
+ * multiple of keep_every. */
+static void retain(const char *run_dir, int keep_last, int64_t keep_every) {
+    if (keep_last <= 0) return;
+    int64_t ups[4096];
+    int k = list_complete(run_dir, ups, 4096);
+    for (int i = keep_last; i < k; i++)
+        if (keep_every <= 0 || ups[i] % keep_every != 0) remove_checkpoint(run_dir, ups[i]);
+}
+
+static void sync_or_die(const char *path) {
+    if (fsync_path(path) != 0) die("%s: cannot sync to disk (%s)", path, strerror(errno));
+}
+
 void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_text,
                 const float *params, const float *teacher, const float *adam_m, const float *adam_v,
-                size_t np, const TrainState *st, int keep_last) {
+                size_t np, const TrainState *st, int keep_last, int64_t keep_every) {
     char root[PATH_MAX + 8], dir[PATH_MAX], path[PATH_MAX + 16];
     snprintf(root, sizeof root, "%s/ckpt", run_dir);
     if (mkdir(root, 0775) != 0 && errno != EEXIST) die("%s: cannot create", root);
@@ -108,16 +143,26 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     h5_write(o.file, "teacher", H5T_NATIVE_FLOAT, 1, n, NULL, teacher);
     h5_write(o.file, "adam_m", H5T_NATIVE_FLOAT, 1, n, NULL, adam_m);
     h5_write(o.file, "adam_v", H5T_NATIVE_FLOAT, 1, n, NULL, adam_v);
-    h5out_commit(&o);
+    ParamTable t;
+    model_declare(&t, mc);
+    if (t.total != np) die("checkpoint: %zu parameters, the table has %zu", np, t.total);
+    uint32_t *crc = xalloc(sizeof(uint32_t) * 4 * (size_t)t.n, "checksums");
+    tensor_crcs(crc, &t, (const float *const[4]){params, teacher, adam_m, adam_v});
+    hsize_t cd[2] = {4, (hsize_t)t.n};
+    h5_write(o.file, "checksums", H5T_NATIVE_UINT32, 2, cd, NULL, crc);
+    h5_attr_str(o.file, "checksums_of", "crc32 of each tensor of params, teacher, adam_m, adam_v");
+    free(crc);
+    ptab_free(&t);
+    h5out_commit(&o); /* fsyncs model.h5 and the step directory */
+    /* DONE only once model.h5 is on disk, and DONE itself on disk before older ones go */
     snprintf(path, sizeof path, "%s/DONE", dir);
     FILE *f = fopen(path, "w");
-    if (!f || fclose(f) != 0) die("%s: cannot write", path);
-    if (keep_last > 0) {
-        int64_t ups[4096];
-        int k = list_complete(run_dir, ups, 4096);
-        for (int i = keep_last; i < k; i++)
-            remove_checkpoint(run_dir, ups[i]);
+    if (!f || fclose(f) != 0) {
+        unlink(path);
+        die("%s: cannot write (disk full?); the previous checkpoint is intact", path);
     }
+    sync_or_die(path), sync_or_die(dir), sync_or_die(root);
+    retain(run_dir, keep_last, keep_every);
     log0("checkpoint %s (update %lld)\n", dir, (long long)st->update);
 }
 
@@ -130,46 +175,82 @@ int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen) {
     return 0;
 }
 
-#define ERR(...) (snprintf(err, errlen, __VA_ARGS__), -1)
+#define ERR(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_OTHER)
+#define DAMAGED(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_DAMAGED)
 
 static int read_floats(hid_t f, const char *path, const char *name, float *dst, size_t np,
                        char *err, size_t errlen) {
     int rank;
     hsize_t dims[4];
-    if (h5_dataset_shape(f, path, name, &rank, dims, err, errlen) < 0) return -1;
+    if (h5_dataset_shape(f, path, name, &rank, dims, err, errlen) < 0) return CKPT_DAMAGED;
     if (rank != 1 || dims[0] != np)
-        return ERR("%s: '%s' holds %llu values, this model has %zu parameters", path, name,
-                   (unsigned long long)dims[0], np);
-    return h5_read_rows(f, path, name, H5T_NATIVE_FLOAT, 0, np, dst, err, errlen);
+        return DAMAGED("%s: '%s' holds %llu values, this model has %zu parameters", path, name,
+                       (unsigned long long)dims[0], np);
+    return h5_read_rows(f, path, name, H5T_NATIVE_FLOAT, 0, np, dst, err, errlen) ? CKPT_DAMAGED
+                                                                                  : 0;
+}
+
+/* Every tensor of every arena against the CRC32 written with it. */
+static int verify(hid_t f, const char *path, const ParamTable *t, float *const arena[4], char *err,
+                  size_t errlen) {
+    if (!h5_exists(f, "checksums")) {
+        fprintf(stderr,
+                "d2v: warning: %s has no checksums (written by an older d2v): not "
+                "verified\n",
+                path);
+        return 0;
+    }
+    int rank;
+    hsize_t dims[4];
+    if (h5_dataset_shape(f, path, "checksums", &rank, dims, err, errlen) < 0) return CKPT_DAMAGED;
+    if (rank != 2 || dims[0] != 4 || dims[1] != (hsize_t)t->n)
+        return DAMAGED("%s: 'checksums' is not (4, %d)", path, t->n);
+    uint32_t *want = xalloc(sizeof(uint32_t) * 8 * (size_t)t->n, "checksums"),
+             *got = want + 4 * (size_t)t->n;
+    int rc = h5_read_rows(f, path, "checksums", H5T_NATIVE_UINT32, 0, 4, want, err, errlen)
+                 ? CKPT_DAMAGED
+                 : 0;
+    if (!rc) tensor_crcs(got, t, (const float *const *)arena);
+    for (int a = 0; !rc && a < 4; a++)
+        for (int i = 0; !rc && i < t->n; i++)
+            if (got[(size_t)a * t->n + i] != want[(size_t)a * t->n + i])
+                rc = DAMAGED("%s: tensor %s of /%s fails its CRC32 check (the file is damaged)",
+                             path, t->t[i].name, arena_names[a]);
+    free(want);
+    return rc;
 }
 
 int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *teacher, float *adam_m,
               float *adam_v, size_t np, TrainState *st, char *err, size_t errlen) {
+    if (access(path, F_OK) != 0)
+        return snprintf(err, errlen, "%s: %s", path, strerror(errno)), CKPT_MISSING;
     hid_t f = h5_open_ro(path, err, errlen);
-    if (f < 0) return -1;
+    if (f < 0) return CKPT_DAMAGED; /* it exists: truncated or overwritten */
     int rc = 0;
     char kind[32], mod[32];
     int64_t version = 0;
     if (h5_read_attr_i64(f, path, "format_version", &version, err, errlen) < 0 ||
         h5_read_attr_str(f, path, "kind", kind, sizeof kind, err, errlen) < 0 ||
         h5_read_attr_str(f, path, "modality", mod, sizeof mod, err, errlen) < 0)
-        rc = -1;
+        rc = CKPT_DAMAGED;
     else if (version != D2V_FORMAT_VERSION || strcmp(kind, "checkpoint"))
         rc = ERR("%s: not a d2v checkpoint of format %d", path, D2V_FORMAT_VERSION);
     else if (strcmp(mod, d2v_modality_names[mc->modality]))
         rc = ERR("%s: a %s checkpoint, this run trains %s", path, mod,
                  d2v_modality_names[mc->modality]);
     /* the same tensors, in the same places, with the same shapes */
-    ParamInfo t[MAX_TENSORS];
-    int nt = model_param_table(t, MAX_TENSORS, mc);
+    ParamTable tab;
+    model_declare(&tab, mc);
+    ParamSpec *t = tab.t;
+    int nt = tab.n;
     size_t nn = 0;
     char **names = rc ? NULL : h5_read_strings(f, path, "param_names", &nn, err, errlen);
-    if (!rc && !names) rc = -1;
+    if (!rc && !names) rc = CKPT_DAMAGED;
     int64_t(*shapes)[4] = calloc(nn + 1, sizeof *shapes);
     if (!rc && nn != (size_t)nt)
         rc = ERR("%s: %zu parameter tensors, this model has %d (different config?)", path, nn, nt);
-    if (!rc)
-        rc = h5_read_rows(f, path, "param_shapes", H5T_NATIVE_INT64, 0, nn, shapes, err, errlen);
+    if (!rc && h5_read_rows(f, path, "param_shapes", H5T_NATIVE_INT64, 0, nn, shapes, err, errlen))
+        rc = CKPT_DAMAGED;
     for (int i = 0; !rc && i < nt; i++) {
         int same = !strcmp(names[i], t[i].name);
         for (int j = 0; j < 4; j++)
@@ -189,18 +270,94 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
     }
     h5_free_strings(names, nn);
     free(shapes);
-    if (!rc)
-        rc = read_floats(f, path, "params", params, np, err, errlen) ||
-             read_floats(f, path, "teacher", teacher, np, err, errlen) ||
-             read_floats(f, path, "adam_m", adam_m, np, err, errlen) ||
-             read_floats(f, path, "adam_v", adam_v, np, err, errlen);
+    float *arena[4] = {params, teacher, adam_m, adam_v};
+    for (int a = 0; !rc && a < 4; a++)
+        rc = read_floats(f, path, arena_names[a], arena[a], np, err, errlen);
+    if (!rc) rc = verify(f, path, &tab, arena, err, errlen);
     if (!rc && (h5_read_attr_i64(f, path, "update", &st->update, err, errlen) < 0 ||
                 h5_read_attr_i64(f, path, "skipped", &st->skipped, err, errlen) < 0 ||
                 h5_read_attr_i64(f, path, "epoch", &st->cursor.epoch, err, errlen) < 0 ||
                 h5_read_attr_i64(f, path, "position", &st->cursor.position, err, errlen) < 0))
-        rc = -1;
+        rc = CKPT_DAMAGED;
+    /* values no run can reach: the file is damaged (docs/reliability.md) */
+    if (!rc && (st->update < 0 || st->update > CKPT_MAX_UPDATE))
+        rc = DAMAGED("%s: update %lld is out of range", path, (long long)st->update);
+    if (!rc && (st->skipped < 0 || st->skipped > st->update))
+        rc = DAMAGED("%s: skipped %lld is out of range [0, update %lld]", path,
+                     (long long)st->skipped, (long long)st->update);
+    if (!rc && (st->cursor.epoch < 0 || st->cursor.epoch > st->update + 1))
+        rc = DAMAGED("%s: epoch %lld is out of range [0, update + 1]", path,
+                     (long long)st->cursor.epoch);
+    if (!rc && st->cursor.position < 0)
+        rc = DAMAGED("%s: position %lld is negative", path, (long long)st->cursor.position);
+    ptab_free(&tab);
     h5_close(f);
-    return rc ? -1 : 0;
+    return rc;
+}
+
+/* Move a damaged checkpoint directory aside (step_N.damaged, or .damaged.K if taken). */
+static void quarantine(const char *run_dir, int64_t update, char *moved, size_t n) {
+    char dir[PATH_MAX], done[PATH_MAX + 16];
+    ckpt_dir(dir, sizeof dir, run_dir, update);
+    for (int k = 0; k < 1000; k++) {
+        if (k == 0)
+            snprintf(moved, n, "%s.damaged", dir);
+        else
+            snprintf(moved, n, "%s.damaged.%d", dir, k);
+        if (access(moved, F_OK) != 0) break;
+    }
+    if (rename(dir, moved) != 0) { /* at least never offer it again */
+        snprintf(done, sizeof done, "%s/DONE", dir);
+        unlink(done);
+        snprintf(moved, n, "%s (DONE removed: cannot rename: %s)", dir, strerror(errno));
+    }
+}
+
+int ckpt_load_latest(const char *run_dir, const ModelConfig *mc, float *params, float *teacher,
+                     float *adam_m, float *adam_v, size_t np, TrainState *st, char *path,
+                     size_t pathlen, char *err, size_t errlen) {
+    int64_t ups[4096];
+    int n = list_complete(run_dir, ups, 4096);
+    for (int i = 0; i < n; i++) {
+        char dir[PATH_MAX], moved[PATH_MAX + 64];
+        ckpt_dir(dir, sizeof dir, run_dir, ups[i]);
+        if (snprintf(path, pathlen, "%s/model.h5", dir) >= (int)pathlen)
+            return ERR("%s: path too long", dir);
+        int rc = ckpt_read(path, mc, params, teacher, adam_m, adam_v, np, st, err, errlen);
+        if (rc == 0) return 0;
+        if (rc == CKPT_OTHER) return rc;
+        quarantine(run_dir, ups[i], moved, sizeof moved);
+        fprintf(stderr, "d2v: warning: %s; moved aside to %s%s\n", err, moved,
+                i + 1 < n ? ", trying the previous checkpoint" : "");
+    }
+    return 1;
+}
+
+void ckpt_remove_stale(const char *run_dir) {
+    char root[PATH_MAX + 8];
+    snprintf(root, sizeof root, "%s/ckpt", run_dir);
+    DIR *d = opendir(root);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long u;
+        char tail;
+        if (sscanf(e->d_name, "step_%lld%c", &u, &tail) != 1) continue;
+        char sub[PATH_MAX + 300];
+        snprintf(sub, sizeof sub, "%s/%s", root, e->d_name);
+        DIR *s = opendir(sub);
+        if (!s) continue;
+        struct dirent *f;
+        while ((f = readdir(s)))
+            if (strstr(f->d_name, ".tmp.")) {
+                char p[PATH_MAX + 600];
+                snprintf(p, sizeof p, "%s/%s", sub, f->d_name);
+                if (unlink(p) == 0) log0("removed %s, left by an interrupted writer\n", p);
+            }
+        closedir(s);
+        if (!is_complete(sub)) rmdir(sub); /* only if now empty */
+    }
+    closedir(d);
 }
 
 int ckpt_read_config(const char *path, TrainConfig *cfg, char *err, size_t errlen) {

@@ -136,6 +136,7 @@ static const KeySpec schema[] = {
     {"run.collapse_after", T_I64, F(collapse_after), 0, 1e12, NULL, "5000"},
     {"run.checkpoint_every", T_I64, F(checkpoint_every), 0, 1e12, NULL, "1000"},
     {"run.keep_last", T_INT, F(keep_last), 0, 1 << 20, NULL, "3"},
+    {"run.keep_every", T_I64, F(keep_every), 0, 1e12, NULL, "0"},
     {"run.allreduce_bucket_kb", T_INT, F(allreduce_bucket_kb), 0, 1 << 22, NULL, "4096"},
     {"run.store_attention", T_BOOL, F(store_attention), 0, 1, NULL, "false"},
     {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL, "0.1"},

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/h5io.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,6 +54,28 @@ static int fail(char *err, size_t n, const char *fmt, ...) {
 
 /* ---- writing ---- */
 
+/* die() while an output is open: its temporary file must not stay behind to fill the disk */
+static void remove_tmp(void *arg) {
+    H5Out *o = arg;
+    unlink(o->tmp);
+    if (o->file >= 0) H5Fclose(o->file); /* its writes fail: HDF5 must not retry them at exit */
+    o->file = -1;
+}
+
+/* The directory part of path ("." when there is none), into buf. */
+static const char *dir_of(const char *path, char *buf, size_t n) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return snprintf(buf, n, "."), buf;
+    snprintf(buf, n, "%.*s", (int)(slash - path) + (slash == path), path);
+    return buf;
+}
+
+/* The file an HDF5 object lives in, for error messages. */
+static const char *file_of(hid_t loc, char *buf, size_t n) {
+    if (H5Fget_name(loc, buf, n) <= 0) snprintf(buf, n, "(HDF5 file)");
+    return buf;
+}
+
 void h5out_create(H5Out *o, const char *path) {
     LOCKED;
     h5io_init();
@@ -61,14 +84,22 @@ void h5out_create(H5Out *o, const char *path) {
         snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof o->tmp)
         die("%s: path too long", path);
     o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (o->file < 0) die("%s: cannot create (is the directory writable?)", o->tmp);
+    if (o->file < 0)
+        die("%s: cannot create (%s)", o->tmp,
+            access(dir_of(o->tmp, o->dir, sizeof o->dir), W_OK) ? "the directory is not writable"
+                                                                : "disk full?");
+    o->cleanup = die_cleanup_push(remove_tmp, o);
 }
 
 void h5out_commit(H5Out *o) {
     LOCKED;
     if (H5Fclose(o->file) < 0) die("%s: cannot close (disk full?)", o->tmp);
     o->file = -1;
+    if (fsync_path(o->tmp) != 0) die("%s: cannot sync to disk (%s)", o->tmp, strerror(errno));
     if (rename(o->tmp, o->path) != 0) die("%s: cannot rename to %s", o->tmp, o->path);
+    die_cleanup_pop(o->cleanup);
+    if (fsync_path(dir_of(o->path, o->dir, sizeof o->dir)) != 0)
+        die("%s: cannot sync the directory of %s (%s)", o->dir, o->path, strerror(errno));
 }
 
 void h5out_abort(H5Out *o) {
@@ -76,12 +107,15 @@ void h5out_abort(H5Out *o) {
     if (o->file >= 0) H5Fclose(o->file);
     o->file = -1;
     unlink(o->tmp);
+    die_cleanup_pop(o->cleanup);
 }
 
 static void attr_write(hid_t obj, const char *name, hid_t type, const void *v) {
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-    if (a < 0 || H5Awrite(a, type, v) < 0) die("HDF5: cannot write attribute %s", name);
+    char f[PATH_MAX];
+    if (a < 0 || H5Awrite(a, type, v) < 0)
+        die("%s: cannot write attribute %s (disk full?)", file_of(obj, f, sizeof f), name);
     H5Aclose(a), H5Sclose(space);
 }
 
@@ -123,9 +157,10 @@ void h5_write(hid_t loc, const char *name, hid_t type, int rank, const hsize_t *
         empty |= dims[i] == 0;
     if (chunk && !empty) H5Pset_chunk(dcpl, rank, chunk);
     hid_t d = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (d < 0) die("HDF5: cannot create dataset %s", name);
+    char f[PATH_MAX];
+    if (d < 0) die("%s: cannot create dataset %s (disk full?)", file_of(loc, f, sizeof f), name);
     if (!empty && H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-        die("HDF5: cannot write dataset %s (disk full?)", name);
+        die("%s: cannot write dataset %s (disk full?)", file_of(loc, f, sizeof f), name);
     H5Dclose(d), H5Pclose(dcpl), H5Sclose(space);
 }
 
@@ -162,7 +197,8 @@ void h5_append_open(H5Append *a, hid_t loc, const char *name, hid_t type, int ra
     H5Pset_chunk(dcpl, rank, chunk);
     if (deflate > 0) H5Pset_shuffle(dcpl), H5Pset_deflate(dcpl, (unsigned)deflate);
     a->dset = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (a->dset < 0) die("HDF5: cannot create dataset %s", name);
+    char f[PATH_MAX];
+    if (a->dset < 0) die("%s: cannot create dataset %s", file_of(loc, f, sizeof f), name);
     H5Pclose(dcpl), H5Sclose(space);
 }
 
@@ -173,11 +209,13 @@ void h5_append(H5Append *a, const void *rows, hsize_t nrows) {
     for (int i = 0; i < a->rank; i++)
         count[i] = i ? a->dims[i] : nrows;
     a->dims[0] += nrows;
-    if (H5Dset_extent(a->dset, a->dims) < 0) die("HDF5: cannot extend dataset %s", a->name);
+    char f[PATH_MAX];
+    if (H5Dset_extent(a->dset, a->dims) < 0)
+        die("%s: cannot extend dataset %s (disk full?)", file_of(a->dset, f, sizeof f), a->name);
     hid_t fs = H5Dget_space(a->dset), ms = H5Screate_simple(a->rank, count, NULL);
     H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
     if (H5Dwrite(a->dset, a->type, ms, fs, H5P_DEFAULT, rows) < 0)
-        die("HDF5: cannot append to dataset %s (disk full?)", a->name);
+        die("%s: cannot append to dataset %s (disk full?)", file_of(a->dset, f, sizeof f), a->name);
     H5Sclose(ms), H5Sclose(fs);
 }
 

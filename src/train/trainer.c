@@ -177,6 +177,7 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     if (g_dist.rank == 0 && o->run_dir) {
         char path[PATH_MAX + 32];
         make_dir(t->run_dir);
+        ckpt_remove_stale(t->run_dir);
         snprintf(path, sizeof path, "%s/config.resolved.cfg", t->run_dir);
         if (train_config_write(cfg, path) != 0) die("%s: cannot write", path);
         snprintf(path, sizeof path, "%s/metrics.jsonl", t->run_dir);
@@ -191,10 +192,20 @@ int trainer_resume(Trainer *t) {
     if (!t->run_dir[0]) die("--resume needs a run directory");
     if (g_dist.rank == 0) {
         char ck[PATH_MAX + 32], err[1024];
-        if (ckpt_find_latest(t->run_dir, ck, sizeof ck) == 0) {
-            if (ckpt_read(ck, &t->mc, t->params, t->teacher, t->adam_m, t->adam_v, t->np, &t->st,
-                          err, sizeof err))
-                die("%s", err);
+        int rc = ckpt_load_latest(t->run_dir, &t->mc, t->params, t->teacher, t->adam_m, t->adam_v,
+                                  t->np, &t->st, ck, sizeof ck, err, sizeof err);
+        if (rc < 0) die("%s", err);
+        if (rc == 0) {
+            /* the checkpoint against this run: a changed dataset or config is the user's to fix */
+            int64_t per_epoch = t->loader ? loader_epoch_samples(t->loader) : 0;
+            if (t->st.update > t->cfg.max_updates)
+                die("%s: update %lld is past run.max_updates = %lld (raise it to continue this "
+                    "run)",
+                    ck, (long long)t->st.update, (long long)t->cfg.max_updates);
+            if (t->loader && t->st.cursor.position > per_epoch)
+                die("%s: loader position %lld is past the %lld samples per epoch of %s (another "
+                    "dataset?)",
+                    ck, (long long)t->st.cursor.position, (long long)per_epoch, t->cfg.train_path);
             resumed = 1;
             log0("resuming from %s: update %lld, epoch %lld, position %lld\n", ck,
                  (long long)t->st.update, (long long)t->st.cursor.epoch,
@@ -395,14 +406,20 @@ void trainer_log(Trainer *t, const TrainMetrics *m) {
          (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr, m->grad_norm,
          rate, eta);
     if (t->metrics) {
-        fprintf(t->metrics,
-                "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
-                "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
-                "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld, \"wait_s\": %.4g, "
-                "\"allreduce_s\": %.4g}\n",
-                (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr,
-                m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total, skew, comm);
-        fflush(t->metrics);
+        int w =
+            fprintf(t->metrics,
+                    "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
+                    "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+                    "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld, \"wait_s\": %.4g, "
+                    "\"allreduce_s\": %.4g}\n",
+                    (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr,
+                    m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total, skew, comm);
+        if ((w < 0 || fflush(t->metrics) != 0) && !t->metrics_failed) {
+            /* keep training: the checkpoint, which must succeed, reports a full disk itself */
+            fprintf(stderr, "d2v: warning: %s/metrics.jsonl: cannot write (%s); training goes on\n",
+                    t->run_dir, strerror(errno));
+            t->metrics_failed = 1;
+        }
     }
     t->t_log = now, t->samples_since_log = 0;
     t->log_skew = t->times.skew, t->log_allreduce = t->times.allreduce;
@@ -426,7 +443,7 @@ void trainer_checkpoint(Trainer *t) {
     now.cursor = t->loader ? loader_cursor(t->loader) : (LoaderCursor){0, 0};
     if (g_dist.rank == 0)
         ckpt_write(t->run_dir, &t->mc, t->config_text, t->params, t->teacher, t->adam_m, t->adam_v,
-                   t->np, &now, t->cfg.keep_last);
+                   t->np, &now, t->cfg.keep_last, t->cfg.keep_every);
     t->last_ckpt = t->st.update;
     dist_barrier();
 }
