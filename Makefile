@@ -39,7 +39,7 @@ BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-eval $(
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-test deps-demo test fixtures bench demo data data-image data-speech data-text clean
+.PHONY: all deps deps-test deps-demo test fixtures bench faults demo data data-image data-speech data-text clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 
 deps:
@@ -86,6 +86,13 @@ test: deps-test
 bench: deps
 	$(MAKE) $(BENCH)
 	bench/run.sh $(BUILD)
+
+# Fault trials (docs/reliability.md): frozen and killed ranks, kill -9 then --resume, a damaged
+# newest checkpoint; TRIALS of each (make test runs one). About 15 s per trial here.
+TRIALS ?= 20
+faults: deps-test
+	$(MAKE) all
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 tests/script_faults.sh $(BUILD) $(TRIALS)
 
 demo: deps deps-demo
 	$(MAKE) all

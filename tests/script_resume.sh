@@ -7,12 +7,9 @@ build=${1:-build/release}
 export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d /tmp/d2v-resume.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+. tests/lib.sh
 train="$build/bin/d2v-train"
-"$build/bin/d2v-prep-image" --idx-images tests/fixtures/fmnist-t500-images-idx3.gz \
-    --idx-labels tests/fixtures/fmnist-t500-labels-idx1.gz -o "$dir/fm.h5" >/dev/null
+prep_fmnist "$dir/fm.h5"
 set -- configs/image-tiny.cfg --set data.train="$dir/fm.h5" --set run.max_updates=12 \
     --set run.log_every=1 --set data.batch_size=16 --set run.keep_last=0
 
@@ -94,5 +91,4 @@ out=$("$build/bin/d2v-eval" "$dir/a" --train "$dir/nolabels.h5" --test "$dir/fm.
 echo "$out" | grep -q "nolabels.h5: has no /labels" && ok "d2v-eval refuses unlabelled data" ||
     bad "d2v-eval on unlabelled data: $out"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

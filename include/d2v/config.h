@@ -66,7 +66,9 @@ typedef struct {
     int64_t keep_every;      // and every checkpoint whose update is a multiple of this (0: none)
     int allreduce_bucket_kb; // > 0: gradients allreduced in buckets of this size as the backward
                              // completes them (default 4096); 0: one blocking call after it
-    int store_attention;     // keep attention probabilities (memory) instead of recomputing
+    int store_attention;
+    double watchdog_s; // end the job when no collective completes for this long (0: off)     //
+                       // keep attention probabilities (memory) instead of recomputing
     int log_every, skip_nonfinite, threads;
     int64_t seed;
     double min_target_var, min_pred_var;

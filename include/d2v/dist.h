@@ -31,6 +31,17 @@ void dist_set_chunk_elems(size_t n);
 void dist_allgather_i64(int64_t mine, int64_t *all);
 void dist_barrier(void);
 
+/// The watchdog: a thread that ends the job when this rank has completed no collective (and
+/// changed no phase) for `seconds`, with one line naming the rank, its phase and update, and
+/// whether it was waiting inside MPI (another rank is stuck) or not (this one is). A frozen rank
+/// cannot report itself; the ranks waiting for it do. 0: off. Stopped by dist_finalize.
+void dist_watchdog_start(double seconds);
+void dist_watchdog_stop(void);
+/// Raise the limit (never lower it): e.g. to a multiple of the slowest update seen.
+void dist_watchdog_raise(double seconds);
+/// What this rank does now (a static string) in which update; counts as progress.
+void dist_watchdog_phase(const char *phase, int64_t update);
+
 /// Outstanding non-blocking reductions (the MPI requests stay inside dist.c).
 typedef struct {
     void *reqs;

@@ -170,6 +170,7 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     }
     t->config_text = train_config_text(cfg);
     t->bucket_bytes = (size_t)cfg->allreduce_bucket_kb * 1024;
+    dist_watchdog_start(cfg->watchdog_s);
     build_slices(t);
     t->last_ckpt = -1;
     open_loader(t);
@@ -290,8 +291,10 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     int overlap = g_dist.world > 1 && t->bucket_bytes > 0;
     for (int k = 0; k < t->split.update_freq; k++) {
         double tb = now_seconds();
+        dist_watchdog_phase("reading a batch", n);
         b = t->source.next(t->source.ctx);
         t->times.batches += now_seconds() - tb;
+        dist_watchdog_phase("the forward and backward", n);
         MicroResult r = {0, 0, pred_stats, target_stats};
         model_set_grad_hook(t->model, overlap && k == t->split.update_freq - 1 ? grads_ready : NULL,
                             t);
@@ -307,6 +310,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
      * the metric sums in one small allreduce. Each element is the same sum over ranks either
      * way. */
     t0 = now_seconds();
+    dist_watchdog_phase("the gradient allreduce", n);
     if (g_dist.world > 1) { /* the slowest rank's lag, apart from the communication proper */
         dist_barrier();
         t1 = now_seconds(), t->times.skew += t1 - t0, t0 = t1;
@@ -348,6 +352,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
                 (long long)n);
         m.skipped = 1, m.skipped_total = t->st.skipped;
         m.seconds = now_seconds() - t_begin;
+        dist_watchdog_raise(5 * m.seconds);
         t->times.total += m.seconds;
         if (out) *out = m;
         return 1;
@@ -390,6 +395,9 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
             (long long)n, m.target_var, c->min_target_var, m.pred_var, c->min_pred_var);
     m.seconds = now_seconds() - t_begin;
     t->times.total += m.seconds;
+    /* a slow update is not a hang: the limit follows the slowest one seen */
+    dist_watchdog_raise(5 * m.seconds);
+    dist_watchdog_phase("logging and checkpoint checks", n + 1);
     if (out) *out = m;
     return 0;
 }
@@ -439,6 +447,7 @@ int trainer_stop_requested(Trainer *t, int local) {
 
 void trainer_checkpoint(Trainer *t) {
     if (!t->run_dir[0]) die("trainer: checkpoints need a run directory");
+    dist_watchdog_phase("writing a checkpoint", t->st.update);
     TrainState now = t->st;
     now.cursor = t->loader ? loader_cursor(t->loader) : (LoaderCursor){0, 0};
     if (g_dist.rank == 0)
@@ -462,6 +471,7 @@ void trainer_reset_times(Trainer *t) {
 }
 
 void trainer_free(Trainer *t) {
+    dist_watchdog_stop();
     if (t->metrics) fclose(t->metrics);
     if (t->loader) loader_destroy(t->loader);
     model_destroy(t->model);

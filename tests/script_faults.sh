@@ -1,0 +1,133 @@
+#!/bin/sh
+# script_faults.sh: fault trials on real d2v-train jobs (docs/reliability.md). A frozen rank
+# (SIGSTOP, as a wedged node or a hung NFS read looks) ends the whole 2-rank job within the
+# watchdog limit plus 10 s, with one line naming the waiting rank; a dead rank (kill -9) ends it
+# too; kill -9 at random moments then --resume ends bit-identical to an uninterrupted run; a
+# damaged newest checkpoint is moved aside and --resume continues from the previous one, again
+# bit-identical. TRIALS (default 1, `make faults`: more) per kind. Usage: script_faults.sh BUILD
+# [TRIALS]
+set -u
+build=${1:-build/release}
+trials=${2:-1}
+export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+dir=$(mktemp -d /tmp/d2v-faults.XXXXXX)
+trap 'pkill -CONT -f "$dir" 2>/dev/null; pkill -9 -f "$dir" 2>/dev/null; rm -rf "$dir"' EXIT
+. tests/lib.sh
+train="$build/bin/d2v-train"
+prep_fmnist "$dir/fm.h5"
+set -- configs/image-tiny.cfg --set data.train="$dir/fm.h5" --set run.log_every=1 \
+    --set data.batch_size=16
+
+# pid of rank R of the d2v-train job whose run directory is $1
+rank_pid() {
+    for p in $(pgrep -f "run-dir $1"); do
+        [ "$(tr '\0' '\n' </proc/"$p"/environ 2>/dev/null | sed -n 's/^OMPI_COMM_WORLD_RANK=//p')" = "$2" ] &&
+            echo "$p" && return
+    done
+}
+
+# wait until the run in $1 has logged $2 updates (at most 120 s)
+wait_updates() {
+    i=0
+    while [ "$(cat "$1/metrics.jsonl" 2>/dev/null | wc -l)" -lt "$2" ] && [ $i -lt 240 ]; do
+        sleep 0.5
+        i=$((i + 1))
+    done
+}
+
+limit=4
+for sig in STOP KILL; do
+    for k in $(seq 1 "$trials"); do
+        run="$dir/$sig-$k"
+        start=$(date +%s)
+        timeout 200 mpirun --oversubscribe -np 2 "$train" "$@" --set run.max_updates=100000 \
+            --set run.watchdog_s=$limit --run-dir "$run" >"$run.log" 2>&1 &
+        job=$!
+        wait_updates "$run" 3
+        victim=$(rank_pid "$run" 1)
+        [ -n "$victim" ] || { bad "$sig trial $k: no rank 1 found"; kill -9 $job; continue; }
+        t0=$(date +%s)
+        kill -"$sig" "$victim"
+        wait $job
+        rc=$?
+        took=$(($(date +%s) - t0))
+        kill -CONT "$victim" 2>/dev/null
+        kill -9 "$victim" 2>/dev/null
+        if [ "$sig" = STOP ]; then
+            line=$(grep -m1 "watchdog: no progress" "$run.log")
+            if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le $((limit + 10)) ] &&
+                echo "$line" | grep -q "\[rank 0\].*another rank is stuck"; then
+                ok "rank 1 frozen (SIGSTOP), trial $k: the job ended after $took s (limit $limit s): $line"
+            else
+                bad "rank 1 frozen, trial $k: rc $rc after $took s; log: $(tail -3 "$run.log")"
+            fi
+        else
+            if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 10 ]; then
+                ok "rank 1 killed (kill -9), trial $k: the job ended after $took s (rc $rc)"
+            else
+                bad "rank 1 killed, trial $k: rc $rc after $took s"
+            fi
+        fi
+        [ -z "$(pgrep -f "run-dir $run")" ] && ok "$sig trial $k: no process of the job is left" ||
+            bad "$sig trial $k: processes left: $(pgrep -f "run-dir $run")"
+    done
+done
+
+# kill -9 at a random moment (mid-update, mid-checkpoint), then --resume until done: the run
+# ends bit-identical to an uninterrupted one
+set -- "$@" --set run.max_updates=8 --set run.checkpoint_every=2 --set run.keep_last=0
+"$train" "$@" --run-dir "$dir/whole" >/dev/null 2>&1
+same() { # RUN_A RUN_B: the final checkpoints hold the same bits
+    for k in params teacher adam_m adam_v; do
+        h5diff "$1/ckpt/step_00000008/model.h5" "$2/ckpt/step_00000008/model.h5" /$k >/dev/null 2>&1 ||
+            return 1
+    done
+}
+good=0
+for k in $(seq 1 "$trials"); do
+    run="$dir/kill-$k"
+    delay=$(awk -v s="$k" 'BEGIN { srand(s * 7919); printf "%.2f", 0.3 + 2.5 * rand() }')
+    "$train" "$@" --run-dir "$run" >/dev/null 2>&1 &
+    sleep "$delay"
+    kill -9 $! 2>/dev/null
+    wait $! 2>/dev/null
+    tries=0
+    while [ ! -f "$run/ckpt/step_00000008/DONE" ] && [ $tries -lt 5 ]; do
+        "$train" "$@" --resume --run-dir "$run" >"$run.log" 2>&1
+        tries=$((tries + 1))
+    done
+    same "$dir/whole" "$run" && good=$((good + 1)) ||
+        echo "     kill after $delay s: not bit-identical (log $(tail -2 "$run.log"))"
+done
+[ "$good" -eq "$trials" ] &&
+    ok "kill -9 at a random moment, then --resume: $good of $trials trials bit-identical" ||
+    bad "kill -9 then --resume: only $good of $trials trials bit-identical"
+
+# a damaged newest checkpoint: resume falls back to the previous one and still ends
+# bit-identical to an uninterrupted run (the lost interval is recomputed)
+"$train" "$@" --set run.max_updates=6 --run-dir "$dir/cut" >/dev/null 2>&1
+/usr/bin/python3 - "$dir/cut/ckpt/step_00000006/model.h5" <<'PY'
+import sys, h5py
+f = h5py.File(sys.argv[1], "r")
+off = f["teacher"].id.get_offset() + 4 * 1000  # contiguous data: flip bytes in place
+f.close()
+with open(sys.argv[1], "r+b") as g:
+    g.seek(off)
+    b = bytearray(g.read(3))
+    g.seek(off)
+    g.write(bytes(x ^ 0x5A for x in b))
+PY
+out=$("$train" "$@" --resume --run-dir "$dir/cut" 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q "fails its CRC32 check.*moved aside" &&
+    [ -d "$dir/cut/ckpt/step_00000006.damaged" ] && echo "$out" | grep -q "resuming from .*step_00000004"; then
+    ok "damaged step 6: reported, moved aside, resumed from step 4"
+else
+    bad "damaged newest checkpoint: rc $rc: $out"
+fi
+if same "$dir/whole" "$dir/cut"; then
+    ok "after the fall-back the run ends bit-identical to an uninterrupted one"
+else
+    bad "the resumed run differs from the uninterrupted one"
+fi
+finish
