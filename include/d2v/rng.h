@@ -16,6 +16,10 @@ typedef enum {
     RNG_MASK_IMAGE = 2,       // block_mask_sample
     RNG_MASK_SPEECH = 3,      // span_mask_batch: each row's spans
     RNG_MASK_SPEECH_THIN = 4, // span_mask_batch: thinning to the batch minimum, mask_dropout
+    /* data2vec 2.0 masks, keyed on (seed, update, sample, clone) through rng_stream_clone */
+    RNG_MASK_V2_IMAGE = 0x201, // v2_mask_batch, V2_MASK_BLOCK_2D_INVERSE
+    RNG_MASK_V2_AUDIO = 0x202, // v2_mask_batch, V2_MASK_BLOCK_1D
+    RNG_MASK_V2_TEXT = 0x203,  // v2_mask_batch, V2_MASK_RANDOM
     /* data, keyed on (seed, epoch, sample) through rng_stream */
     RNG_SHUFFLE = 0x5f1, // the per-epoch global permutation (sample = UINT64_MAX)
     RNG_AUGMENT = 0x5f2, // image crop and flip
@@ -67,6 +71,15 @@ typedef struct {
 
 /// Stream `id` of one sample in one epoch.
 RngStream rng_stream(uint64_t seed, uint64_t epoch, uint64_t sample, RngStreamId id);
+/// Stream `id` of clone `clone` of one sample in one update (data2vec 2.0's M masks per sample):
+/// rng_stream's key with the clone mixed in by one more splitmix64 round,
+/// key' = mix64(key ^ mix64(clone)), so every (seed, update, sample, clone) has its own stream.
+static inline RngStream rng_stream_clone(uint64_t seed, uint64_t update, uint64_t sample,
+                                         RngStreamId id, uint64_t clone) {
+    RngStream r = rng_stream(seed, update, sample, id);
+    r.key = rng_mix64(r.key ^ rng_mix64(clone));
+    return r;
+}
 /// Uniform double in [0, 1) (53 bits).
 double rng_stream_uniform(RngStream *r);
 /// Uniform integer in [lo, hi] (inclusive), without modulo bias; lo <= hi.

@@ -1,6 +1,6 @@
-/* masking.c: data2vec v1 masks (docs/algorithm.md §3): text spans/BERT, BEiT image blocks, wav2vec
- * speech spans. fairseq MaskTokensDataset, BEiT MaskingGenerator and compute_mask_indices, on a
- * keyed RNG.
+/* masking.c: data2vec masks (docs/algorithm.md §3). v1: text spans/BERT, BEiT image blocks,
+ * wav2vec speech spans (fairseq MaskTokensDataset, BEiT MaskingGenerator, compute_mask_indices);
+ * v2: fairseq compute_block_mask_2d (inverse) / _1d and MAE random masking. On a keyed RNG.
  *
  * Every draw comes from a RngStream keyed on (seed, epoch, global sample id, stream), as fairseq
  * keys numpy's default_rng on hash((seed, epoch, index)): a sample's mask never depends on the rank
@@ -8,10 +8,14 @@
  * distributions follow fairseq/BEiT; the bit streams do not (no numpy/Python RNG emulation). */
 #include "d2v/masking.h"
 
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "d2v/kernels.h"
+#include "d2v/util.h"
 
 /* Partial Fisher-Yates over vals[0..n): afterwards vals[0..k) is a uniform random k-subset of
  * them, in random order (numpy's choice(vals, k, replace=False)). k <= n. */
@@ -224,4 +228,236 @@ void span_mask_batch(uint8_t *masks, int B, int T, const SpanMaskConfig *c, uint
             thin_row(row, T, n - holes, &r, scratch);
         }
     }
+}
+
+/* ---- data2vec 2.0 (docs/algorithm.md §3.4)
+ * ----------------------------------------------------------------------- */
+
+/* The double Python would hold for a config value that reaches us as a float: the shortest
+ * decimal (<= 9 digits) that reads back as the same float. fairseq's counts are int() of double
+ * products, so 0.2f (0.20000000298) has to count as 0.2: int(10 * (1 - 0.2)) = 8, not 7. */
+static double decimal_value(float x) {
+    char buf[32];
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
+        double v = strtod(buf, NULL);
+        if ((float)v == x) return v;
+    }
+    return x;
+}
+
+static void v2_need(const char *fn, const char *name, const void *p) {
+    if (!p) die("%s: %s is NULL", fn, name);
+}
+
+static void v2_check_len(const char *fn, const char *name, int v) {
+    if (v <= 0) die("%s: %s = %d (must be > 0)", fn, name, v);
+}
+
+static double v2_check_prob(const char *fn, float r) {
+    if (!(r >= 0 && r < 1)) die("%s: mask_prob = %g outside [0, 1)", fn, (double)r);
+    return decimal_value(r);
+}
+
+static void v2_check_block(const char *fn, int block) {
+    if (block < 1) die("%s: block = %d (must be >= 1)", fn, block);
+}
+
+/* fairseq accepts any adjust; [0, 1] keeps the centre count (and the work) within 2 T. */
+static double v2_check_adjust(const char *fn, float a) {
+    if (!(a >= 0 && a <= 1)) die("%s: adjust = %g outside [0, 1]", fn, (double)a);
+    return decimal_value(a);
+}
+
+static int v2_grid_len(const char *fn, int H, int W) {
+    v2_check_len(fn, "H", H);
+    v2_check_len(fn, "W", W);
+    if (H > INT_MAX / W) die("%s: grid H x W = %d x %d is too large", fn, H, W);
+    return H * W;
+}
+
+/* The counts, in fairseq's operation order on doubles (p, a from decimal_value). */
+static int keep_2d(int L, double p) { return (int)(L * (1 - p)); }
+static int centres_2d(int L, double p, int block, double a) {
+    return (int)(L * (((1 - p) + a) / ((double)block * block)));
+}
+static int masked_1d(int T, double p) { return (int)(T * p); }
+static int centres_1d(int T, double p, int block, double a) { return (int)(T * ((p + a) / block)); }
+static int keep_random(int T, double p) { return (int)(T * (1 - p)); }
+
+/* fairseq's require_same_masks step: set cells switched off, or unset cells switched on, chosen
+ * uniformly without replacement (torch.multinomial on 0/1 weights: any cell of that value,
+ * adjacent to a block or not) until exactly `target` are set. pos: L ints. */
+static void fix_count(uint8_t *x, int L, int target, RngStream *rng, int *pos) {
+    int n = row_count(x, L);
+    if (n == target) return;
+    uint8_t from = n > target; /* the value of the cells that flip */
+    int k = n > target ? n - target : target - n, cand = 0;
+    for (int t = 0; t < L; t++)
+        if (x[t] == from) pos[cand++] = t;
+    shuffle_prefix(pos, cand, k, rng);
+    for (int j = 0; j < k; j++)
+        x[pos[j]] = !from;
+}
+
+/* Cells lo .. lo + block - 1 of a side of n, clipped: fairseq clamps every index to [0, n-1],
+ * which lands the outside ones on border cells the block covers anyway (0 <= centre < n and
+ * 0 <= offset < block), so clamping and clipping set the same cells. 64-bit: block may be big. */
+static void clip_span(int centre, int block, int n, int *first, int *last) {
+    int64_t lo = (int64_t)centre - block / 2, hi = lo + block - 1;
+    *first = lo < 0 ? 0 : (int)lo;
+    *last = hi > n - 1 ? n - 1 : (int)hi;
+}
+
+/* The three row algorithms on validated arguments (p, a: decimal_value of mask_prob, adjust). */
+
+static int row_2d_inverse(uint8_t *mask, int H, int W, double p, int block, double a,
+                          RngStream *rng, int *scratch) {
+    int L = H * W;
+    /* mask holds "kept" until the end: inverse, so the blocks are what stays visible. Centres
+     * are uniform over all cells with replacement (torch.randint; a repeat changes nothing). */
+    memset(mask, 0, (size_t)L);
+    int nc = centres_2d(L, p, block, a);
+    for (int k = 0; k < nc; k++) {
+        int c = (int)rng_stream_int(rng, 0, L - 1), r0, r1, c0, c1;
+        clip_span(c / W, block, H, &r0, &r1);
+        clip_span(c % W, block, W, &c0, &c1);
+        for (int i = r0; i <= r1; i++)
+            memset(mask + (size_t)i * W + c0, 1, (size_t)(c1 - c0 + 1));
+    }
+    int keep = keep_2d(L, p);
+    fix_count(mask, L, keep, rng, scratch);
+    for (int t = 0; t < L; t++)
+        mask[t] ^= 1;
+    return L - keep;
+}
+
+static int row_1d(uint8_t *mask, int T, double p, int block, double a, RngStream *rng,
+                  int *scratch) {
+    memset(mask, 0, (size_t)T);
+    int nc = centres_1d(T, p, block, a);
+    for (int k = 0; k < nc; k++) {
+        int first, last;
+        clip_span((int)rng_stream_int(rng, 0, T - 1), block, T, &first, &last);
+        memset(mask + first, 1, (size_t)(last - first + 1));
+    }
+    int masked = masked_1d(T, p);
+    fix_count(mask, T, masked, rng, scratch);
+    return masked;
+}
+
+static int row_random(uint8_t *mask, int T, double p, RngStream *rng, int *scratch) {
+    /* The first len_keep of argsort(iid noise) are a uniform len_keep-subset: the same
+     * distribution as a partial Fisher-Yates. */
+    int keep = keep_random(T, p);
+    choose_without_replacement(scratch, T, keep, rng);
+    memset(mask, 1, (size_t)T);
+    for (int j = 0; j < keep; j++)
+        mask[scratch[j]] = 0;
+    return T - keep;
+}
+
+int v2_inverse_block_mask_2d(uint8_t *mask, int H, int W, float mask_prob, int block, float adjust,
+                             RngStream *rng, int *scratch) {
+    static const char fn[] = "v2_inverse_block_mask_2d";
+    v2_grid_len(fn, H, W);
+    double p = v2_check_prob(fn, mask_prob), a = v2_check_adjust(fn, adjust);
+    /* fairseq asserts block > 1; block 1 (scattered cells) is allowed as a baseline. */
+    v2_check_block(fn, block);
+    v2_need(fn, "mask", mask), v2_need(fn, "rng", rng), v2_need(fn, "scratch", scratch);
+    return row_2d_inverse(mask, H, W, p, block, a, rng, scratch);
+}
+
+int v2_block_mask_1d(uint8_t *mask, int T, float mask_prob, int block, float adjust, RngStream *rng,
+                     int *scratch) {
+    static const char fn[] = "v2_block_mask_1d";
+    v2_check_len(fn, "T", T);
+    double p = v2_check_prob(fn, mask_prob), a = v2_check_adjust(fn, adjust);
+    v2_check_block(fn, block);
+    v2_need(fn, "mask", mask), v2_need(fn, "rng", rng), v2_need(fn, "scratch", scratch);
+    return row_1d(mask, T, p, block, a, rng, scratch);
+}
+
+int v2_random_mask(uint8_t *mask, int T, float mask_prob, RngStream *rng, int *scratch) {
+    static const char fn[] = "v2_random_mask";
+    v2_check_len(fn, "T", T);
+    double p = v2_check_prob(fn, mask_prob);
+    v2_need(fn, "mask", mask), v2_need(fn, "rng", rng), v2_need(fn, "scratch", scratch);
+    return row_random(mask, T, p, rng, scratch);
+}
+
+int v2_mask_len(const V2MaskConfig *c) {
+    static const char fn[] = "V2MaskConfig";
+    v2_need("v2_mask_len", "config", c);
+    int L;
+    switch (c->kind) {
+    case V2_MASK_BLOCK_2D_INVERSE:
+        L = v2_grid_len(fn, c->H, c->W);
+        break;
+    case V2_MASK_BLOCK_1D:
+    case V2_MASK_RANDOM:
+        v2_check_len(fn, "T", c->T);
+        L = c->T;
+        break;
+    default:
+        die("%s: kind = %d is not a V2MaskKind", fn, (int)c->kind);
+    }
+    v2_check_prob(fn, c->mask_prob);
+    if (c->kind != V2_MASK_RANDOM) {
+        v2_check_block(fn, c->block);
+        v2_check_adjust(fn, c->adjust);
+    }
+    return L;
+}
+
+int v2_mask_count(const V2MaskConfig *c) {
+    int L = v2_mask_len(c);
+    double p = decimal_value(c->mask_prob);
+    switch (c->kind) {
+    case V2_MASK_BLOCK_2D_INVERSE:
+        return L - keep_2d(L, p);
+    case V2_MASK_BLOCK_1D:
+        return masked_1d(L, p);
+    default:
+        return L - keep_random(L, p);
+    }
+}
+
+size_t v2_mask_scratch(const V2MaskConfig *c) { return (size_t)v2_mask_len(c); }
+
+void v2_mask_batch(uint8_t *masks, int B, int M, const V2MaskConfig *c, uint64_t seed,
+                   uint64_t update, const int64_t *sample_ids, int *scratch) {
+    static const char fn[] = "v2_mask_batch";
+    int L = v2_mask_len(c);
+    if (B < 0) die("%s: B = %d (must be >= 0)", fn, B);
+    if (M < 1) die("%s: M = %d clones (must be >= 1)", fn, M);
+    if (B == 0) return;
+    v2_need(fn, "masks", masks), v2_need(fn, "scratch", scratch);
+    RngStreamId id = c->kind == V2_MASK_BLOCK_2D_INVERSE ? RNG_MASK_V2_IMAGE
+                     : c->kind == V2_MASK_BLOCK_1D       ? RNG_MASK_V2_AUDIO
+                                                         : RNG_MASK_V2_TEXT;
+    double p = decimal_value(c->mask_prob), a = decimal_value(c->adjust);
+    for (int b = 0; b < B; b++) {
+        uint64_t sample = sample_ids ? (uint64_t)sample_ids[b] : (uint64_t)b;
+        for (int m = 0; m < M; m++) {
+            uint8_t *row = masks + ((size_t)b * M + m) * L;
+            RngStream r = rng_stream_clone(seed, update, sample, id, (uint64_t)m);
+            if (c->kind == V2_MASK_BLOCK_2D_INVERSE)
+                row_2d_inverse(row, c->H, c->W, p, c->block, a, &r, scratch);
+            else if (c->kind == V2_MASK_BLOCK_1D)
+                row_1d(row, L, p, c->block, a, &r, scratch);
+            else
+                row_random(row, L, p, &r, scratch);
+        }
+    }
+}
+
+int v2_kept_indices(const uint8_t *mask, int T, int32_t *ids_keep) {
+    static const char fn[] = "v2_kept_indices";
+    v2_check_len(fn, "T", T);
+    v2_need(fn, "mask", mask), v2_need(fn, "ids_keep", ids_keep);
+    int n = 0;
+    for (int t = 0; t < T; t++)
+        if (!mask[t]) ids_keep[n++] = t;
+    return n;
 }
