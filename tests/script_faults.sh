@@ -73,6 +73,26 @@ for sig in STOP KILL; do
     done
 done
 
+# replicas that drift apart: one parameter changed on rank 1 after update 3 (a silent memory
+# error), or rank 1 a step ahead; the replica check (every 2 updates here) and the schedule
+# broadcast stop the job with a line naming the rank and the tensor
+for fault in params counter; do
+    out=$(D2V_FAULT=$fault:1:3 timeout 120 mpirun --oversubscribe -np 2 -x D2V_FAULT "$train" "$@" \
+        --set run.max_updates=8 --set run.consistency_every=2 --set run.checkpoint_every=0 \
+        --run-dir "$dir/drift-$fault" 2>&1)
+    rc=$?
+    case $fault in
+    params) want="replicas drifted apart at update 4: rank 1 differs from rank 0 in .* of /params" ;;
+    counter) want="\[rank 1\] replicas out of step: this rank is at update 4, rank 0 at 3" ;;
+    esac
+    line=$(echo "$out" | grep -m1 "d2v: error")
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] && echo "$line" | grep -q "$want" &&
+        ok "D2V_FAULT=$fault:1:3: the job stops: $line" || bad "D2V_FAULT=$fault:1:3: rc $rc: $line"
+done
+out=$(timeout 120 mpirun --oversubscribe -np 2 "$train" "$@" --set run.max_updates=4 \
+    --set run.consistency_every=1 --run-dir "$dir/nodrift" 2>&1)
+[ $? -eq 0 ] && ok "no fault: the replica check passes every update" || bad "no fault: $out"
+
 # kill -9 at a random moment (mid-update, mid-checkpoint), then --resume until done: the run
 # ends bit-identical to an uninterrupted one
 set -- "$@" --set run.max_updates=8 --set run.checkpoint_every=2 --set run.keep_last=0

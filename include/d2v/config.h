@@ -67,8 +67,9 @@ typedef struct {
     int allreduce_bucket_kb; // > 0: gradients allreduced in buckets of this size as the backward
                              // completes them (default 4096); 0: one blocking call after it
     int store_attention;
-    double watchdog_s; // end the job when no collective completes for this long (0: off)     //
-                       // keep attention probabilities (memory) instead of recomputing
+    double watchdog_s;         // end the job when no collective completes for this long (0: off)
+    int64_t consistency_every; // compare the replicas' arenas every this many updates (0: off) //
+                               // keep attention probabilities (memory) instead of recomputing
     int log_every, skip_nonfinite, threads;
     int64_t seed;
     double min_target_var, min_pred_var;

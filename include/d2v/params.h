@@ -98,6 +98,8 @@ typedef struct {
 } ParamRange;
 /// The arena ranges the teacher averages, adjacent tensors merged. Returns how many (<= max).
 int ptab_ema_ranges(const ParamTable *t, ParamRange *r, int max);
+/// CRC32 (zlib) of each tensor of one arena laid out by the table, into out[t->n].
+void ptab_crc32(const ParamTable *t, const float *arena, uint32_t *out);
 /// Parameters per module (the name's prefix before the first '.'), for the start-up report:
 /// fills up to max names and counts, returns how many modules.
 int ptab_modules(const ParamTable *t, char names[][16], size_t *counts, int max);

@@ -97,6 +97,10 @@ typedef struct {
     DistReqs reqs;
 } Trainer;
 
+/// Every rank's student, teacher and AdamW moments against rank 0's (per-tensor CRC32s): a
+/// difference stops the job naming the rank and the first differing tensor. trainer_update runs
+/// it every run.consistency_every updates, trainer_checkpoint before every checkpoint.
+void trainer_check_replicas(Trainer *t);
 /// Set up data, model, teacher and optimiser from a validated config (every rank; dies with a
 /// one-line message on any error, ending the job).
 void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o);

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "d2v/h5io.h"
 #include "d2v/util.h"
@@ -88,20 +87,10 @@ void ckpt_write_table(hid_t file, const ModelConfig *mc) {
 
 static const char *const arena_names[4] = {"params", "teacher", "adam_m", "adam_v"};
 
-/* CRC32 (zlib) of each tensor of each arena: (4, n) in arena_names order. */
+/* CRC32 of each tensor of each arena: (4, n) in arena_names order. */
 static void tensor_crcs(uint32_t *out, const ParamTable *t, const float *const arena[4]) {
     for (int a = 0; a < 4; a++)
-        for (int i = 0; i < t->n; i++) {
-            const Bytef *p = (const Bytef *)(arena[a] + t->t[i].offset);
-            uLong crc = crc32(0L, Z_NULL, 0);
-            size_t left = t->t[i].count * sizeof(float);
-            while (left > 0) { /* crc32 takes a uInt length */
-                uInt n = left > (1u << 30) ? 1u << 30 : (uInt)left;
-                crc = crc32(crc, p, n);
-                p += n, left -= n;
-            }
-            out[(size_t)a * t->n + i] = (uint32_t)crc;
-        }
+        ptab_crc32(t, arena[a], out + (size_t)a * t->n);
 }
 
 /* Retention: the newest keep_last complete checkpoints, and every one whose update is a

@@ -140,6 +140,7 @@ static const KeySpec schema[] = {
     {"run.allreduce_bucket_kb", T_INT, F(allreduce_bucket_kb), 0, 1 << 22, NULL, "4096"},
     {"run.store_attention", T_BOOL, F(store_attention), 0, 1, NULL, "false"},
     {"run.watchdog_s", T_FLOAT, F(watchdog_s), 0, 1e7, NULL, "300"},
+    {"run.consistency_every", T_I64, F(consistency_every), 0, 1e12, NULL, "500"},
     {"run.min_target_var", T_FLOAT, F(min_target_var), 0, 1e6, NULL, "0.1"},
     {"run.min_pred_var", T_FLOAT, F(min_pred_var), 0, 1e6, NULL, "0.01"},
 };

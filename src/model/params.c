@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "d2v/rng.h"
 #include "d2v/util.h"
@@ -178,4 +179,18 @@ void ptab_module_init(ParamDeclare declare, void *view, size_t bytes, const void
     declare(&t, view, cfg);
     ptab_init_values(&t, view, seed);
     ptab_free(&t);
+}
+
+void ptab_crc32(const ParamTable *t, const float *arena, uint32_t *out) {
+    for (int i = 0; i < t->n; i++) {
+        const Bytef *p = (const Bytef *)(arena + t->t[i].offset);
+        uLong crc = crc32(0L, Z_NULL, 0);
+        size_t left = t->t[i].count * sizeof(float);
+        while (left > 0) { /* crc32 takes a uInt length */
+            uInt n = left > (1u << 30) ? 1u << 30 : (uInt)left;
+            crc = crc32(crc, p, n);
+            p += n, left -= n;
+        }
+        out[i] = (uint32_t)crc;
+    }
 }

@@ -265,6 +265,54 @@ static void ema_step(Trainer *t, float *teacher, double tau) {
         ema_update(teacher + t->ema[r].offset, t->params + t->ema[r].offset, t->ema[r].count, tau);
 }
 
+/* D2V_FAULT=KIND:RANK:UPDATE, for the fault trials (tests/script_faults.sh): after update
+ * UPDATE, rank RANK perturbs one parameter (KIND "params") or skips ahead one update ("counter"),
+ * as a silent memory error or a diverged replica would. */
+static void fault_inject(Trainer *t, int64_t update) {
+    const char *f = getenv("D2V_FAULT");
+    char kind[16];
+    int rank;
+    long long at;
+    if (!f || sscanf(f, "%15[a-z]:%d:%lld", kind, &rank, &at) != 3) return;
+    if (rank != g_dist.rank || at != update) return;
+    if (!strcmp(kind, "params")) t->params[t->np / 2] += 1e-3f;
+    if (!strcmp(kind, "counter")) t->st.update++;
+}
+
+void trainer_check_replicas(Trainer *t) {
+    if (g_dist.world == 1) return;
+    dist_watchdog_phase("the replica check", t->st.update);
+    int n = t->table.n;
+    const float *arena[4] = {t->params, t->teacher, t->adam_m, t->adam_v};
+    static const char *const names[4] = {"params", "teacher", "adam_m", "adam_v"};
+    uint32_t *mine = xalloc(sizeof(uint32_t) * 8 * (size_t)n, "replica checksums"),
+             *ref = mine + 4 * (size_t)n;
+    for (int a = 0; a < 4; a++)
+        ptab_crc32(&t->table, arena[a], mine + (size_t)a * n);
+    memcpy(ref, mine, sizeof(uint32_t) * 4 * (size_t)n);
+    dist_bcast_bytes(ref, sizeof(uint32_t) * 4 * (size_t)n);
+    int64_t first = -1, count = 0;
+    for (int i = 0; i < 4 * n; i++)
+        if (mine[i] != ref[i]) first = first < 0 ? i : first, count++;
+    int64_t *firsts = xalloc(sizeof(int64_t) * 2 * (size_t)g_dist.world, "replica reports"),
+            *counts = firsts + g_dist.world;
+    dist_allgather_i64(first, firsts);
+    dist_allgather_i64(count, counts);
+    free(mine);
+    char msg[1024] = "";
+    int bad = 0;
+    for (int r = 1; r < g_dist.world; r++)
+        if (firsts[r] >= 0 && bad++ == 0)
+            snprintf(msg, sizeof msg, "rank %d differs from rank 0 in %s of /%s (%lld tensors)", r,
+                     t->table.t[firsts[r] % n].name, names[firsts[r] / n], (long long)counts[r]);
+    free(firsts);
+    if (bad && g_dist.rank == 0)
+        die("replicas drifted apart at update %lld: %s%s; the last checkpoint is consistent "
+            "(resume from it)",
+            (long long)t->st.update, msg, bad > 1 ? ", and other ranks too" : "");
+    if (bad) dist_barrier(); /* rank 0's die() ends the job meanwhile */
+}
+
 int trainer_update(Trainer *t, TrainMetrics *out) {
     const TrainConfig *c = &t->cfg;
     int64_t n = t->st.update;
@@ -274,7 +322,18 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     /* the teacher absorbs theta after update n-1, before the forward of update n (once per
      * update, also under gradient accumulation: fairseq v1 steps it per micro-batch;
      * docs/algorithm.md §6.1) */
-    double tau = ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n);
+    /* rank 0 owns the schedule: its update counter, tau and learning rate go to every rank,
+     * and a rank that is out of step stops the job (docs/reliability.md §6) */
+    double sched[3] = {(double)n, ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n),
+                       lr_at(&t->sched, n)};
+    if (g_dist.world > 1) {
+        dist_watchdog_phase("the schedule broadcast", n);
+        dist_bcast_bytes(sched, sizeof sched);
+        if ((int64_t)sched[0] != n)
+            die("replicas out of step: this rank is at update %lld, rank 0 at %lld", (long long)n,
+                (long long)sched[0]);
+    }
+    double tau = sched[1];
     if (n > 0) ema_step(t, t->teacher, tau);
     int dumping = t->opt.dump && n < t->opt.dump_updates;
     if (dumping) memcpy(t->dump_p, t->params, np * 4), memcpy(t->dump_t, t->teacher, np * 4);
@@ -336,7 +395,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
             g[i] *= inv;
     }
     m.grad_norm = grad_norm(t->grads, np);
-    m.lr = lr_at(&t->sched, n);
+    m.lr = sched[2];
     t->st.update = n + 1;
     if (!isfinite(m.loss) || !isfinite(m.grad_norm)) {
         if (!c->skip_nonfinite)
@@ -364,6 +423,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     adamw_step(t->params, t->adam_m, t->adam_v, t->grads, t->decay, np, &t->adamw, m.lr,
                n + 1 - t->st.skipped);
     t1 = now_seconds(), t->times.optimizer += t1 - t0;
+    fault_inject(t, n + 1);
     m.target_var = var_from_stats(target_stats, C);
     m.pred_var = var_from_stats(pred_stats, C);
     m.skipped_total = t->st.skipped;
@@ -398,6 +458,9 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     /* a slow update is not a hang: the limit follows the slowest one seen */
     dist_watchdog_raise(5 * m.seconds);
     dist_watchdog_phase("logging and checkpoint checks", n + 1);
+    if (c->consistency_every > 0 && (n + 1) % c->consistency_every == 0 &&
+        !(c->checkpoint_every > 0 && (n + 1) % c->checkpoint_every == 0))
+        trainer_check_replicas(t); /* (a checkpoint checks them itself) */
     if (out) *out = m;
     return 0;
 }
@@ -447,6 +510,7 @@ int trainer_stop_requested(Trainer *t, int local) {
 
 void trainer_checkpoint(Trainer *t) {
     if (!t->run_dir[0]) die("trainer: checkpoints need a run directory");
+    trainer_check_replicas(t); /* never write a checkpoint of diverged replicas */
     dist_watchdog_phase("writing a checkpoint", t->st.update);
     TrainState now = t->st;
     now.cursor = t->loader ? loader_cursor(t->loader) : (LoaderCursor){0, 0};
