@@ -84,7 +84,7 @@ static void arenas_free(Arenas *r) {
 
 static void write_ckpt(const char *run, const ModelConfig *mc, const Arenas *r, int64_t update,
                        int keep_last) {
-    TrainState st = {update, update / 3, {update / 7, 11 * update + 5}};
+    TrainState st = {update, update / 3, {update / 7, 11 * update + 5}, update + 100};
     ckpt_write(run, mc, "# resolved config\nseed = 1;\n", r->a[0], r->a[1], r->a[2], r->a[3], r->np,
                &st, keep_last, 0);
 }
@@ -170,7 +170,7 @@ static void test_round_trip(int modality) {
     Arenas w = arenas_new(&mc, 100 + (uint64_t)modality), r = arenas_new(&mc, 999);
     arenas_fill(&r, 0xCD);
     /* values past 2^32 and 2^53 - 1: int64 all the way through */
-    TrainState st = {(int64_t)1 << 34 | 3, 12345, {(int64_t)1 << 33, ((int64_t)1 << 53) - 1}};
+    TrainState st = {(int64_t)1 << 34 | 3, 12345, {(int64_t)1 << 33, ((int64_t)1 << 53) - 1}, 77};
     ckpt_write(run, &mc, "modality = \"x\";\n", w.a[0], w.a[1], w.a[2], w.a[3], w.np, &st, 0, 0);
     TrainState back;
     memset(&back, 0x5A, sizeof back);
@@ -197,7 +197,7 @@ static void test_round_trip(int modality) {
              name);
     check_record(back.update == st.update && back.skipped == st.skipped &&
                      back.cursor.epoch == st.cursor.epoch &&
-                     back.cursor.position == st.cursor.position,
+                     back.cursor.position == st.cursor.position && back.planned == st.planned,
                  label);
     /* the resolved configuration and the modality travel with the checkpoint */
     hid_t f = h5_open_ro(want, err, sizeof err);
@@ -509,7 +509,7 @@ static void test_stale_and_keep_every(void) {
                  "stale *.tmp.* removed (and their empty step directory); the checkpoint kept");
     char run2[PATH_MAX];
     run_dir(run2, sizeof run2, "every");
-    TrainState st = {0, 0, {0, 0}};
+    TrainState st = {0, 0, {0, 0}, 0};
     for (int u = 1; u <= 8; u++) {
         st.update = u;
         ckpt_write(run2, &mc, "", w.a[0], w.a[1], w.a[2], w.a[3], w.np, &st, 2, 3);
@@ -618,7 +618,7 @@ static void test_config(void) {
     Dataset ds = {0};
     train_config_to_model(&mc, &c, &ds);
     Arenas r = arenas_new(&mc, 5);
-    TrainState st = {3, 0, {0, 0}};
+    TrainState st = {3, 0, {0, 0}, 0};
     char *text = train_config_text(&c);
     run_dir(run, sizeof run, "config");
     ckpt_write(run, &mc, text, r.a[0], r.a[1], r.a[2], r.a[3], r.np, &st, 0, 0);
@@ -631,7 +631,7 @@ static void test_config(void) {
                      back.modality == D2V_SPEECH,
                  "overrides and the modality survive the round trip");
     ckpt_write(run, &mc, "model: { layers = oops; };", r.a[0], r.a[1], r.a[2], r.a[3], r.np,
-               &(TrainState){4, 0, {0, 0}}, 0, 0);
+               &(TrainState){4, 0, {0, 0}, 0}, 0, 0);
     step_path(path, sizeof path, run, 4, "model.h5");
     rc = ckpt_read_config(path, &back, err, sizeof err);
     expect_fail("a checkpoint whose config does not parse", rc, err, path, NULL);

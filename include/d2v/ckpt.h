@@ -17,6 +17,7 @@ typedef struct {
     int64_t update;      // completed optimizer updates
     int64_t skipped;     // updates skipped as non-finite (AdamW's step count excludes them)
     LoaderCursor cursor; // where the next batch starts
+    int64_t planned;     // run.max_time: the update count planned from the measured rate (0: none)
 } TrainState;
 
 /// ckpt_read's results besides 0.

@@ -62,8 +62,10 @@ typedef struct {
     int interpolation;   // LOADER_INTERP_BILINEAR / LOADER_INTERP_BICUBIC (dataset.h)
     /* run */
     int64_t max_updates, collapse_after, checkpoint_every;
-    int keep_last;           // newest complete checkpoints kept (0: all)
-    int64_t keep_every;      // and every checkpoint whose update is a multiple of this (0: none)
+    double max_time;    // > 0: a wall-time budget (s); the update count and schedules are planned
+                        // from the measured update rate, scaled from the max_updates recipe
+    int keep_last;      // newest complete checkpoints kept (0: all)
+    int64_t keep_every; // and every checkpoint whose update is a multiple of this (0: none)
     int allreduce_bucket_kb; // > 0: gradients allreduced in buckets of this size as the backward
                              // completes them (default 4096); 0: one blocking call after it
     int store_attention;

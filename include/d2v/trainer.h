@@ -83,6 +83,10 @@ typedef struct {
     int64_t samples_since_log;
     float *dump_p, *dump_t, *dump_g;
     TrainTimes times;
+    double t_probe;     // run.max_time: the end of this process's first update (probe start)
+    int64_t probe_from; //   and that update's number
+    int plans;          //   plans made by this process (the second, a tenth in, is final)
+    int64_t tau_steps;  // the tau ramp's length (ema.tau_steps, scaled by a budget's plan)
     double log_skew, log_allreduce; // times.skew and times.allreduce at the last log
     int64_t updates_since_log;
     const char *arch; // BLIS kernel set in use
@@ -97,6 +101,11 @@ typedef struct {
     DistReqs reqs;
 } Trainer;
 
+/// Updates the run makes: run.max_updates, or under run.max_time the count planned after the
+/// first TRAINER_PROBE updates of the process from their measured rate (kept across --resume;
+/// the budget counts from the start of the process that plans).
+#define TRAINER_PROBE 10
+int64_t trainer_total_updates(const Trainer *t);
 /// Every rank's student, teacher and AdamW moments against rank 0's (per-tensor CRC32s): a
 /// difference stops the job naming the rank and the first differing tensor. trainer_update runs
 /// it every run.consistency_every updates, trainer_checkpoint before every checkpoint.

@@ -126,6 +126,7 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     h5_attr_i64(o.file, "skipped", st->skipped);
     h5_attr_i64(o.file, "epoch", st->cursor.epoch);
     h5_attr_i64(o.file, "position", st->cursor.position);
+    h5_attr_i64(o.file, "planned_updates", st->planned);
     ckpt_write_table(o.file, mc);
     hsize_t n[1] = {np};
     h5_write(o.file, "params", H5T_NATIVE_FLOAT, 1, n, NULL, params);
@@ -268,6 +269,12 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
                 h5_read_attr_i64(f, path, "epoch", &st->cursor.epoch, err, errlen) < 0 ||
                 h5_read_attr_i64(f, path, "position", &st->cursor.position, err, errlen) < 0))
         rc = CKPT_DAMAGED;
+    st->planned = 0; /* absent from checkpoints written before run.max_time */
+    if (!rc && H5Aexists(f, "planned_updates") > 0 &&
+        h5_read_attr_i64(f, path, "planned_updates", &st->planned, err, errlen) < 0)
+        rc = CKPT_DAMAGED;
+    if (!rc && (st->planned < 0 || st->planned > CKPT_MAX_UPDATE))
+        rc = DAMAGED("%s: planned_updates %lld is out of range", path, (long long)st->planned);
     /* values no run can reach: the file is damaged (docs/reliability.md) */
     if (!rc && (st->update < 0 || st->update > CKPT_MAX_UPDATE))
         rc = DAMAGED("%s: update %lld is out of range", path, (long long)st->update);

@@ -129,6 +129,7 @@ static const KeySpec schema[] = {
     {"data.speech_normalize", T_BOOL, F(speech_normalize), 0, 1, NULL, "true"},
     {"data.prefetch", T_INT, F(prefetch), 0, 64, NULL, "2"},
     {"run.max_updates", T_I64, F(max_updates), 1, 1e12, NULL, "400000"},
+    {"run.max_time", T_FLOAT, F(max_time), 0, 1e9, NULL, "0"},
     {"run.log_every", T_INT, F(log_every), 1, 1 << 30, NULL, "100"},
     {"run.seed", T_I64, F(seed), 0, 9e15, NULL, "1"},
     {"run.skip_nonfinite", T_BOOL, F(skip_nonfinite), 0, 1, NULL, "false"},

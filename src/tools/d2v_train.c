@@ -104,10 +104,10 @@ int main(int argc, char **argv) {
     trainer_banner(&t);
     signal(SIGUSR1, on_stop_signal), signal(SIGTERM, on_stop_signal);
     TrainMetrics m;
-    while (t.st.update < cfg.max_updates) {
+    while (t.st.update < trainer_total_updates(&t)) {
         int skipped = trainer_update(&t, &m); /* a non-finite update is counted, not applied */
-        if (!skipped &&
-            (m.update % cfg.log_every == 0 || m.update == 1 || m.update == cfg.max_updates))
+        if (!skipped && (m.update % cfg.log_every == 0 || m.update == 1 ||
+                         m.update == trainer_total_updates(&t)))
             trainer_log(&t, &m);
         /* a signal on any rank, or RUN_DIR/stop, stops every rank after this update */
         int stop = trainer_stop_requested(&t, g_stop_signal != 0);

@@ -162,6 +162,7 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     t->model = model_create(&t->mc, t->split.micro, len);
     t->act_bytes = xalloc_total() - before; /* every activation: front-end, encoders, head */
     t->adamw = train_config_to_optim(cfg), t->sched = train_config_to_schedule(cfg);
+    t->tau_steps = cfg->ema_tau_steps;
     t->n_sums = 2 + 2 * (1 + 2 * (size_t)t->mc.enc.C);
     t->sums = xalloc(sizeof(double) * t->n_sums, "metric sums");
     if (o->dump) {
@@ -188,6 +189,53 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o) {
     t->t_start = t->t_log = now_seconds();
 }
 
+/* ---- run.max_time: a wall-time budget instead of an update count ---- */
+
+int64_t trainer_total_updates(const Trainer *t) {
+    return t->st.planned > 0 ? t->st.planned : t->cfg.max_updates;
+}
+
+/* The recipe written for max_updates, compressed or stretched to `planned` updates: the LR
+ * schedule's length and warm-up and the tau ramp scale together (docs/algorithm.md §7). */
+static void apply_plan(Trainer *t, int64_t planned) {
+    const TrainConfig *c = &t->cfg;
+    double r = (double)planned / (double)c->max_updates;
+    t->st.planned = planned;
+    t->sched = train_config_to_schedule(c);
+    t->sched.total = planned;
+    t->sched.warmup = (int64_t)llround(c->warmup * r);
+    t->tau_steps = (int64_t)llround(c->ema_tau_steps * r);
+}
+
+/* After the probe updates, rank 0 turns the measured rate into an update count for the rest of
+ * the budget; every rank applies the same plan. */
+static void plan_budget(Trainer *t) {
+    const TrainConfig *c = &t->cfg;
+    int64_t done = t->st.update;
+    double v[2] = {0, 0};
+    if (g_dist.rank == 0) {
+        double now = now_seconds(), rate = (now - t->t_probe) / (double)(done - t->probe_from);
+        double left = c->max_time - (now - t->t_start) - 0.05 * c->max_time; /* 5 %: the end */
+        int64_t more = left > 0 ? (int64_t)(left / rate) : 0;
+        v[0] = (double)(done + more), v[1] = rate;
+        if (v[0] > 100.0 * (double)c->max_updates) v[0] = 100.0 * (double)c->max_updates;
+    }
+    dist_bcast_bytes(v, sizeof v);
+    int64_t planned = (int64_t)v[0];
+    if (planned < done + c->log_every)
+        die("run.max_time = %g s allows only %lld updates at the measured %.3g s/update, fewer "
+            "than one logging interval past the %lld already run (run.log_every = %d): raise "
+            "run.max_time or lower run.log_every",
+            c->max_time, (long long)planned, v[1], (long long)done, c->log_every);
+    apply_plan(t, planned);
+    t->plans++;
+    log0("run.max_time %.0f s: %.3g s/update over updates %lld-%lld, so %lld updates in all; the "
+         "recipe of run.max_updates = %lld scaled by %.3g (warm-up %lld, tau ramp %lld)\n",
+         c->max_time, v[1], (long long)t->probe_from + 1, (long long)done, (long long)planned,
+         (long long)c->max_updates, (double)planned / (double)c->max_updates,
+         (long long)t->sched.warmup, (long long)t->tau_steps);
+}
+
 int trainer_resume(Trainer *t) {
     double resumed = 0;
     if (!t->run_dir[0]) die("--resume needs a run directory");
@@ -199,10 +247,11 @@ int trainer_resume(Trainer *t) {
         if (rc == 0) {
             /* the checkpoint against this run: a changed dataset or config is the user's to fix */
             int64_t per_epoch = t->loader ? loader_epoch_samples(t->loader) : 0;
-            if (t->st.update > t->cfg.max_updates)
-                die("%s: update %lld is past run.max_updates = %lld (raise it to continue this "
-                    "run)",
-                    ck, (long long)t->st.update, (long long)t->cfg.max_updates);
+            if (t->st.update > (t->st.planned ? t->st.planned : t->cfg.max_updates))
+                die("%s: update %lld is past the run's %lld updates (raise run.max_updates to "
+                    "continue it)",
+                    ck, (long long)t->st.update,
+                    (long long)(t->st.planned ? t->st.planned : t->cfg.max_updates));
             if (t->loader && t->st.cursor.position > per_epoch)
                 die("%s: loader position %lld is past the %lld samples per epoch of %s (another "
                     "dataset?)",
@@ -221,6 +270,7 @@ int trainer_resume(Trainer *t) {
     dist_bcast_bytes(t->params, t->np * 4), dist_bcast_bytes(t->teacher, t->np * 4);
     dist_bcast_bytes(t->adam_m, t->np * 4), dist_bcast_bytes(t->adam_v, t->np * 4);
     t->last_ckpt = t->st.update;
+    if (t->st.planned > 0) apply_plan(t, t->st.planned); /* a budgeted run keeps its plan */
     open_loader(t); /* the loader starts where the checkpoint left off (a global cursor) */
     return 1;
 }
@@ -324,7 +374,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
      * docs/algorithm.md §6.1) */
     /* rank 0 owns the schedule: its update counter, tau and learning rate go to every rank,
      * and a rank that is out of step stops the job (docs/reliability.md §6) */
-    double sched[3] = {(double)n, ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n),
+    double sched[3] = {(double)n, ema_tau(c->ema_tau0, c->ema_tau_end, t->tau_steps, n),
                        lr_at(&t->sched, n)};
     if (g_dist.world > 1) {
         dist_watchdog_phase("the schedule broadcast", n);
@@ -431,7 +481,7 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
         /* the teacher after the EMA that follows this update: the one update n+1 uses */
         float *t_after = xalloc(np * 4, "dump teacher");
         memcpy(t_after, t->teacher, np * 4);
-        ema_step(t, t_after, ema_tau(c->ema_tau0, c->ema_tau_end, c->ema_tau_steps, n + 1));
+        ema_step(t, t_after, ema_tau(c->ema_tau0, c->ema_tau_end, t->tau_steps, n + 1));
         char path[PATH_MAX + 16];
         const char *d = t->opt.dump;
         if (t->opt.dump_updates == 1)
@@ -458,6 +508,15 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     /* a slow update is not a hang: the limit follows the slowest one seen */
     dist_watchdog_raise(5 * m.seconds);
     dist_watchdog_phase("logging and checkpoint checks", n + 1);
+    if (c->max_time > 0 && t->plans < 2) { /* time this process's updates from its first */
+        if (t->probe_from == 0 && !t->st.planned)
+            t->probe_from = n + 1, t->t_probe = now_seconds();
+        else if (t->probe_from > 0 &&
+                 ((t->plans == 0 && n + 1 >= t->probe_from + TRAINER_PROBE - 1) ||
+                  (t->plans == 1 && n + 1 >= t->probe_from + TRAINER_PROBE - 1 +
+                                                 (t->st.planned - t->probe_from) / 10)))
+            plan_budget(t); /* once after the probe, again (better measured) a tenth in */
+    }
     if (c->consistency_every > 0 && (n + 1) % c->consistency_every == 0 &&
         !(c->checkpoint_every > 0 && (n + 1) % c->checkpoint_every == 0))
         trainer_check_replicas(t); /* (a checkpoint checks them itself) */
@@ -468,7 +527,8 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
 void trainer_log(Trainer *t, const TrainMetrics *m) {
     const TrainConfig *c = &t->cfg;
     double now = now_seconds(), rate = t->samples_since_log / (now - t->t_log);
-    double eta = (now - t->t_start) / m->update * (c->max_updates - m->update);
+    double eta = (now - t->t_start) / m->update * (trainer_total_updates(t) - m->update);
+    (void)c;
     double since = t->updates_since_log > 0 ? (double)t->updates_since_log : 1;
     double skew = (t->times.skew - t->log_skew) / since;
     double comm = (t->times.allreduce - t->log_allreduce) / since;
@@ -504,6 +564,13 @@ int trainer_stop_requested(Trainer *t, int local) {
         snprintf(path, sizeof path, "%s/stop", t->run_dir);
         stop += access(path, F_OK) == 0;
     }
+    /* run.max_time is a wall-time limit too: past it, stop (checkpointed; --resume finishes) */
+    if (g_dist.rank == 0 && t->cfg.max_time > 0 && now_seconds() - t->t_start >= t->cfg.max_time &&
+        t->st.update < trainer_total_updates(t)) {
+        log0("run.max_time %.0f s reached at update %lld of %lld\n", t->cfg.max_time,
+             (long long)t->st.update, (long long)trainer_total_updates(t));
+        stop += 1;
+    }
     dist_allreduce_sum_f64(&stop, 1);
     return stop > 0;
 }
@@ -525,7 +592,7 @@ void trainer_finish(Trainer *t) {
     if (t->run_dir[0] && t->last_ckpt != t->st.update && t->st.update > 0)
         trainer_checkpoint(t); /* the final state, unless just written */
     log0("done: update %lld of %lld, %.1f s\n", (long long)t->st.update,
-         (long long)t->cfg.max_updates, now_seconds() - t->t_start);
+         (long long)trainer_total_updates(t), now_seconds() - t->t_start);
 }
 
 void trainer_reset_times(Trainer *t) {
