@@ -1288,6 +1288,10 @@ static void test_conv1d(void) {
     test_conv_case(2, 23, 64, 8, 3, 2, 0, 1, 0, 1); // wav2vec layers 1-4: K=3, stride 2
     test_conv_case(2, 16, 64, 5, 2, 2, 0, 1, 1, 1); // layers 5-6: K=2, stride 2, with a bias
     test_conv_case(1, 19, 80, 7, 4, 1, 0, 1, 1, 0); // overlapping taps (K > stride)
+    /* ... and padded: each tap skips the output rows whose window leaves the input */
+    test_conv_case(2, 10, 64, 6, 9, 1, 4, 1, 1, 1); // text v2 decoder: K = 9, "same" padding
+    test_conv_case(2, 9, 64, 5, 5, 2, 2, 1, 0, 0);  // strided, no bias
+    test_conv_case(1, 2, 64, 4, 7, 1, 3, 1, 1, 0);  // input shorter than the kernel: empty taps
 }
 
 typedef struct {

@@ -134,6 +134,17 @@ void conv1d_backward(float *dinp, float *dW, float *dbias, float *cols, const fl
                      const float *inp, const float *W, int B, int L, int Cin, int Cout, int K,
                      int stride, int pad, int groups);
 
+/// 2-D convolution, stride 1, "same" padding (K odd, pad K/2), channels last: inp (B, H, W, Cin),
+/// out (B, H, W, Cout); w (Cout, Cin/groups, K, K) in PyTorch layout; bias (Cout) or NULL; groups
+/// divides Cin and Cout. `cols` is scratch of conv2d_cols_size() floats (one group's im2col; the
+/// backward recomputes it, so it need not hold the forward's contents).
+size_t conv2d_cols_size(int B, int H, int W, int Cin, int K, int groups);
+void conv2d_forward(float *out, float *cols, const float *inp, const float *w, const float *bias,
+                    int B, int H, int W, int Cin, int Cout, int K, int groups);
+void conv2d_backward(float *dinp, float *dw, float *dbias, float *cols, const float *dout,
+                     const float *inp, const float *w, int B, int H, int W, int Cin, int Cout,
+                     int K, int groups);
+
 /// out (N, C) = table[ids[n]] (table is (V, C)); ids outside [0, V) are a fatal error.
 void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int V, int C);
 /// dtable[ids[n]] += dout[n] (scatter-add; threads split channels so rows never race).
