@@ -23,10 +23,28 @@ static const Batch *next_synthetic(void *ctx) { return &((Synthetic *)ctx)->b; }
 /* Analytic FLOPs of one micro-step: the teacher's forward, the student's forward and backward
  * (2x the forward: input and weight gradients), the head on M rows, and the front-end's GEMMs.
  * Element-wise work is left out: this is the rate against BLIS's. */
+/* One encoder forward over B rows of T tokens. */
+static double enc_fwd(const EncoderConfig *e, double B, double T) {
+    double C = e->C, F = e->F;
+    return (double)e->L * (B * T * 2 * (4 * C * C + 2 * C * F) + B * 4 * T * T * C);
+}
+
+/* v2 (docs/algorithm.md §7.2): the student on B M rows of Tk kept tokens (forward + backward),
+ * the teacher once on B x T, the decoder on B M x T (forward + backward). */
+static double step_flops_v2(const ModelConfig *c, int B, int T, double kept) {
+    const DecoderConfig *d = &c->v2c.dec;
+    double R = (double)B * c->v2c.clones, C = c->enc.C, D = d->D;
+    double taps = d->dims == 2 ? (double)d->K * d->K : d->K;
+    double dec = 0, in = C;
+    for (int l = 0; l < d->layers; l++, in = D)
+        dec += 2 * R * T * taps * (in / d->groups) * D;
+    dec += d->proj_hidden ? 2 * R * T * (D * d->proj_hidden + d->proj_hidden * C) : 2 * R * T * D * C;
+    return 3 * enc_fwd(&c->enc, R, kept) + enc_fwd(&c->enc, B, T) + 3 * dec;
+}
+
 static double step_flops(const ModelConfig *c, int B, int T, int S, double M) {
     const EncoderConfig *e = &c->enc;
-    double C = e->C, F = e->F, fwd = 0;
-    fwd = (double)e->L * ((double)B * T * 2 * (4 * C * C + 2 * C * F) + (double)B * 4 * T * T * C);
+    double C = e->C, fwd = enc_fwd(e, B, T);
     double f = 4 * fwd;
     double H = c->head.layers == 2 ? 2 * C : C;
     f += 3 * 2 * M * C * H * (c->head.layers == 2 ? 2 : 1);
@@ -117,7 +135,10 @@ int main(int argc, char **argv) {
     size_t arenas = xalloc_total() - before;
     double blis = blis_peak_gflops(2048);
     ModelTrace tr = model_trace(t.model, b);
-    double flops = step_flops(&t.mc, B, tr.T, b->S, m.masked / g_dist.world) * g_dist.world;
+    double kept = tr.T * (1 - model_masked_pct(t.model));
+    double flops = (t.mc.v2 ? step_flops_v2(&t.mc, B, tr.T, kept)
+                            : step_flops(&t.mc, B, tr.T, b->S, m.masked / g_dist.world)) *
+                   g_dist.world;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     const TrainTimes *tm = &t.times;
@@ -125,9 +146,10 @@ int main(int argc, char **argv) {
     char cpu[256];
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     log0("%-17s L=%d C=%d B=%d%s ranks=%d threads=%d: %.4f s/update  %.1f samples/s  "
-         "%.1f GFLOP/s per rank = %.0f%% of BLIS (%.1f)\n",
+         "%.0f masked predictions/s  %.1f GFLOP/s per rank = %.0f%% of BLIS (%.1f)\n",
          name, t.mc.enc.L, t.mc.enc.C, c.batch_size, c.modality == D2V_SPEECH ? " (2 s clips)" : "",
-         g_dist.world, gemm_threads(), su, c.batch_size / su, gf, 100 * gf / blis, blis);
+         g_dist.world, gemm_threads(), su, c.batch_size / su, m.masked / su, gf, 100 * gf / blis,
+         blis);
     log0("    ");
     for (int i = 0; i < PHASE_NUM; i++)
         log0("%s %.0f%%, ", model_phase_names[i], 100 * tm->model[i] / tm->total);
