@@ -20,6 +20,7 @@ typedef struct V2State {
     int32_t *keep;           // (B M, Tk) kept positions, ascending
     int64_t *row_ids;        // (B M) dropout and noise keys: sample id * V2_MAX_CLONES + clone
     uint8_t *all;            // (B, T) ones: targets at every position
+    uint8_t *pad;            // (B M, Tk) the kept tokens' padding flags (fairseq gathers them)
     int *mask_scratch;       // v2_mask_batch
     float *xs, *dxs, *dh;    // (B M, Tk, C) student input, its gradient, d encoder output
     float *dec_in, *ddec_in; // (B M, T, C)
@@ -58,6 +59,7 @@ void v2_create(Model *m, int Bmax) {
     v->keep = xalloc(sizeof(int32_t) * R * v->Tk_max, "v2 kept positions");
     v->row_ids = xalloc(sizeof(int64_t) * R, "v2 row ids");
     v->all = xalloc(N, "v2 target positions");
+    v->pad = xalloc(R * v->Tk_max, "v2 kept padding");
     memset(v->all, 1, N);
     v->mask_scratch = xalloc(sizeof(int) * (v2_mask_scratch(&mc) + 16), "v2 mask scratch");
     size_t RK = R * v->Tk_max * C, RT = R * T * C;
@@ -82,6 +84,7 @@ void v2_destroy(Model *m) {
     encoder_free(&m->enc_s), encoder_free(&m->enc_t);
     decoder_destroy(&v->dec);
     free(v->masks), free(v->keep), free(v->row_ids), free(v->all), free(v->mask_scratch);
+    free(v->pad);
     free(v->xs), free(v->dxs), free(v->dh), free(v->dec_in), free(v->ddec_in), free(v->ddec_out);
     free(v->y), free(v->pred), free(v->tgt), free(v->dp), free(v->dlocal), free(v->trace_noise);
     free(m->tscratch), free(v);
@@ -118,12 +121,14 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     /* 3. the student on each clone's kept tokens */
 #pragma omp parallel for
     for (int r = 0; r < R; r++)
-        for (int j = 0; j < Tk; j++)
-            memcpy(v->xs + ((size_t)r * Tk + j) * C,
-                   x.x + ((size_t)(r / M) * T + v->keep[(size_t)r * Tk + j]) * C,
-                   sizeof(float) * C);
+        for (int j = 0; j < Tk; j++) {
+            size_t src = (size_t)(r / M) * T + v->keep[(size_t)r * Tk + j];
+            memcpy(v->xs + ((size_t)r * Tk + j) * C, x.x + src * C, sizeof(float) * C);
+            if (x.pad) v->pad[(size_t)r * Tk + j] = x.pad[src];
+        }
     EncoderRun rs = {.B = R,
                      .T = Tk,
+                     .key_pad = x.pad ? v->pad : NULL, /* padding keys stay masked */
                      .train = 1,
                      .seed = seed,
                      .step = step,
@@ -153,7 +158,8 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     m->phase[PHASE_STUDENT_FWD] += t1 - t0;
     t0 = t1;
     /* 5. the teacher once per sample, on the student's local features (text, speech) */
-    EncoderRun rt = {.B = B, .T = T, .seed = seed, .step = step, .sample_ids = b->ids};
+    EncoderRun rt = {
+        .B = B, .T = T, .key_pad = x.pad, .seed = seed, .step = step, .sample_ids = b->ids};
     encoder_forward(&m->enc_t, &t->enc, x.x, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);

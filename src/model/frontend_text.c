@@ -76,6 +76,8 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
 static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, DropKey dk) {
     TextFront *f = fe;
     dk.site = RNG_SITE_TEXT_EMBED;
+    /* the student's input is the unmasked text: the dumps' student_tokens say so */
+    memcpy(f->tokens_in, b->tokens, sizeof(int32_t) * (size_t)b->B * f->T);
     text_embed_forward(&f->s, &p->text, b->tokens, b->B, f->T, 1, dk);
     return (FrontOut){f->s.out, f->s.pad, NULL, NULL};
 }
