@@ -59,6 +59,16 @@ for np in 2 3; do
         fi
     done
 done
+# data2vec 2.0 (text): 4 masks per sample keyed on (update, sample, clone), so 2 ranks of 4
+# samples train what 1 rank of 8 does
+"$build/bin/d2v-prep-text" --vocab-size 512 --split-blank -o "$dir/text.h5" tests/fixtures/text \
+    >/dev/null 2>&1
+v2set="--set data.train=$dir/text.h5 --set run.max_updates=8 --set run.log_every=1"
+"$build/bin/d2v-train" configs/text-v2-tiny.cfg $v2set --run-dir "$dir/v2one" >/dev/null 2>&1
+timeout 300 mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREADS=1 \
+    "$build/bin/d2v-train" configs/text-v2-tiny.cfg $v2set --run-dir "$dir/v2two" >/dev/null 2>&1
+msg=$(compare "$dir/v2one" "$dir/v2two") && ok "v2 text, batch 8 with 4 clones: 2 ranks == 1 rank: $msg" ||
+    bad "v2 text on 2 ranks != on 1 rank: $msg"
 out=$(timeout 120 mpirun --oversubscribe -np 3 "$build/bin/d2v-train" "$@" --run-dir "$dir/three" 2>&1)
 rc=$?
 n=$(echo "$out" | grep -c "data.batch_size 16 .* is not a multiple of the 3 ranks")

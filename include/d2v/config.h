@@ -61,6 +61,12 @@ typedef struct {
     double color_jitter; // ColorJitter(s, s, s) strength, 0 = off
     int interpolation;   // LOADER_INTERP_BILINEAR / LOADER_INTERP_BICUBIC (dataset.h)
     /* run */
+    /* data2vec 2.0 (model.mode = "v2", docs/algorithm.md §7) */
+    int mode; // 0 v1, 1 v2
+    int v2_clones, v2_mask_length;
+    double v2_mask_prob, v2_mask_adjust, v2_noise_std, v2_cls_loss;
+    int dec_dim, dec_kernel, dec_groups, dec_layers, dec_residual, dec_proj_hidden;
+    double dec_input_dropout;
     int64_t max_updates, collapse_after, checkpoint_every;
     double max_time;    // > 0: a wall-time budget (s); the update count and schedules are planned
                         // from the measured update rate, scaled from the max_updates recipe

@@ -32,7 +32,7 @@ typedef struct {
     const void *data;
 } TraceArray;
 enum { TRACE_U8, TRACE_I32, TRACE_F32 };
-#define FRONT_MAX_TRACE 4
+#define FRONT_MAX_TRACE 6 // the front-end's arrays, plus two of v2's
 
 typedef struct {
     const char *name;
@@ -57,6 +57,10 @@ typedef struct {
     int (*pool_first)(const struct ModelConfig *c);
     /// The batch and mask arrays of the last step; returns how many (<= FRONT_MAX_TRACE).
     int (*trace)(const void *fe, const struct Batch *b, TraceArray *out);
+    /// data2vec 2.0: the student's local features of the *unmasked* batch, dropout on, in the
+    /// student's activations (so `backward` then gives their gradient; docs/algorithm.md §7.2).
+    /// NULL: the modality has no v2 path yet.
+    FrontOut (*v2_local)(void *fe, const struct ModelParams *p, const struct Batch *b, DropKey dk);
 } FrontendOps;
 
 /// The front-end of a modality (D2V_TEXT, D2V_IMAGE, D2V_SPEECH).

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "d2v/dataset.h"
+#include "d2v/decoder.h"
 #include "d2v/encoder.h"
 #include "d2v/frontend.h"
 #include "d2v/frontends.h"
@@ -16,8 +17,20 @@
 #include "d2v/masking.h"
 #include "d2v/params.h"
 
+/// data2vec 2.0 (docs/algorithm.md §7.2).
+#define V2_MAX_CLONES 256
+typedef struct {
+    int clones;        // M masks per sample; one teacher pass serves them all
+    V2MaskConfig mask; // kind, mask_prob, block, adjust (T or H, W set per batch)
+    float noise_std;   // N(0, noise_std^2) vectors in the masked slots of the decoder input
+    float cls_loss;    // images: weight of the cls token's loss (0: none)
+    DecoderConfig dec;
+} V2Config;
+
 typedef struct ModelConfig {
     int modality; // D2V_TEXT / D2V_IMAGE / D2V_SPEECH
+    int v2;       // 1: data2vec 2.0 (visible-only student, decoder, multi-mask); 0: v1
+    V2Config v2c;
     TextEmbedConfig text;
     ImageEmbedConfig image;
     SpeechEmbedConfig speech;
@@ -49,7 +62,8 @@ typedef struct ModelParams {
         SpeechEmbedParams speech;
     };
     EncoderParams enc;
-    HeadParams head;
+    HeadParams head;   // v1
+    DecoderParams dec; // v2
 } ModelParams;
 
 /// The model's parameter table: front-end, encoder, head, in arena order. Free with ptab_free.
@@ -104,6 +118,8 @@ void model_set_grad_hook(Model *m, GradHook fn, void *ctx);
 void model_features(Model *m, const ModelParams *p, const Batch *b, float *out);
 /// Model width C.
 int model_width(const ModelConfig *c);
+/// v2: the share of each row's tokens the last micro-step masked (fairseq's masked_pct); v1: 0.
+double model_masked_pct(const Model *m);
 
 /// Seconds spent in each phase of model_micro_step since the last reset (for benchmarks).
 enum { PHASE_TEACHER, PHASE_STUDENT_FWD, PHASE_LOSS, PHASE_BACKWARD, PHASE_NUM };
@@ -120,6 +136,7 @@ typedef struct {
     float *const *teacher_layers; // top_k x (B, T, C)
     int n_arrays;                 // the front-end's batch and mask arrays
     TraceArray arrays[FRONT_MAX_TRACE];
+    int rows; // rows of sel: B (v1), or B x clones (v2: sel is then the masks, row b M + m)
 } ModelTrace;
 ModelTrace model_trace(const Model *m, const Batch *b);
 

@@ -34,6 +34,7 @@ enum {
     RNG_SITE_TEXT_EMBED = 1,   // after the text embedding layer norm
     RNG_SITE_SPEECH_INPUT = 2, // after the speech encoder layer norm (student only)
     RNG_SITE_DEC_INPUT = 9,    // data2vec 2.0 decoder input: the encoder output (student only)
+    RNG_SITE_V2_NOISE = 10,    // data2vec 2.0: the noise vectors in the masked slots
     RNG_SITE_BLOCKS = 16,      // encoder block l uses RNG_SITE_BLOCKS * (l + 1) + 0..15
 };
 

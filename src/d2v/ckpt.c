@@ -121,6 +121,7 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     h5_attr_i32(o.file, "format_version", D2V_FORMAT_VERSION);
     h5_attr_str(o.file, "kind", "checkpoint");
     h5_attr_str(o.file, "modality", d2v_modality_names[mc->modality]);
+    h5_attr_str(o.file, "mode", mc->v2 ? "v2" : "v1");
     h5_attr_str(o.file, "config", config_text ? config_text : "");
     h5_attr_i64(o.file, "update", st->update);
     h5_attr_i64(o.file, "skipped", st->skipped);
@@ -228,6 +229,16 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
     else if (strcmp(mod, d2v_modality_names[mc->modality]))
         rc = ERR("%s: a %s checkpoint, this run trains %s", path, mod,
                  d2v_modality_names[mc->modality]);
+    if (!rc) { /* data2vec 1.0 or 2.0 (no attribute: written before v2, so v1) */
+        char mode[8] = "v1";
+        if (H5Aexists(f, "mode") > 0 &&
+            h5_read_attr_str(f, path, "mode", mode, sizeof mode, err, errlen) < 0)
+            rc = CKPT_DAMAGED;
+        else if (strcmp(mode, mc->v2 ? "v2" : "v1"))
+            rc = ERR("%s: a data2vec %s checkpoint (model.mode = \"%s\"), this run trains "
+                     "model.mode = \"%s\"",
+                     path, mode, mode, mc->v2 ? "v2" : "v1");
+    }
     /* the same tensors, in the same places, with the same shapes */
     ParamTable tab;
     model_declare(&tab, mc);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "d2v/objective.h"
 #include "d2v/optim.h"
@@ -35,6 +36,7 @@ static const char *const init_names[] = {"fairseq", "beit", "mae", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
 static const char *const eps_mode_names[] = {"torch", "fairseq", NULL};  /* ADAM_EPS_* order */
 static const char *const interp_names[] = {"bilinear", "bicubic", NULL}; /* LOADER_INTERP_* */
+static const char *const mode_names[] = {"v1", "v2", NULL};
 
 #define F(field) offsetof(TrainConfig, field)
 static const KeySpec schema[] = {
@@ -56,6 +58,20 @@ static const KeySpec schema[] = {
     {"model.final_norm_eps", T_FLOAT, F(final_norm_eps), 1e-12, 1e-2, NULL, "1e-6"},
     {"model.head_layers", T_INT, F(head_layers), 1, 2, NULL, "1"},
     {"model.init", T_ENUM, F(model_init), 0, 0, init_names, "fairseq"},
+    {"model.mode", T_ENUM, F(mode), 0, 0, mode_names, "v1"},
+    {"v2.clones", T_INT, F(v2_clones), 1, V2_MAX_CLONES, NULL, "8"},
+    {"v2.mask_prob", T_FLOAT, F(v2_mask_prob), 0, 0.99, NULL, "0.48"},
+    {"v2.mask_length", T_INT, F(v2_mask_length), 1, 64, NULL, "1"},
+    {"v2.mask_adjust", T_FLOAT, F(v2_mask_adjust), 0, 1, NULL, "0"},
+    {"v2.noise_std", T_FLOAT, F(v2_noise_std), 0, 10, NULL, "0.01"},
+    {"v2.cls_loss", T_FLOAT, F(v2_cls_loss), 0, 100, NULL, "0"},
+    {"decoder.dim", T_INT, F(dec_dim), 0, 16384, NULL, "0"},
+    {"decoder.kernel", T_INT, F(dec_kernel), 1, 63, NULL, "9"},
+    {"decoder.groups", T_INT, F(dec_groups), 1, 4096, NULL, "1"},
+    {"decoder.layers", T_INT, F(dec_layers), 1, DECODER_MAX_LAYERS, NULL, "5"},
+    {"decoder.residual", T_BOOL, F(dec_residual), 0, 1, NULL, "false"},
+    {"decoder.proj_hidden", T_INT, F(dec_proj_hidden), 0, 65536, NULL, "0"},
+    {"decoder.input_dropout", T_FLOAT, F(dec_input_dropout), 0, 0.9, NULL, "0.1"},
     {"text.max_positions", T_INT, F(text_max_positions), 2, 65536, NULL, "512"},
     {"text.dropout", T_FLOAT, F(text_dropout), 0, 0.9, NULL, "0.1"},
     {"text.ln_eps", T_FLOAT, F(text_ln_eps), 1e-12, 1e-2, NULL, "1e-5"},
@@ -347,6 +363,48 @@ void train_config_defaults(TrainConfig *c) {
     }
 }
 
+/* model.mode = "v2": what data2vec 2.0 needs, and whether the student fits in memory. */
+static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
+    if (c->modality != D2V_TEXT)
+        return errf(err, n,
+                    "config: model.mode = \"v2\" is implemented for text so far, not %s "
+                    "(docs/algorithm.md §7)",
+                    modality_names[c->modality]);
+    if (c->target_tensor != 1)
+        return errf(err, n,
+                    "config: target.tensor = \"end\" is a data2vec 1.0 (vision) target; "
+                    "model.mode = \"v2\" regresses the FFN outputs (target.tensor = \"ffn\")");
+    if (c->dec_kernel % 2 == 0)
+        return errf(err, n, "config: decoder.kernel %d must be odd (same padding)", c->dec_kernel);
+    int D = c->dec_dim > 0 ? c->dec_dim : c->width;
+    if (c->width % c->dec_groups || D % c->dec_groups)
+        return errf(err, n,
+                    "config: decoder.groups %d must divide model.width %d and decoder.dim %d",
+                    c->dec_groups, c->width, D);
+    if (c->modality == D2V_TEXT && c->v2_mask_length != 1)
+        return errf(
+            err, n,
+            "config: v2.mask_length %d: text v2 masks random tokens (fairseq mask_length 1)",
+            c->v2_mask_length);
+    /* the student's activations: micro-batch x clones x kept tokens, per layer about 10 C + 2 F
+     * floats per token (encoder.c's arena); refuse what cannot fit in this node's memory */
+    TrainSplit sp;
+    if (train_config_split(c, ranks > 0 ? ranks : 1, &sp, err, n)) return -1;
+    int T = c->text_block;
+    double kept = T - floor(T * c->v2_mask_prob), tokens = (double)sp.micro * c->v2_clones * kept;
+    double bytes = tokens * c->layers * (10.0 * c->width + 2.0 * c->ffn) * 4;
+    double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (mem > 0 && bytes > 0.8 * mem)
+        return errf(
+            err, n,
+            "config: v2.clones %d x %d samples per micro-batch x %.0f kept tokens need "
+            "about %.1f GiB of student activations, more than 80%% of this node's %.1f GiB: "
+            "lower data.micro_batch (the batch stays, as gradient accumulation) or "
+            "v2.clones",
+            c->v2_clones, sp.micro, kept, bytes / 1073741824.0, mem / 1073741824.0);
+    return 0;
+}
+
 int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) {
     if (c->width % c->heads)
         return errf(err, n, "config: model.width %d is not a multiple of model.heads %d", c->width,
@@ -399,6 +457,7 @@ int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) 
         TrainSplit sp;
         if (train_config_split(c, ranks, &sp, err, n)) return -1;
     }
+    if (c->mode == 1 && validate_v2(c, ranks, err, n)) return -1;
     if (c->schedule == LR_TRI_STAGE && !(c->lr_min > 0))
         return errf(err, n,
                     "config: the tri_stage schedule decays exponentially to optim.lr_min, "
@@ -592,6 +651,37 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
     m->target_eps = (float)c->target_eps;
     m->loss_beta = (float)c->loss_beta, m->loss_scale = (float)c->loss_scale;
     m->ema_frontend = c->ema_frontend;
+    if (c->mode == 1) { /* data2vec 2.0 (docs/algorithm.md §7) */
+        V2Config *v = &m->v2c;
+        m->v2 = 1;
+        v->clones = c->v2_clones;
+        v->noise_std = (float)c->v2_noise_std, v->cls_loss = (float)c->v2_cls_loss;
+        int img = c->modality == D2V_IMAGE;
+        int H = img ? c->image_height / c->image_patch : 0,
+            W = img ? c->image_width / c->image_patch : 0;
+        v->mask = (V2MaskConfig){.kind = img                         ? V2_MASK_BLOCK_2D_INVERSE
+                                         : c->modality == D2V_SPEECH ? V2_MASK_BLOCK_1D
+                                                                     : V2_MASK_RANDOM,
+                                 .T = H * W,
+                                 .H = H,
+                                 .W = W,
+                                 .mask_prob = (float)c->v2_mask_prob,
+                                 .block = c->v2_mask_length,
+                                 .adjust = (float)c->v2_mask_adjust};
+        v->dec = (DecoderConfig){.dims = img ? 2 : 1,
+                                 .C = c->width,
+                                 .D = c->dec_dim > 0 ? c->dec_dim : c->width,
+                                 .K = c->dec_kernel,
+                                 .groups = c->dec_groups,
+                                 .layers = c->dec_layers,
+                                 .residual = c->dec_residual,
+                                 .proj_hidden = c->dec_proj_hidden,
+                                 .input_dropout = (float)c->dec_input_dropout,
+                                 .H = H,
+                                 .W = W,
+                                 .proj_init = c->modality == D2V_TEXT ? DECODER_INIT_BERT
+                                                                      : DECODER_INIT_TORCH};
+    }
 }
 
 LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch) {

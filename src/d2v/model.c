@@ -12,6 +12,7 @@
 #include "d2v/kernels.h"
 #include "d2v/objective.h"
 #include "d2v/util.h"
+#include "model_internal.h"
 
 int model_width(const ModelConfig *c) { return c->enc.C; }
 
@@ -22,7 +23,10 @@ void model_declare(ParamTable *t, const ModelConfig *c) {
     ptab_begin(t, &view, sizeof view);
     frontend_ops(c->modality)->declare(t, &view, c);
     encoder_declare(t, &view.enc, &c->enc);
-    head_declare(t, &view.head, &c->head);
+    if (c->v2)
+        decoder_declare(t, &view.dec, &c->v2c.dec);
+    else
+        head_declare(t, &view.head, &c->head);
 }
 
 size_t model_params_layout(ModelParams *p, float *memory, const ModelConfig *c) {
@@ -79,25 +83,6 @@ int model_param_table(ParamInfo *out, int max, const ModelConfig *c) {
 
 /* ---- activations ---- */
 
-struct Model {
-    ModelConfig c;
-    const FrontendOps *ops;
-    void *fe;
-    int Bmax, Tmax, B, T, M;
-    Encoder enc_s, enc_t;
-    Head head;
-    uint8_t *sel;              // (B, T) loss positions
-    float *targets, *gathered; // (M, C) rows
-    float *dpred, *dgathered;  // head gradients
-    float *dout;               // (B, T, C) gradient of the student's encoder output
-    float *dfront;             // (B, T, C) gradient of the encoder input
-    float *tscratch;           // targets_build scratch
-    float *layers[64];         // teacher top-K layer pointers
-    double phase[PHASE_NUM];   // seconds per phase
-    GradHook hook;             // gradient-ready callback (the trainer's bucketed allreduce)
-    void *hook_ctx;
-};
-
 void model_set_grad_hook(Model *m, GradHook fn, void *ctx) { m->hook = fn, m->hook_ctx = ctx; }
 
 static void block_done(void *ctx, int layer) {
@@ -119,6 +104,10 @@ Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax) {
     if (c->top_k <= 0 || c->top_k > c->enc.L || c->top_k > 64)
         die("model: top_k %d must be in 1..L (L = %d)", c->top_k, c->enc.L);
     m->fe = m->ops->create(c, Bmax, T_or_Smax, &m->Tmax);
+    if (c->v2) {
+        v2_create(m, Bmax);
+        return m;
+    }
     encoder_init(&m->enc_s, &c->enc, Bmax, m->Tmax, 1);
     encoder_init(&m->enc_t, &c->enc, Bmax, m->Tmax, 0);
     size_t N = (size_t)Bmax * m->Tmax, NC = N * C;
@@ -135,6 +124,11 @@ Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax) {
 void model_destroy(Model *m) {
     if (!m) return;
     m->ops->destroy(m->fe);
+    if (m->v2) {
+        v2_destroy(m);
+        free(m);
+        return;
+    }
     encoder_free(&m->enc_s), encoder_free(&m->enc_t);
     head_free(&m->head);
     free(m->targets), free(m->gathered), free(m->dpred), free(m->dgathered), free(m->dout);
@@ -163,6 +157,10 @@ static void scatter_rows(float *x, const float *rows, const uint8_t *sel, size_t
 
 void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelParams *g,
                       const Batch *b, uint64_t seed, uint64_t step, MicroResult *out) {
+    if (m->v2) {
+        v2_micro_step(m, s, t, g, b, seed, step, out);
+        return;
+    }
     const ModelConfig *c = &m->c;
     int B = b->B, C = c->enc.C;
     DropKey dk = {seed, step, 0, b->ids}; /* each front-end sets its own site */
@@ -257,8 +255,9 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
 }
 
 ModelTrace model_trace(const Model *m, const Batch *b) {
-    ModelTrace t = {m->B,       m->T,         m->c.enc.C, m->M, m->sel,
-                    m->targets, m->head.pred, m->layers,  0,    {{0}}};
+    if (m->v2) return v2_trace(m, b);
+    ModelTrace t = {m->B,         m->T,      m->c.enc.C, m->M,  m->sel, m->targets,
+                    m->head.pred, m->layers, 0,          {{0}}, m->B};
     t.n_arrays = m->ops->trace(m->fe, b, t.arrays);
     return t;
 }

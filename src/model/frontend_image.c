@@ -86,4 +86,4 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
 }
 
 const FrontendOps frontend_image = {"image", declare, create,   destroy,    begin,
-                                    mask,    forward, backward, pool_first, trace};
+                                    mask,    forward, backward, pool_first, trace, NULL};

@@ -82,4 +82,4 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
 }
 
 const FrontendOps frontend_speech = {"speech", declare, create,   destroy, begin,
-                                     mask,     forward, backward, NULL,    trace};
+                                     mask,     forward, backward, NULL,    trace, NULL};

@@ -72,6 +72,14 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
     text_embed_backward(&f->s, &g->text, &s->text, dx, 1, dk);
 }
 
+/* v2: the unmasked ids through the student's embedding, dropout on (TextLocalEncoder) */
+static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, DropKey dk) {
+    TextFront *f = fe;
+    dk.site = RNG_SITE_TEXT_EMBED;
+    text_embed_forward(&f->s, &p->text, b->tokens, b->B, f->T, 1, dk);
+    return (FrontOut){f->s.out, f->s.pad, NULL, NULL};
+}
+
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
     const TextFront *f = fe;
     out[0] = (TraceArray){"batch_tokens", TRACE_I32, 2, {b->B, f->T}, b->tokens};
@@ -79,5 +87,5 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_text = {"text", declare, create,   destroy, begin,
-                                   mask,   forward, backward, NULL,    trace};
+const FrontendOps frontend_text = {"text",  declare,  create, destroy, begin,   mask,
+                                   forward, backward, NULL,   trace,   v2_local};

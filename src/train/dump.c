@@ -28,7 +28,9 @@ void dump_step(const char *path, const Trainer *t, const Batch *b, const float *
     h5_write(o.file, "loss", H5T_NATIVE_DOUBLE, 1, one, NULL, &loss);
     h5_write(o.file, "tau", H5T_NATIVE_DOUBLE, 1, one, NULL, &tau);
     h5_write(o.file, "lr", H5T_NATIVE_DOUBLE, 1, one, NULL, &lr);
-    hsize_t ids[1] = {(hsize_t)tr.B}, sel[2] = {(hsize_t)tr.B, (hsize_t)tr.T};
+    h5_attr_str(o.file, "mode", mc->v2 ? "v2" : "v1");
+    if (mc->v2) h5_attr_i32(o.file, "clones", mc->v2c.clones);
+    hsize_t ids[1] = {(hsize_t)tr.B}, sel[2] = {(hsize_t)tr.rows, (hsize_t)tr.T};
     h5_write(o.file, "sample_ids", H5T_NATIVE_INT64, 1, ids, NULL, b->ids);
     h5_write(o.file, "loss_positions", H5T_NATIVE_UINT8, 2, sel, NULL, tr.sel);
     for (int i = 0; i < tr.n_arrays; i++) { /* the front-end's batch and mask arrays */

@@ -54,7 +54,9 @@ static void build_slices(Trainer *t) {
         t->part_first[p] = n;
         for (int i = 0; i < t->table.n; i++) {
             const ParamSpec *s = &t->table.t[i];
-            int enc = !strncmp(s->name, "enc.", 4), head = !strncmp(s->name, "head.", 5);
+            /* the v2 decoder's gradients are complete first, like the v1 head's */
+            int enc = !strncmp(s->name, "enc.", 4),
+                head = !strncmp(s->name, "head.", 5) || !strncmp(s->name, "dec.", 4);
             ParamRange r;
             if (enc && p >= 1 && p <= L) {
                 size_t per = s->count / (size_t)L;
@@ -536,15 +538,28 @@ void trainer_log(Trainer *t, const TrainMetrics *m) {
          "gnorm %.3f  %.1f samples/s  eta %.0f s\n",
          (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr, m->grad_norm,
          rate, eta);
+    char v2[160] = "";
+    if (t->mc.v2) { /* fairseq v2 logs these: collapse shows in them before target_var */
+        double sn = 0, tn = 0;
+        for (int i = 0; i < t->n_ema; i++)
+            for (size_t j = 0; j < t->ema[i].count; j++) {
+                double s = t->params[t->ema[i].offset + j], e = t->teacher[t->ema[i].offset + j];
+                sn += s * s, tn += e * e;
+            }
+        snprintf(v2, sizeof v2, ", \"model_norm\": %.6g, \"ema_norm\": %.6g, \"masked_pct\": %.4g",
+                 sqrt(sn), sqrt(tn), model_masked_pct(t->model));
+        log0("        model_norm %.4f  ema_norm %.4f  masked_pct %.3f\n", sqrt(sn), sqrt(tn),
+             model_masked_pct(t->model));
+    }
     if (t->metrics) {
-        int w =
-            fprintf(t->metrics,
-                    "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
-                    "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
-                    "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld, \"wait_s\": %.4g, "
-                    "\"allreduce_s\": %.4g}\n",
-                    (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr,
-                    m->grad_norm, rate, eta, m->masked, (long long)m->skipped_total, skew, comm);
+        int w = fprintf(
+            t->metrics,
+            "{\"update\": %lld, \"loss\": %.6g, \"target_var\": %.6g, \"pred_var\": %.6g, "
+            "\"tau\": %.8g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+            "\"eta_s\": %.1f, \"masked\": %.0f, \"skipped\": %lld, \"wait_s\": %.4g, "
+            "\"allreduce_s\": %.4g%s}\n",
+            (long long)m->update, m->loss, m->target_var, m->pred_var, m->tau, m->lr, m->grad_norm,
+            rate, eta, m->masked, (long long)m->skipped_total, skew, comm, v2);
         if ((w < 0 || fflush(t->metrics) != 0) && !t->metrics_failed) {
             /* keep training: the checkpoint, which must succeed, reports a full disk itself */
             fprintf(stderr, "d2v: warning: %s/metrics.jsonl: cannot write (%s); training goes on\n",
