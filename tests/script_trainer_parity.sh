@@ -12,6 +12,10 @@
 #               other Adam eps placement (optim.eps_mode) in the trajectory's optimiser chain.
 # Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
 # Text runs twice: with the BPE's own ids (<pad> = 1) and with <pad> far from 1.
+# data2vec 2.0 (configs/text-v2-tiny.cfg, docs/algorithm.md §7.2) runs the reference's self-test
+# first, then the same checks (decoder input dropout off too) and its own negative controls: a
+# decoder weight, the clone count, the clone order of the repeated targets, one kept position,
+# the teacher's input, and a teacher that also averages the front-end and the decoder.
 # A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
 build=${1:-build/release}
@@ -69,7 +73,8 @@ expect_fail() {
     fi
 }
 
-# modality MOD DATA [--set k=v ...]: train, then step, trajectory and negative controls on its dumps.
+# modality MOD DATA [--set k=v ...]: train configs/MOD-tiny.cfg (MOD: image, text, speech,
+# text-v2), then step, trajectory and negative controls on its dumps.
 modality() {
     mod=$1 data=$2
     shift 2
@@ -115,16 +120,37 @@ modality() {
     $PY "$T/perturb.py" "$first" "$T/neg-t_0000.h5" teacher_before enc.fc1_w 0.01 >/dev/null
     expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "targets|teacher layers" \
         "$T/neg-t_0000.h5"
-    $PY "$T/perturb.py" "$first" "$T/neg-g_0000.h5" grads head.w1 1e-3 rel >/dev/null
-    expect_fail "$mod grads head.w1[0] += 1e-3 x max|grad|" "grad head.w1" "$T/neg-g_0000.h5"
+    case $mod in
+    *-v2) out=dec.proj_w ;; # the decoder replaces v1's head
+    *) out=head.w1 ;;
+    esac
+    $PY "$T/perturb.py" "$first" "$T/neg-g_0000.h5" grads $out 1e-3 rel >/dev/null
+    expect_fail "$mod grads $out[0] += 1e-3 x max|grad|" "grad $out" "$T/neg-g_0000.h5"
+    why=targets
     case $mod in
     image) sharing=share-all what="teacher with the student's front-end (spec: EMA'd)" ;;
     text) sharing=ema-all what="teacher with its own averaged embeddings (spec: shared)" ;;
     speech) sharing=share-all what="teacher with the student's encoder LN (spec: EMA'd)" ;;
+    *-v2) sharing=ema-all what="teacher averaging the front-end and decoder (spec: encoder only)"
+        why=teacher_after ;; # the v2 teacher never runs them: only the EMA shows the rule
     esac
     cp "$last" "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
-    expect_fail "$mod sharing rule on update $((UPDATES - 1)): $what" "targets" \
+    expect_fail "$mod sharing rule on update $((UPDATES - 1)): $what" "$why" \
         --sharing $sharing "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+    case $mod in
+    *-v2)
+        $PY "$T/perturb.py" "$first" "$T/neg-d_0000.h5" params_before dec.conv_w.0 0.01 >/dev/null
+        expect_fail "$mod params_before dec.conv_w.0[0] += 0.01" "predictions|loss:" \
+            "$T/neg-d_0000.h5"
+        expect_fail "$mod v2.clones read as one less" "targets" --v2-fault clones-1 "$first"
+        expect_fail "$mod targets repeated sample-major (spec: repeat_interleave)" "targets" \
+            --v2-fault repeat-tile "$first"
+        expect_fail "$mod one kept position of row 0 moved to its masked neighbour" "predictions" \
+            --v2-fault kept-shift "$first"
+        expect_fail "$mod teacher fed clone 0's masked view (spec: the local features)" \
+            "targets|teacher layers" --v2-fault teacher-masked "$first"
+        ;;
+    esac
     case $(sed -n 's/^ *eps_mode = "\(.*\)";$/\1/p' "$T/run-$mod/config.resolved.cfg") in
     fairseq) wrong=torch ;;
     *) wrong=fairseq ;;
@@ -197,6 +223,20 @@ json.dump({k: n for n, (_, k) in enumerate(keep)}, open(sys.argv[2], "w"))' \
     else
         bad "text: d2v-prep-text with a vocab.json failed"; tail -n 3 "$T/prep-text-pad.log"
     fi
+fi
+
+# text, data2vec 2.0: the reference's self-test, then the step on the Moby-Dick dataset above
+echo "-- text, data2vec 2.0"
+$PY $REF --self-test --decoder-fixture build/fixtures/decoder_ref.h5 >"$T/selftest-v2.log" 2>&1
+rc=$?
+sed 's/^/    /' "$T/selftest-v2.log"
+if [ $rc -eq 0 ]; then
+    ok "text-v2: step_ref --self-test: $(tail -n 1 "$T/selftest-v2.log")"
+else
+    bad "text-v2: step_ref --self-test (exit $rc; build/fixtures comes from make fixtures)"
+fi
+if present text-v2 configs/text-v2-tiny.cfg "$T/text.h5"; then
+    modality text-v2 "$T/text.h5" --set text.dropout=0 --set decoder.input_dropout=0
 fi
 
 # speech: "zero".."nine" in four espeak-ng voices

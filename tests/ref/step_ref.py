@@ -32,6 +32,21 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
             fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
+data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text so far): the dump adds
+v2_masks (B*M, T) and v2_noise (B*M, T, C), so again nothing random is replayed. The student's
+front-end runs on the unmasked batch (the local features); row r = b*M + m gathers its kept
+positions (ascending) of sample b, runs the encoder, is scattered back over the noise at the
+masked slots and decoded by the conv decoder (dec.*, decoder_ref.ConvDecoder, its structure read
+from the table's shapes and checked against decoder.*; decoder.input_dropout must be 0 too). The
+teacher encodes the local features once (no gradient); its top-K FFN outputs are instance-
+normalised over time (eps 1e-5), averaged and repeated per clone; the loss is L2 times scale at
+the masked positions, / the masked count over all clones. The teacher averages the encoder
+blocks only (text), never the decoder. --v2-fault clones-1 / repeat-tile / kept-shift /
+teacher-masked make one deliberate error each (negative controls). --self-test checks these
+pieces without a dump: gather and scatter by hand, the vectorised step against a row-by-row loop,
+autograd against central differences (a 1%-wrong gradient rejected), every fault changing the
+step, and, with --decoder-fixture decoder_ref.h5, the dec.* table mapping against that fixture.
+
 Modes:
   step (default)  every dump is checked on its own: tau and lr of update n (n from the file name
                   suffix _NNNN, else 0), the batch/mask consistency, the parameter table layout,
@@ -59,7 +74,9 @@ The float32 reference is cross-checked once against a float64 run of itself on t
 (torch 1.13's oneDNN GELU backward bug: wrong gradients for a non-contiguous incoming gradient).
 
 Usage: /usr/bin/python3 tests/ref/step_ref.py [--trajectory] [--traj-rtol R] [--verbose]
-           [--dtype float32|float64] [--sharing spec|ema-all|share-all] DUMP.h5 [DUMP_0001.h5 ...]
+           [--dtype float32|float64] [--sharing spec|ema-all|share-all] [--eps-mode M]
+           [--v2-fault F] DUMP.h5 [DUMP_0001.h5 ...]
+       /usr/bin/python3 tests/ref/step_ref.py --self-test [--decoder-fixture decoder_ref.h5]
 Prints one "ok"/"FAIL" line per check and "N passed, N failed"; exits 1 on any mismatch, 2 on a
 usage or input error.
 """
@@ -75,6 +92,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed
+from decoder_ref import ConvDecoder, keep_mask
 
 # Tolerances (fp32 C against the fp32 reference; errors are relative to the tensor's max |value|).
 TOL_LOSS = 1e-5     # relative
@@ -228,6 +246,8 @@ class Dump:
             self.config_text = text.decode() if isinstance(text, bytes) else text
             mod = f.attrs["modality"]
             self.modality = mod.decode() if isinstance(mod, bytes) else mod
+            mode = f.attrs["mode"] if "mode" in f.attrs else "v1"  # v1 dumps predate the key
+            self.mode = mode.decode() if isinstance(mode, bytes) else mode
             self.pad_id = int(f.attrs["pad_id"]) if "pad_id" in f.attrs else None  # text
             self.d = {k: f[k][()] for k in f.keys()}
         m = re.search(r"_(\d+)\.h5$", path)
@@ -236,6 +256,9 @@ class Dump:
         if self.cfg.get("modality") != self.modality:
             raise InputError(f"{path}: modality attribute {self.modality} but config says "
                              f"{self.cfg.get('modality')}")
+        if self.cfg.get("model.mode", "v1") != self.mode:
+            raise InputError(f"{path}: mode attribute {self.mode} but config says "
+                             f"{self.cfg.get('model.mode', 'v1')}")
         names = [s.decode() if isinstance(s, bytes) else s for s in self.d["param_names"]]
         self.table = []
         for name, off, shp in zip(names, self.d["param_offsets"], self.d["param_shapes"]):
@@ -272,7 +295,8 @@ class RefModel:
     def __init__(self, dump, dtype, sharing="spec"):
         c, self.cfg, self.dtype = dump.cfg, dump.cfg, dtype
         self.modality = dump.modality
-        on = [k for k in DROPOUT_KEYS if c.get(k, 0) > 0
+        keys = DROPOUT_KEYS + (("decoder.input_dropout",) if dump.mode == "v2" else ())
+        on = [k for k in keys if c.get(k, 0) > 0
               and (k != "text.dropout" or self.modality == "text")]
         if on:
             raise InputError(f"{dump.path}: dropout is on ({', '.join(on)}); the reference has "
@@ -312,26 +336,45 @@ class RefModel:
         torch.manual_seed(0)  # the initial values are overwritten from the dump
         self.fe, self.enc = frontend().to(dtype), encoder().to(dtype)
         self.fe_t, self.enc_t = frontend().to(dtype), encoder().to(dtype)
+        self.build_output(dump, dtype)
+        for p in list(self.fe_t.parameters()) + list(self.enc_t.parameters()):
+            p.requires_grad_(False)
+        self.student = self.refs(self.fe, self.enc, head=True)
+        self.teacher = self.refs(self.fe_t, self.enc_t, head=False)
+        self.ema_names = self.teacher_averages(sharing)
+        self.check_layout(dump)
+
+    def build_output(self, dump, dtype):
+        """v1: the student's optional final LN and regression head (docs/algorithm.md §1.4)."""
+        c, C = self.cfg, self.C
         H = 2 * C if c["model.head_layers"] == 2 else C
         self.final_ln = (nn.LayerNorm(C, eps=c["model.final_norm_eps"]).to(dtype)
                          if c["model.final_norm"] else None)
         self.head1 = nn.Linear(C, H).to(dtype)
         self.head2 = nn.Linear(H, C).to(dtype) if c["model.head_layers"] == 2 else None
-        for p in list(self.fe_t.parameters()) + list(self.enc_t.parameters()):
-            p.requires_grad_(False)
-        self.student = self.refs(self.fe, self.enc, head=True)
-        self.teacher = self.refs(self.fe_t, self.enc_t, head=False)
-        # what the teacher averages (docs/algorithm.md §4.1); the rest of its front-end is the student's
-        self.ema_names = {n for n in self.student if n.startswith("enc.")}
+
+    def output_refs(self):
+        r = {}
+        if self.final_ln is not None:
+            r["head.ln_w"], r["head.ln_b"] = [self.final_ln.weight], [self.final_ln.bias]
+        r["head.w1"], r["head.b1"] = [self.head1.weight], [self.head1.bias]
+        if self.head2 is not None:
+            r["head.w2"], r["head.b2"] = [self.head2.weight], [self.head2.bias]
+        return r
+
+    def teacher_averages(self, sharing):
+        """What the teacher averages (docs/algorithm.md §4.1); the rest of its front-end is the
+        student's."""
+        names = {n for n in self.student if n.startswith("enc.")}
         fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
         head_names = {n for n in self.student if n.startswith("head.")}
         if sharing == "ema-all" or (sharing == "spec" and self.ema_frontend):
             # the official vision code averages the whole model, head included (it is never
             # run by the teacher, so only the exported teacher sees it)
-            self.ema_names |= fe_names | head_names
+            names |= fe_names | head_names
         elif sharing == "spec" and self.modality == "speech":
-            self.ema_names |= {"speech.enc_ln_w", "speech.enc_ln_b"}
-        self.check_layout(dump)
+            names |= {"speech.enc_ln_w", "speech.enc_ln_b"}
+        return names
 
     def refs(self, fe, enc, head):
         """{table name: [Parameter, ...]} (one per layer for enc.*)."""
@@ -344,11 +387,7 @@ class RefModel:
                 continue
             r["enc." + name] = enc.layer_params(name)
         if head:
-            if self.final_ln is not None:
-                r["head.ln_w"], r["head.ln_b"] = [self.final_ln.weight], [self.final_ln.bias]
-            r["head.w1"], r["head.b1"] = [self.head1.weight], [self.head1.bias]
-            if self.head2 is not None:
-                r["head.w2"], r["head.b2"] = [self.head2.weight], [self.head2.bias]
+            r.update(self.output_refs())
         return r
 
     def check_layout(self, dump):
@@ -486,6 +525,431 @@ class RefModel:
         shared = [t for t in table if t[0].startswith(self.modality + ".")
                   and t[0] not in self.ema_names]
         self.load(self.teacher, params, shared)
+
+
+# ---- data2vec 2.0 (docs/algorithm.md §7.2) ------------------------------------------------------
+
+V2_FAULTS = ("clones-1", "repeat-tile", "kept-shift", "teacher-masked")
+V2_FAULT = None  # --v2-fault: one deliberate error in the v2 step (negative controls only)
+# fairseq's make_targets calls F.instance_norm / F.layer_norm with their default eps
+V2_TARGET_EPS = 1e-5
+
+
+def kept_indices(masks):
+    """(R, T) bool, True = masked, the same count in every row -> (R, Tk) int64: each row's kept
+    positions in ascending order (docs/algorithm.md §7.2 step 2)."""
+    R, T = masks.shape
+    counts = (~masks).sum(1)
+    Tk = int(counts[0]) if R else 0
+    if not bool((counts == Tk).all()):
+        raise InputError(f"v2 masks keep {sorted(set(counts.tolist()))} tokens per row: every "
+                         "row must keep the same count")
+    # kept positions sort before every masked one, each group by position
+    order = torch.argsort(masks.long() * T + torch.arange(T))
+    return order[:, :Tk]
+
+
+def gather_kept(x, ids_keep, row_sample):
+    """xs[r, j] = x[row_sample[r], ids_keep[r, j]] (step 3)."""
+    return x[row_sample[:, None], ids_keep]
+
+
+def scatter_decoder_input(h, ids_keep, noise):
+    """The decoder input (step 4): noise (R, T, C) with row r's kept slots ids_keep[r, j] replaced
+    by h[r, j]; differentiable in h."""
+    rows = torch.arange(h.shape[0])[:, None].expand_as(ids_keep)
+    return noise.index_put((rows, ids_keep), h)
+
+
+def shift_one_kept(ids_keep, masks):
+    """Negative control: row 0's first kept position whose right neighbour is masked moves there
+    (the order stays ascending, the set changes by one)."""
+    out = ids_keep.clone()
+    T = masks.shape[1]
+    for j in range(out.shape[1]):
+        t = int(out[0, j])
+        if t + 1 < T and bool(masks[0, t + 1]):
+            out[0, j] = t + 1
+            return out
+    raise InputError("kept-shift: row 0 has no kept token next to a masked one")
+
+
+class RefModelV2(RefModel):
+    """data2vec 2.0 (model.mode = "v2"), text: the student front-end on the unmasked batch gives
+    the local features; each clone's kept tokens (ascending) go through the encoder, are scattered
+    back with the dumped noise vectors at the masked slots and decoded by the conv decoder
+    (decoder_ref.ConvDecoder, named as the dec.* tensors); the teacher encodes the local features
+    once, instance-normalises its top-K FFN outputs over time and averages them; targets repeat
+    per clone; L2 times scale at the masked positions. The decoder is student-only."""
+
+    def __init__(self, dump, dtype, sharing="spec"):
+        if dump.modality != "text":
+            raise InputError(f"{dump.path}: a v2 {dump.modality} dump: the v2 reference does "
+                             "text only so far")
+        self.clones = dump.cfg["v2.clones"]
+        self.notes = []
+        super().__init__(dump, dtype, sharing)
+        c = self.cfg
+        # §7.2 step 5: instance norm per layer (eps 1e-5), images a final LN; L2 loss
+        for key, want in (("target.layer_norm", "instance"), ("target.eps", V2_TARGET_EPS),
+                          ("loss.beta", 0.0)):
+            if key in c and c[key] != want:
+                self.notes.append(f"{key} = {c[key]!r} is not used in v2 (§7.2: {want!r})")
+        self.target_norm, self.target_eps = "instance", V2_TARGET_EPS
+        self.target_final = self.modality == "image"
+        self.layout_problems += self.decoder_problems
+
+    def build_output(self, dump, dtype):
+        """The conv decoder, its structure read from the dec.* shapes and cross-checked with the
+        decoder.* keys (docs/algorithm.md §7.1)."""
+        c, C = self.cfg, self.C
+        shapes = {name: shape for name, _, shape, _ in dump.table}
+        layers = 0
+        while f"dec.conv_w.{layers}" in shapes:
+            layers += 1
+        if not layers or "dec.proj_w" not in shapes:
+            raise InputError(f"{dump.path}: a v2 dump without dec.conv_w.0 / dec.proj_w")
+        w0 = shapes["dec.conv_w.0"]
+        dims, D, K = len(w0) - 2, w0[0], w0[-1]
+        groups = C // w0[1]
+        hidden = shapes["dec.proj_w"][0] if "dec.proj2_w" in shapes else 0
+        residual = bool(c.get("decoder.residual", False))
+        if dims != 1:
+            raise InputError(f"{dump.path}: a {dims}-D decoder in a text dump")
+        self.decoder_problems = []
+        want = {"decoder.dim": D, "decoder.kernel": K, "decoder.groups": groups,
+                "decoder.layers": layers, "decoder.proj_hidden": hidden}
+        for key, v in want.items():
+            got = c.get(key)
+            if key == "decoder.dim" and got == 0:
+                got = C  # 0: the encoder width
+            if got != v:
+                self.decoder_problems.append(f"{key} = {got} but the dec.* shapes say {v}")
+        self.dec = ConvDecoder(dims, C, D, K, groups, layers, residual, hidden).to(dtype)
+        self.dec_desc = (f"decoder {layers} x conv(k {K}, groups {groups}, D {D})"
+                         f"{' + residual' if residual else ''} -> "
+                         + (f"Linear({D}, {hidden}) -> GELU -> Linear({hidden}, {C})" if hidden
+                            else f"Linear({D}, {C})"))
+
+    def output_refs(self):
+        return {"dec." + re.sub(r"(\D)(\d+)$", r"\1.\2", k): [p]
+                for k, p in self.dec.named_c().items()}  # conv_w0 -> dec.conv_w.0
+
+    def teacher_averages(self, sharing):
+        """The encoder blocks (text: fairseq ema_encoder_only, docs/algorithm.md §7.2 step 8);
+        never the decoder, which the teacher does not have. ema-all (also the front-end and the
+        decoder) is a wrong rule, for negative controls."""
+        names = {n for n in self.student if n.startswith("enc.")}
+        fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
+        if sharing == "ema-all":
+            names |= fe_names | {n for n in self.student if n.startswith("dec.")}
+        elif sharing == "spec" and self.ema_frontend:
+            names |= fe_names
+        return names
+
+    def inputs(self, dump):
+        if "v2_masks" not in dump.d or "v2_noise" not in dump.d:
+            raise InputError(f"{dump.path}: a v2 dump without v2_masks / v2_noise")
+        return {"bt": torch.from_numpy(dump["batch_tokens"].astype(np.int64)),
+                "masks": torch.from_numpy(dump["v2_masks"].astype(bool)),
+                "noise": torch.from_numpy(dump["v2_noise"]).to(self.dtype)}
+
+    def forward_loss(self, x):
+        bt, masks, noise = x["bt"], x["masks"], x["noise"]
+        B, T = bt.shape
+        R, M = masks.shape[0], self.clones
+        if masks.shape != (B * M, T) or noise.shape != (B * M, T, self.C):
+            raise InputError(f"v2_masks {tuple(masks.shape)} / v2_noise {tuple(noise.shape)} for "
+                             f"B {B}, v2.clones {M}, T {T}, C {self.C}")
+        pad = bt.eq(self.pad_id)
+        local = self.fe(bt)["out"]  # step 1: local features of the unmasked batch (B, T, C)
+        ids_keep = kept_indices(masks)
+        if V2_FAULT == "kept-shift":
+            ids_keep = shift_one_kept(ids_keep, masks)
+        Mr = M - 1 if V2_FAULT == "clones-1" and M > 1 else M
+        row_sample = torch.clamp(torch.arange(R) // Mr, max=B - 1)  # row b M + m is sample b
+        # student (step 3, 4): kept tokens -> encoder -> decoder input with noise -> decoder
+        xs = gather_kept(local, ids_keep, row_sample)
+        h, _, _ = self.enc(xs, gather_kept(pad, ids_keep, row_sample), None)
+        pred_all = self.dec(scatter_decoder_input(h, ids_keep, noise), None, None, 0.0)
+        # teacher (step 5): the local features, once per sample
+        with torch.no_grad():
+            x_t = local.detach()
+            if V2_FAULT == "teacher-masked":  # clone 0's student view instead
+                x_t = x_t * (~masks[::M]).unsqueeze(-1).to(x_t.dtype)
+            _, ffn_t, end_t = self.enc_t(x_t, pad, None)
+            layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
+            y = sum(self.norm_layer(a) for a in layers) / self.top_k
+            if self.target_final:
+                y = F.layer_norm(y, (self.C,), eps=V2_TARGET_EPS)
+            y_rows = y.repeat(M, 1, 1) if V2_FAULT == "repeat-tile" else y[row_sample]
+            y_sel = y_rows[masks] if "y_fixed" not in x else x["y_fixed"]
+        # loss (step 6): L2 at the masked positions of every clone, (r, t) order
+        pred = pred_all[masks]
+        loss_sum = ((pred - y_sel) ** 2).sum() * self.scale
+        n = int(masks.sum())
+        return {"sum": loss_sum, "mean": loss_sum / n, "M": n, "y": y_sel, "pred": pred,
+                "layers": layers}
+
+
+def make_model(dump, dtype, sharing="spec"):
+    if dump.mode == "v2":
+        return RefModelV2(dump, dtype, sharing)
+    if dump.mode != "v1":
+        raise InputError(f"{dump.path}: mode {dump.mode!r}: v1 or v2 expected")
+    return RefModel(dump, dtype, sharing)
+
+
+# ---- self-test of the v2 reference (no d2v dump needed) -----------------------------------------
+
+def synthetic_v2_dump(seed, B=2, M=3, T=7, n_masked=3, C=8, L=2, D=8, K=3, layers=2, hidden=16,
+                      V=11, pad_id=1, noise_std=0.3):
+    """A text v2 dump object as Dump would read it, with random parameters, tokens (sample 1
+    ends in padding), masks and noise: for the self-test only."""
+    g = torch.Generator().manual_seed(seed)
+    maxpos = 16
+    text = f"""modality = "text";
+model: {{ mode = "v2"; layers = {L}; width = {C}; heads = 2; ffn = 16; pre_ln = false;
+         k_bias = true; ln_eps = 1e-5; layer_scale = 0.0; dropout = 0.0; attn_dropout = 0.0;
+         act_dropout = 0.0; drop_path = 0.0; layerdrop = 0.0; }};
+text: {{ max_positions = {maxpos}; dropout = 0.0; ln_eps = 1e-5; }};
+target: {{ top_k = 2; tensor = "ffn"; layer_norm = "instance"; final_norm = false; eps = 1e-5; }};
+loss: {{ beta = 0.0; scale = 1.0; }};
+ema: {{ frontend = false; }};
+v2: {{ clones = {M}; mask_prob = {n_masked / T!r}; noise_std = {noise_std!r}; }};
+decoder: {{ dim = {D}; kernel = {K}; groups = 1; layers = {layers}; residual = false;
+           proj_hidden = {hidden}; input_dropout = 0.0; }};
+"""
+    F_ = 16
+    shapes = [("text.tok", (V, C)), ("text.pos", (maxpos + 2, C)), ("text.ln_w", (C,)),
+              ("text.ln_b", (C,)), ("enc.ln1_w", (L, C)), ("enc.ln1_b", (L, C)),
+              ("enc.qkv_w", (L, 3 * C, C)), ("enc.qkv_b", (L, 3 * C)), ("enc.proj_w", (L, C, C)),
+              ("enc.proj_b", (L, C)), ("enc.ln2_w", (L, C)), ("enc.ln2_b", (L, C)),
+              ("enc.fc1_w", (L, F_, C)), ("enc.fc1_b", (L, F_)), ("enc.fc2_w", (L, C, F_)),
+              ("enc.fc2_b", (L, C))]
+    for i in range(layers):
+        shapes += [(f"dec.conv_w.{i}", (D, C if i == 0 else D, K)), (f"dec.conv_b.{i}", (D,))]
+    shapes += [("dec.proj_w", (hidden, D)), ("dec.proj_b", (hidden,)),
+               ("dec.proj2_w", (C, hidden)), ("dec.proj2_b", (C,))]
+    d = Dump.__new__(Dump)
+    d.path, d.config_text, d.modality, d.mode, d.pad_id, d.n = "<self-test>", text, "text", "v2", \
+        pad_id, 0
+    d.cfg = parse_libconfig(text)
+    d.table, off = [], 0
+    for name, shape in shapes:
+        count = int(np.prod(shape))
+        d.table.append((name, off, shape, count))
+        off += count
+    d.np = off
+    params = 0.4 * torch.randn(off, generator=g)
+    for name, o, _, count in d.table:  # layer norm weights near 1
+        if re.search(r"ln\d?_w$", name):
+            params[o:o + count] += 1
+    tokens = torch.randint(2, V, (B, T), generator=g)
+    tokens[:, 0] = 0
+    tokens[B - 1, T - 1] = pad_id
+    masks = torch.zeros(B * M, T, dtype=torch.bool)
+    for r in range(B * M):
+        masks[r, torch.randperm(T, generator=g)[:n_masked]] = True
+    noise = noise_std * torch.randn(B * M, T, C, generator=g) * masks.unsqueeze(-1)
+    d.d = {"batch_tokens": tokens.numpy().astype(np.int32), "v2_masks": masks.numpy().astype(
+        np.uint8), "v2_noise": noise.numpy().astype(np.float32),
+        "loss_positions": masks.numpy().astype(np.uint8),
+        "sample_ids": np.arange(B, dtype=np.int64), "params_before": params.numpy()}
+    return d
+
+
+def slow_v2_loss(model, dump):
+    """The v2 loss written row by row and position by position, with the instance norm from its
+    formula: an independent check of the vectorised forward_loss's gather, scatter, clone repeat
+    and target maths."""
+    bt = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
+    masks = dump["v2_masks"].astype(bool)
+    noise = torch.from_numpy(dump["v2_noise"]).to(model.dtype)
+    B, T = bt.shape
+    M, C, K = model.clones, model.C, model.top_k
+    local = model.fe(bt)["out"]
+    pad = bt.eq(model.pad_id)
+    ys = []
+    for b in range(B):
+        _, ffn, _ = model.enc_t(local[b:b + 1].detach(), pad[b:b + 1], None)
+        acc = torch.zeros(T, C, dtype=model.dtype)
+        for a in ffn[model.L - K:]:
+            a = a[0]
+            mu = a.mean(0, keepdim=True)
+            var = ((a - mu) ** 2).mean(0, keepdim=True)
+            acc = acc + (a - mu) / torch.sqrt(var + V2_TARGET_EPS)
+        ys.append(acc / K)
+    total, preds, targets = 0.0, [], []
+    for r in range(B * M):
+        b = r // M
+        kept = [t for t in range(T) if not masks[r, t]]
+        xs = torch.stack([local[b, t] for t in kept])[None]
+        h, _, _ = model.enc(xs, pad[b, kept][None], None)
+        rows = [None] * T
+        for j, t in enumerate(kept):
+            rows[t] = h[0, j]
+        for t in range(T):
+            if rows[t] is None:
+                rows[t] = noise[r, t]
+        p = model.dec(torch.stack(rows)[None], None, None, 0.0)[0]
+        for t in range(T):
+            if masks[r, t]:
+                total = total + model.scale * ((p[t] - ys[b][t]) ** 2).sum()
+                preds.append(p[t])
+                targets.append(ys[b][t])
+    return total, torch.stack(preds), torch.stack(targets)
+
+
+def self_test(rep, decoder_fixture):
+    """The v2 pieces on synthetic data: gather / scatter by hand, the vectorised step against
+    slow_v2_loss, autograd against central differences (with a wrong gradient rejected), every
+    --v2-fault changing the step, and the dec.* table mapping against decoder_ref's fixture."""
+    global V2_FAULT
+    # (1) kept positions, gather and scatter by hand on a 3 x 5 example
+    masks = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0]], dtype=torch.bool)
+    ids = kept_indices(masks)
+    rep.check(ids.tolist() == [[1, 2, 4], [0, 3, 4], [0, 1, 4]],
+              f"self-test kept positions ascending: {ids.tolist()}")
+    x = torch.arange(2 * 5 * 2, dtype=torch.float64).reshape(2, 5, 2)  # x[b, t, c] = 10b + 2t + c
+    row_sample = torch.tensor([0, 0, 1])
+    xs = gather_kept(x, ids, row_sample)
+    ok = all(xs[r, j, c] == 10 * row_sample[r] + 2 * ids[r, j] + c
+             for r in range(3) for j in range(3) for c in range(2))
+    h = -xs
+    noise = torch.full((3, 5, 2), 0.5, dtype=torch.float64) * masks.unsqueeze(-1)
+    dm = scatter_decoder_input(h, ids, noise)
+    for r in range(3):
+        kept = [t for t in range(5) if not masks[r, t]]
+        for t in range(5):
+            want = h[r, kept.index(t)] if t in kept else noise[r, t]
+            ok = ok and torch.equal(dm[r, t], want)
+    rep.check(ok, "self-test gather of kept tokens per clone and scatter with noise, by hand")
+    sh = shift_one_kept(ids, masks)
+    rep.check(sh.tolist() == [[1, 3, 4], [0, 3, 4], [0, 1, 4]],
+              f"self-test kept-shift moves row 0's kept 2 to the masked 3: {sh.tolist()}")
+    try:
+        kept_indices(torch.tensor([[1, 0, 0], [1, 1, 0]], dtype=torch.bool))
+        rep.check(False, "self-test unequal kept counts refused")
+    except InputError:
+        rep.check(True, "self-test unequal kept counts refused")
+
+    # (2) vectorised step against the slow loop, float64
+    dump = synthetic_v2_dump(1)
+    model = make_model(dump, torch.float64)
+    rep.check(not model.layout_problems, f"self-test synthetic parameter table: "
+                                         f"{'; '.join(model.layout_problems) or 'ok'}")
+    flat = dump["params_before"]
+    model.load(model.student, flat, dump.table)
+    model.load(model.teacher, flat, dump.table)
+    with torch.no_grad():
+        r = model.forward_loss(model.inputs(dump))
+        s_sum, s_pred, s_y = slow_v2_loss(model, dump)
+    e = max(abs(float(r["sum"]) - float(s_sum)) / abs(float(s_sum)),
+            rel_to_max(r["pred"], s_pred)[1], rel_to_max(r["y"], s_y)[1])
+    rep.check(e <= 1e-10 and r["M"] == int(dump["v2_masks"].sum()),
+              f"self-test vectorised v2 step = row-by-row loop (loss {float(s_sum):.6f}, "
+              f"{r['M']} masked rows): worst rel {e:.1e}")
+
+    # (3) autograd against central differences (float64), and a wrong gradient rejected
+    res = model.step(dump, flat, flat)
+    grads = res["grads"]
+
+    # the teacher reads the student's local features without a gradient (stop-gradient): the
+    # differences hold the targets at their unperturbed values
+    y_fixed = torch.from_numpy(res["targets"]).to(torch.float64)
+
+    def loss_at(vec):
+        model.load(model.student, vec, dump.table)
+        with torch.no_grad():
+            return float(model.forward_loss(dict(model.inputs(dump), y_fixed=y_fixed))["mean"])
+
+    gen = np.random.default_rng(0)
+    worst, picks = (0.0, ""), []
+    for name, off, _, count in dump.table:
+        seg = np.abs(grads[off:off + count])
+        picks.append((name, off + int(seg.argmax())))
+        picks.append((name, off + int(gen.integers(count))))
+    fd = {}
+    base = flat.astype(np.float64)
+    for name, i in picks:
+        h_ = 1e-5
+        up, dn = base.copy(), base.copy()
+        up[i] += h_
+        dn[i] -= h_
+        fd[i] = (loss_at(up) - loss_at(dn)) / (2 * h_)
+        err = abs(fd[i] - grads[i]) / max(abs(fd[i]), 1e-3)
+        worst = max(worst, (err, f"{name}[{i}]"))
+    rep.check(worst[0] <= 1e-5, f"self-test autograd = central differences on {len(picks)} "
+                                f"elements over {len(dump.table)} tensors: worst {worst[1]} rel "
+                                f"{worst[0]:.1e}")
+    name, i = picks[-4]  # dec.proj_w's largest element
+    wrong = grads[i] * 1.01
+    err = abs(fd[i] - wrong) / max(abs(fd[i]), 1e-3)
+    rep.check(err > 1e-5, f"self-test negative control: {name}[{i}] gradient 1% off is rejected "
+                          f"(rel {err:.1e})")
+    rep.check(all(abs(grads[o:o + c]).max() > 0 for _, o, _, c in dump.table),
+              "self-test every tensor gets a gradient (front-end, encoder, decoder)")
+
+    # (4) every fault changes the step the negative controls look at
+    model.load(model.student, flat, dump.table)
+    for fault in V2_FAULTS:
+        V2_FAULT = fault
+        try:
+            with torch.no_grad():
+                f = model.forward_loss(model.inputs(dump))
+        finally:
+            V2_FAULT = None
+        diff = max(rel_to_max(f["y"], r["y"])[1], rel_to_max(f["pred"], r["pred"])[1])
+        rep.check(diff > 1e-3, f"self-test --v2-fault {fault} changes targets / predictions "
+                               f"(rel {diff:.1e})")
+
+    # (5) the dec.* table names map onto decoder_ref's module: its fixture's text case
+    if decoder_fixture is None:
+        return
+    try:
+        fx = h5py.File(decoder_fixture, "r")
+    except OSError as e:
+        rep.check(False, f"self-test decoder fixture {decoder_fixture}: cannot open ({e})")
+        return
+    with fx:
+        g = fx["text"]
+        a = {k: int(g.attrs[k]) for k in ("C", "D", "K", "layers", "proj_hidden", "groups",
+                                           "residual", "seed", "step", "site")}
+        p_drop = float(g.attrs["input_dropout"])
+        arr = {k: g[k][()] for k in g.keys()}
+    if a["groups"] != 1 or a["residual"]:
+        rep.check(False, "self-test decoder fixture: its text case is no longer ungrouped and "
+                         "residual-free")
+        return
+    dump = synthetic_v2_dump(2, C=a["C"], D=a["D"], K=a["K"], layers=a["layers"],
+                             hidden=a["proj_hidden"])
+    model = make_model(dump, torch.float32)
+    flat = dump["params_before"].copy()
+    fixture_names = {}
+    for name, off, _, count in dump.table:
+        if name.startswith("dec."):
+            key = re.sub(r"\.(\d+)$", r"\1", name[4:])  # dec.conv_w.0 -> conv_w0
+            flat[off:off + count] = arr[key].reshape(-1)
+            fixture_names[name] = key
+    model.load(model.student, flat, dump.table)
+    keep = keep_mask(a["seed"], a["step"], a["site"], arr["sample_ids"],
+                     arr["x"].shape[1] * a["C"], p_drop).reshape(arr["x"].shape)
+    xin = torch.from_numpy(arr["x"]).requires_grad_(True)
+    for q in model.dec.parameters():
+        q.grad = None
+    y = model.dec(xin, keep, torch.from_numpy(arr["masked"].astype(bool)), p_drop)
+    (y * torch.from_numpy(arr["R"])).sum().backward()
+    worst = (rel_to_max(y.detach(), arr["y"])[1], "y")
+    worst = max(worst, (rel_to_max(xin.grad, arr["dx"])[1], "dx"))
+    got = model.flat_grads(dump.table, dump.np).numpy()
+    for name, off, _, count in dump.table:
+        if name in fixture_names:
+            e = rel_to_max(got[off:off + count], arr["grad_" + fixture_names[name]].reshape(-1))
+            worst = max(worst, (e[1], "grad " + name))
+    rep.check(worst[0] <= 1e-5, f"self-test dec.* tensors loaded through the parameter table "
+                                f"reproduce {decoder_fixture} (text case: output, input and "
+                                f"parameter gradients): worst {worst[1]} rel {worst[0]:.1e}")
 
 
 EPS_MODE = None  # --eps-mode: overrides the dump's optim.eps_mode (negative controls)
@@ -632,8 +1096,45 @@ def tensor_errors(table, got, want, names=None):
     return out
 
 
+def check_batch_v2(rep, dump, tag):
+    """v2 masks and noise consistent with docs/algorithm.md §3.4 and §7.2."""
+    c = dump.cfg
+    bt, masks, noise = dump["batch_tokens"], dump["v2_masks"].astype(bool), dump["v2_noise"]
+    B, T = bt.shape
+    M = c["v2.clones"]
+    ok = masks.shape == (B * M, T) and dump["sample_ids"].shape == (B,)
+    rep.check(ok, f"{tag} v2_masks {masks.shape} = (B {B} x clones {M}, T {T})")
+    if not ok:
+        return
+    kept = (~masks).sum(1)
+    # text: exactly int(T (1 - R)) kept, fairseq's Python arithmetic on the decimal R (§3.4)
+    want = int(T * (1 - c["v2.mask_prob"]))
+    rep.check(np.all(kept == want), f"{tag} every clone keeps int(T (1 - {c['v2.mask_prob']})) = "
+                                    f"{want} tokens: kept counts {sorted(set(kept.tolist()))}")
+    sel = dump["loss_positions"].astype(bool)
+    rep.check(sel.shape == masks.shape and np.array_equal(sel, masks),
+              f"{tag} loss_positions = v2_masks: {int(masks.sum())} of {masks.size}")
+    if "student_tokens" in dump.d:
+        rep.check(np.array_equal(dump["student_tokens"], bt),
+                  f"{tag} student_tokens = batch_tokens (v2 has no <mask> token)")
+    per = masks.reshape(B, M, T)
+    distinct = sum(len({r.tobytes() for r in per[b]}) == M for b in range(B))
+    rep.check(M == 1 or distinct == B, f"{tag} the {M} clones of each sample have distinct "
+                                       f"masks ({distinct} of {B} samples)")
+    z = noise[~masks]
+    nz = noise[masks]
+    std = float(nz.std()) if nz.size else 0.0
+    s = c["v2.noise_std"]
+    ok = noise.shape == masks.shape + (c["model.width"],) and not np.any(z) and (
+        abs(std - s) <= 0.2 * s if s > 0 else not np.any(nz))
+    rep.check(ok, f"{tag} v2_noise {noise.shape}: zero at kept slots, std {std:.4g} at masked "
+                  f"ones (v2.noise_std {s:g})")
+
+
 def check_batch(rep, dump, tag):
     """The masks the trainer used are consistent with docs/algorithm.md (§3, §1.4)."""
+    if dump.mode == "v2":
+        return check_batch_v2(rep, dump, tag)
     sel = dump["loss_positions"].astype(bool)
     if dump.modality == "image":
         pm = dump["patch_mask"].astype(bool)
@@ -717,7 +1218,7 @@ def check_schedule(rep, dump):
 
 
 def float64_cross_check(rep, dump, res32, sharing):
-    m64 = RefModel(dump, torch.float64, sharing)
+    m64 = make_model(dump, torch.float64, sharing)
     res = m64.step(dump, dump["params_before"], dump["teacher_before"])
     worst = (abs(res["loss"] - res32["loss"]) / abs(res["loss"]), "loss")
     for key in ("targets", "predictions"):
@@ -728,11 +1229,21 @@ def float64_cross_check(rep, dump, res32, sharing):
                                           f"{worst[1]} rel {worst[0]:.2e} (tol {TOL_F64:.0e})")
 
 
+def describe(model):
+    """One line on what a v2 model is, and the notes on its configuration."""
+    if isinstance(model, RefModelV2):
+        print(f"{model.modality} v2: {model.clones} clones, {model.dec_desc}"
+              + (f"; fault {V2_FAULT}" if V2_FAULT else ""))
+        for note in model.notes:
+            print(f"note: {note}")
+
+
 def run_steps(rep, dumps, dtype, verbose, sharing):
     model = None
     for i, dump in enumerate(dumps):
         if model is None or dump.config_text != dumps[0].config_text:
-            model = RefModel(dump, dtype, sharing)
+            model = make_model(dump, dtype, sharing)
+            describe(model)
             rep.check(not model.layout_problems,
                       f"{dump.modality} parameter table: {len(dump.table)} tensors, {dump.np} "
                       f"floats, layout {'; '.join(model.layout_problems) or 'as the reference'}")
@@ -753,7 +1264,8 @@ def run_trajectory(rep, dumps, dtype, traj_rtol, sharing):
         raise InputError(f"trajectory needs updates 0..{len(dumps) - 1} in order, got {ns}")
     if any(d.config_text != d0.config_text for d in dumps):
         raise InputError("trajectory dumps come from different configurations")
-    model = RefModel(d0, dtype, sharing)
+    model = make_model(d0, dtype, sharing)
+    describe(model)
     if model.layout_problems:
         rep.check(False, f"{d0.modality} parameter table: {'; '.join(model.layout_problems)}")
         return
@@ -808,7 +1320,16 @@ def run_trajectory(rep, dumps, dtype, traj_rtol, sharing):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("dumps", nargs="+")
+    ap.add_argument("dumps", nargs="*")
+    ap.add_argument("--self-test", action="store_true", help="check the v2 reference's pieces "
+                    "on synthetic data (no dump)")
+    ap.add_argument("--decoder-fixture", help="with --self-test: decoder_ref.py's HDF5 output, "
+                    "to check the dec.* table mapping against")
+    ap.add_argument("--v2-fault", choices=V2_FAULTS, default=None,
+                    help="a deliberate error in the v2 step (negative controls): clones-1 treats "
+                    "v2.clones as one less, repeat-tile repeats the targets sample-major, "
+                    "kept-shift moves one kept position, teacher-masked feeds the teacher clone "
+                    "0's masked view instead of the local features")
     ap.add_argument("--trajectory", action="store_true")
     ap.add_argument("--traj-rtol", type=float, default=1e-4)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -822,14 +1343,20 @@ def main():
     ap.add_argument("--verbose", action="store_true", help="per-tensor gradient lines for every "
                     "dump (default: the first one)")
     a = ap.parse_args()
-    global EPS_MODE
-    EPS_MODE = a.eps_mode
+    global EPS_MODE, V2_FAULT
+    EPS_MODE, V2_FAULT = a.eps_mode, a.v2_fault
+    if not a.dumps and not a.self_test:
+        ap.error("no dump files")
     torch.set_num_threads(1)
     dtype = torch.float32 if a.dtype == "float32" else torch.float64
     rep = Report()
     try:
+        if a.self_test:
+            self_test(rep, a.decoder_fixture)
         dumps = sorted((Dump(p) for p in a.dumps), key=lambda d: d.n)
-        if a.trajectory:
+        if not dumps:
+            pass
+        elif a.trajectory:
             run_trajectory(rep, dumps, dtype, a.traj_rtol, a.sharing)
         else:
             run_steps(rep, dumps, dtype, a.verbose, a.sharing)
