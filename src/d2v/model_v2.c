@@ -34,6 +34,7 @@ typedef struct V2State {
     float *pred, *tgt, *dp;  // (B M masked, C) rows in the loss
     float *dlocal;           // (B, T, C) gradient of the local features
     float *trace_noise;      // (B M, T, C) for step dumps, made on demand
+    float *trace_layers[64]; // top-K (B, T, C) teacher layers without extra tokens, for dumps
     Decoder dec;
 } V2State;
 
@@ -97,6 +98,8 @@ void v2_destroy(Model *m) {
     free(v->pad), free(v->dxin), free(v->tl), free(v->cls_p), free(v->cls_t), free(v->dcls);
     free(v->xs), free(v->dxs), free(v->dh), free(v->dec_in), free(v->ddec_in), free(v->ddec_out);
     free(v->y), free(v->pred), free(v->tgt), free(v->dp), free(v->dlocal), free(v->trace_noise);
+    for (int k = 0; k < 64; k++)
+        free(v->trace_layers[k]);
     free(m->tscratch), free(v);
     m->v2 = NULL;
 }
