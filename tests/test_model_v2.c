@@ -19,13 +19,14 @@
 
 enum { VOCAB = 64, PAD = 1, MASK = VOCAB - 1 };
 
-/* configs/text-v2-tiny.cfg (every dropout off unless `dropout`), plus overrides. */
-static int v2_model(ModelConfig *mc, TrainConfig *cfg, int dropout, const char *const *extra) {
+/* configs/<modality>-v2-tiny.cfg (every dropout off unless `dropout`), plus overrides. */
+static int v2_model_of(ModelConfig *mc, TrainConfig *cfg, const char *path, int dropout,
+                       const char *const *extra) {
     char err[1024];
     const char *off[] = {"model.dropout=0", "model.attn_dropout=0", "text.dropout=0",
                          "decoder.input_dropout=0"};
     train_config_defaults(cfg);
-    if (train_config_load(cfg, "configs/text-v2-tiny.cfg", err, sizeof err) ||
+    if (train_config_load(cfg, path, err, sizeof err) ||
         train_config_set(cfg, "data.train=unused.h5", err, sizeof err))
         return check_record(0, err), -1;
     for (int i = 0; !dropout && i < 4; i++)
@@ -41,18 +42,41 @@ static int v2_model(ModelConfig *mc, TrainConfig *cfg, int dropout, const char *
     return 0;
 }
 
-static void fill_batch(Batch *b, int B, int T) {
+static int v2_model(ModelConfig *mc, TrainConfig *cfg, int dropout, const char *const *extra) {
+    return v2_model_of(mc, cfg, "configs/text-v2-tiny.cfg", dropout, extra);
+}
+
+/* Random tokens (text: T of them) or random images (the config's size). */
+static void fill_batch(Batch *b, const TrainConfig *cfg, int B, int T) {
     memset(b, 0, sizeof *b);
-    b->B = B, b->T = T;
+    b->B = B;
     b->ids = xalloc(sizeof(int64_t) * B, "ids");
-    b->tokens = xalloc(sizeof(int32_t) * B * T, "tokens");
     uint64_t key = rng_key(42, 0, 0, 0);
-    for (int i = 0; i < B; i++) {
+    for (int i = 0; i < B; i++)
         b->ids[i] = 300 + 11 * i;
+    if (cfg->modality == D2V_IMAGE) {
+        b->H = cfg->image_height, b->W = cfg->image_width, b->C = cfg->image_channels;
+        size_t n = (size_t)B * b->H * b->W * b->C;
+        b->images = xalloc(4 * n, "images");
+        for (size_t i = 0; i < n; i++)
+            b->images[i] = rng_normal(key, i);
+        return;
+    }
+    b->T = T;
+    b->tokens = xalloc(sizeof(int32_t) * B * T, "tokens");
+    for (int i = 0; i < B; i++)
         for (int t = 0; t < T; t++)
             b->tokens[(size_t)i * T + t] =
                 4 + (int32_t)(rng_uniform(key, (uint64_t)i * T + t) * (VOCAB - 5));
-    }
+}
+
+/* Rows [first, first + B) of b (views). */
+static Batch half_of(const Batch *b, int first, int B) {
+    Batch h = *b;
+    h.B = B, h.ids = b->ids + first;
+    if (b->tokens) h.tokens = b->tokens + (size_t)first * b->T;
+    if (b->images) h.images = b->images + (size_t)first * b->H * b->W * b->C;
+    return h;
 }
 
 typedef struct {
@@ -68,12 +92,15 @@ static double loss_of(void *v) {
     return r.loss_sum;
 }
 
-static void test_step(void) {
-    printf("-- the v2 step: counts, finite differences, accumulation\n");
+static void test_step(const char *path) {
+    printf("-- the v2 step (%s): counts, finite differences, accumulation\n", path);
     ModelConfig mc;
     TrainConfig cfg;
-    if (v2_model(&mc, &cfg, 0, NULL)) return;
-    int B = 3, T = cfg.text_block, M = mc.v2c.clones;
+    if (v2_model_of(&mc, &cfg, path, 0, NULL)) return;
+    int image = cfg.modality == D2V_IMAGE, M = mc.v2c.clones;
+    int T = image ? (cfg.image_height / cfg.image_patch) * (cfg.image_width / cfg.image_patch)
+                  : cfg.text_block,
+        B = 3;
     size_t np = model_params_layout(NULL, NULL, &mc);
     float *params = xalloc(np * 4, "params"), *teacher = xalloc(np * 4, "teacher"),
           *grads = xalloc(np * 4, "grads");
@@ -86,12 +113,13 @@ static void test_step(void) {
             teacher[i] = params[i] * (1.0f + 0.1f * (rng_uniform(key, np + i) - 0.5f));
     model_teacher_view(&pt, &ps, teacher, &mc);
     model_params_layout(&pg, grads, &mc);
-    Model *m = model_create(&mc, 2 * B, T);
+    Model *m = model_create(&mc, 2 * B, image ? 0 : T);
     Batch b;
-    fill_batch(&b, B, T);
+    fill_batch(&b, &cfg, B, T);
     MicroResult r = {0, 0, NULL, NULL};
     model_micro_step(m, &ps, &pt, &pg, &b, 1, 5, &r);
-    int n = T - (int)(T * (1 - 0.48)); /* fairseq random_masking: len_keep = int(T (1 - p)) */
+    /* fairseq: len_keep = int(T (1 - p)) for random (text) and inverse block (image) masks */
+    int n = T - (int)(T * (1 - cfg.v2_mask_prob));
     char label[256];
     snprintf(label, sizeof label, "%d samples x %d clones x %d masked of %d = %lld loss rows", B, M,
              n, T, (long long)r.masked);
@@ -105,19 +133,21 @@ static void test_step(void) {
         row_ok &= c == n;
     }
     check_record(row_ok, "the trace's masks: B x M rows, each with the same masked count");
-    /* finite differences of the summed loss (the teacher reads only its own arena and the
-     * student's local features, so the encoder and decoder tensors leave the targets alone;
-     * the embedding's gradient is checked against PyTorch in tests/script_trainer_parity.sh) */
+    /* finite differences of the summed loss. The teacher reads its own arena and (text) the
+     * student's local features: the encoder and decoder tensors leave the targets alone, and
+     * for images (the teacher's own front-end) every tensor does; the text embedding's
+     * gradient is checked against PyTorch in tests/script_trainer_parity.sh */
     Ctx c = {m, &ps, &pt, &b};
     ParamInfo table[128];
     int nt = model_param_table(table, 128, &mc), checked = 0;
     for (int i = 0; i < nt; i++) {
-        if (strncmp(table[i].name, "enc.", 4) && strncmp(table[i].name, "dec.", 4)) continue;
+        if (!image && strncmp(table[i].name, "enc.", 4) && strncmp(table[i].name, "dec.", 4))
+            continue;
         fd_tensor(table[i].name, loss_of, &c, params + table[i].offset, grads + table[i].offset,
                   table[i].count, 24, 0);
         checked++;
     }
-    snprintf(label, sizeof label, "%d encoder and decoder tensors checked", checked);
+    snprintf(label, sizeof label, "%d tensors checked", checked);
     check_record(checked >= 12, label);
     /* negative control: a 10% wrong decoder gradient must be rejected */
     const ParamSpec *w = NULL;
@@ -135,14 +165,13 @@ static void test_step(void) {
     }
     /* a batch of 2B equals its two halves: masks, noise and dropout keyed on sample ids */
     Batch b2;
-    fill_batch(&b2, 2 * B, T);
+    fill_batch(&b2, &cfg, 2 * B, T);
     float *g_full = xalloc(np * 4, "g full"), *g_halves = xalloc(np * 4, "g halves");
     ModelParams pf, ph;
     model_params_layout(&pf, g_full, &mc), model_params_layout(&ph, g_halves, &mc);
     MicroResult rf = {0, 0, NULL, NULL}, r1 = {0, 0, NULL, NULL}, r2 = {0, 0, NULL, NULL};
     model_micro_step(m, &ps, &pt, &pf, &b2, 1, 5, &rf);
-    Batch h1 = b2, h2 = b2;
-    h1.B = h2.B = B, h2.ids = b2.ids + B, h2.tokens = b2.tokens + (size_t)B * T;
+    Batch h1 = half_of(&b2, 0, B), h2 = half_of(&b2, B, B);
     model_micro_step(m, &ps, &pt, &ph, &h1, 1, 5, &r1);
     model_micro_step(m, &ps, &pt, &ph, &h2, 1, 5, &r2);
     double rel = fabs(rf.loss_sum - r1.loss_sum - r2.loss_sum) / fabs(rf.loss_sum);
@@ -155,7 +184,7 @@ static void test_step(void) {
     snprintf(label, sizeof label, "2B = B + B: gradients within %.1e of max %.2e", worst, gmax);
     check_record(worst <= 1e-5 * gmax && gmax > 0, label);
     model_destroy(m);
-    free(b.ids), free(b.tokens), free(b2.ids), free(b2.tokens);
+    free(b.ids), free(b.tokens), free(b.images), free(b2.ids), free(b2.tokens), free(b2.images);
     free(params), free(teacher), free(grads), free(g_full), free(g_halves);
 }
 
@@ -221,7 +250,8 @@ static void test_ckpt_mode(void) {
 int main(void) {
     gemm_init(0);
     h5io_init();
-    test_step();
+    test_step("configs/text-v2-tiny.cfg");
+    test_step("configs/image-v2-tiny.cfg");
     test_config();
     test_ckpt_mode();
     return check_summary();

@@ -57,10 +57,20 @@ typedef struct {
     int (*pool_first)(const struct ModelConfig *c);
     /// The batch and mask arrays of the last step; returns how many (<= FRONT_MAX_TRACE).
     int (*trace)(const void *fe, const struct Batch *b, TraceArray *out);
-    /// data2vec 2.0: the student's local features of the *unmasked* batch, dropout on, in the
-    /// student's activations (so `backward` then gives their gradient; docs/algorithm.md §7.2).
-    /// NULL: the modality has no v2 path yet.
-    FrontOut (*v2_local)(void *fe, const struct ModelParams *p, const struct Batch *b, DropKey dk);
+    /// data2vec 2.0 (docs/algorithm.md §7.2). The local features of the *unmasked* batch
+    /// (B, T, C): student = 1 in the student's activations, dropout on (`backward` then gives
+    /// their gradient); 0 the teacher's own copy (images). NULL: no v2 path for the modality.
+    FrontOut (*v2_local)(void *fe, const struct ModelParams *p, const struct Batch *b, int student,
+                         DropKey dk);
+    /// The context after the gather: x (R, Tk, C) -> (R, v2_extra + Tk, C) (images: the cls
+    /// token, then a layer norm); student 0 for the teacher's full sequences. NULL: identity.
+    const float *(*v2_context)(void *fe, const struct ModelParams *p, const float *x, int R, int Tk,
+                               int student);
+    /// dx (R, Tk, C) = the student context's input gradient from dout (R, v2_extra + Tk, C),
+    /// parameter gradients accumulated into g.
+    void (*v2_context_backward)(void *fe, struct ModelParams *g, const struct ModelParams *p,
+                                const float *dout, float *dx);
+    int v2_extra; // tokens v2_context prepends (the cls token)
 } FrontendOps;
 
 /// The front-end of a modality (D2V_TEXT, D2V_IMAGE, D2V_SPEECH).

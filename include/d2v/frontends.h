@@ -80,6 +80,7 @@ typedef struct {
                    // shared relative position bias (data2vec v1 vision: an attention logit bias)
     int heads;     // attention heads (the relative bias has one table column per head)
     int init_beit; // 1: BEiT's trunc_normal_ init; 0: MAE's xavier patch conv, N(0, 0.02) tokens
+    int v2;        // data2vec 2.0: no mask token (the student never sees masked patches)
 } ImageEmbedConfig;
 
 #define IMAGE_EMBED_NUM_PARAMS 6
@@ -90,6 +91,8 @@ typedef struct {
     float *mask_token; // (C)
     float *pos;        // (cls + Np, C) when IMAGE_POS_LEARNED, else empty
     float *rel_table;  // ((2gh-1)(2gw-1) + 3, heads) when IMAGE_POS_RELATIVE, else empty
+    /* data2vec 2.0 (frontend_image.c): the cls token and layer norm of the student's context */
+    float *v2_cls, *v2_ln_w, *v2_ln_b; // (C) each
 } ImageEmbedParams;
 
 void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedConfig *c, int ema);

@@ -365,11 +365,14 @@ void train_config_defaults(TrainConfig *c) {
 
 /* model.mode = "v2": what data2vec 2.0 needs, and whether the student fits in memory. */
 static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
-    if (c->modality != D2V_TEXT)
+    if (c->modality == D2V_SPEECH)
         return errf(err, n,
-                    "config: model.mode = \"v2\" is implemented for text so far, not %s "
-                    "(docs/algorithm.md §7)",
-                    modality_names[c->modality]);
+                    "config: model.mode = \"v2\" is implemented for text and images so far, not "
+                    "speech (docs/algorithm.md §7)");
+    if (c->modality == D2V_IMAGE && (c->image_pos != IMAGE_POS_SINCOS || !c->image_cls))
+        return errf(err, n,
+                    "config: model.mode = \"v2\" images use fixed sin-cos positions and a cls "
+                    "token (image.pos = \"sincos\", image.cls = true)");
     if (c->target_tensor != 1)
         return errf(err, n,
                     "config: target.tensor = \"end\" is a data2vec 1.0 (vision) target; "
@@ -390,7 +393,9 @@ static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
      * floats per token (encoder.c's arena); refuse what cannot fit in this node's memory */
     TrainSplit sp;
     if (train_config_split(c, ranks > 0 ? ranks : 1, &sp, err, n)) return -1;
-    int T = c->text_block;
+    int T = c->modality == D2V_IMAGE
+                ? (c->image_height / c->image_patch) * (c->image_width / c->image_patch) + 1
+                : c->text_block;
     double kept = T - floor(T * c->v2_mask_prob), tokens = (double)sp.micro * c->v2_clones * kept;
     double bytes = tokens * c->layers * (10.0 * c->width + 2.0 * c->ffn) * 4;
     double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
@@ -418,7 +423,7 @@ int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) 
             return errf(err, n, "config: image %dx%d is not a multiple of image.patch %d",
                         c->image_height, c->image_width, c->image_patch);
         int np = (c->image_height / c->image_patch) * (c->image_width / c->image_patch);
-        if (c->mask_image_patches > np)
+        if (c->mask_image_patches > np && c->mode == 0) /* v1 block masks only */
             return errf(err, n, "config: mask.image_patches %d exceeds the %d patches",
                         c->mask_image_patches, np);
         if (c->image_pos == IMAGE_POS_SINCOS && c->width % 4)
@@ -654,6 +659,7 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
     if (c->mode == 1) { /* data2vec 2.0 (docs/algorithm.md §7) */
         V2Config *v = &m->v2c;
         m->v2 = 1;
+        m->image.v2 = 1, m->image.cls = 0; /* the v2 context prepends the cls token */
         v->clones = c->v2_clones;
         v->noise_std = (float)c->v2_noise_std, v->cls_loss = (float)c->v2_cls_loss;
         int img = c->modality == D2V_IMAGE;

@@ -234,7 +234,16 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
     int B = b->B, C = c->enc.C, first = m->ops->pool_first ? m->ops->pool_first(c) : 0;
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
-    FrontOut x = m->ops->forward(m->fe, p, b, 0, dk);
+    FrontOut x;
+    if (m->v2) { /* v2: the local features through the context (images: cls + LN) */
+        x = m->ops->v2_local(m->fe, p, b, 0, dk);
+        if (m->ops->v2_context) {
+            x.x = m->ops->v2_context(m->fe, p, x.x, B, T, 0);
+            T += m->ops->v2_extra, x.pad = NULL;
+        }
+    } else {
+        x = m->ops->forward(m->fe, p, b, 0, dk);
+    }
     EncoderRun r = {.B = B, .T = T, .key_pad = x.pad, .attn_bias = x.bias, .sample_ids = b->ids};
     encoder_forward(&m->enc_t, &p->enc, x.x, &r);
     const float *h = encoder_output(&m->enc_t);

@@ -22,7 +22,12 @@ typedef struct V2State {
     uint8_t *all;            // (B, T) ones: targets at every position
     uint8_t *pad;            // (B M, Tk) the kept tokens' padding flags (fairseq gathers them)
     int *mask_scratch;       // v2_mask_batch
-    float *xs, *dxs, *dh;    // (B M, Tk, C) student input, its gradient, d encoder output
+    int E;                   // tokens the front-end's context prepends (images: cls)
+    float *xs, *dxs;         // (B M, Tk, C) gathered local features and their gradient
+    float *dh, *dxin;        // (B M, E + Tk, C) d encoder output, d encoder input
+    float *tl;               // (B, T, C) one teacher layer without its extra tokens
+    float *cls_p, *cls_t;    // (B M, C) cls predictions and targets (images)
+    float *dcls;             // (B M, C)
     float *dec_in, *ddec_in; // (B M, T, C)
     float *ddec_out;         // (B M, T, C)
     float *y;                // (B T, C) targets at every position
@@ -48,10 +53,11 @@ void v2_create(Model *m, int Bmax) {
     m->v2 = v;
     int M = v->M = c->v2c.clones, T = v->Tmax = m->Tmax, C = c->enc.C;
     v->Tk_max = kept_at(c, T);
+    int E = v->E = m->ops->v2_context ? m->ops->v2_extra : 0;
     size_t R = (size_t)Bmax * M, N = (size_t)Bmax * T;
     /* the student encodes only kept tokens: its arena scales with Tk x M, not T x M */
-    encoder_init(&m->enc_s, &c->enc, (int)R, v->Tk_max, 1);
-    encoder_init(&m->enc_t, &c->enc, Bmax, T, 0);
+    encoder_init(&m->enc_s, &c->enc, (int)R, E + v->Tk_max, 1);
+    encoder_init(&m->enc_t, &c->enc, Bmax, E + T, 0);
     decoder_create(&v->dec, &c->v2c.dec, (int)R, T);
     V2MaskConfig mc = c->v2c.mask;
     if (mc.kind != V2_MASK_BLOCK_2D_INVERSE) mc.T = T;
@@ -63,8 +69,12 @@ void v2_create(Model *m, int Bmax) {
     memset(v->all, 1, N);
     v->mask_scratch = xalloc(sizeof(int) * (v2_mask_scratch(&mc) + 16), "v2 mask scratch");
     size_t RK = R * v->Tk_max * C, RT = R * T * C;
+    size_t RE = R * (E + v->Tk_max) * C;
     v->xs = xalloc(4 * RK, "v2 student input"), v->dxs = xalloc(4 * RK, "v2 d student input");
-    v->dh = xalloc(4 * RK, "v2 d encoder output");
+    v->dh = xalloc(4 * RE, "v2 d encoder output"), v->dxin = xalloc(4 * RE, "v2 d encoder input");
+    v->tl = xalloc(4 * N * C, "v2 teacher layer");
+    v->cls_p = xalloc(4 * R * C, "v2 cls"), v->cls_t = xalloc(4 * R * C, "v2 cls targets");
+    v->dcls = xalloc(4 * R * C, "v2 d cls");
     v->dec_in = xalloc(4 * RT, "v2 decoder input"), v->ddec_in = xalloc(4 * RT, "v2 d decoder in");
     v->ddec_out = xalloc(4 * RT, "v2 d decoder output");
     v->y = xalloc(4 * N * C, "v2 targets");
@@ -84,11 +94,41 @@ void v2_destroy(Model *m) {
     encoder_free(&m->enc_s), encoder_free(&m->enc_t);
     decoder_destroy(&v->dec);
     free(v->masks), free(v->keep), free(v->row_ids), free(v->all), free(v->mask_scratch);
-    free(v->pad);
+    free(v->pad), free(v->dxin), free(v->tl), free(v->cls_p), free(v->cls_t), free(v->dcls);
     free(v->xs), free(v->dxs), free(v->dh), free(v->dec_in), free(v->ddec_in), free(v->ddec_out);
     free(v->y), free(v->pred), free(v->tgt), free(v->dp), free(v->dlocal), free(v->trace_noise);
     free(m->tscratch), free(v);
     m->v2 = NULL;
+}
+
+/* Targets y (B, T, C): the top-K teacher layers without their first E (extra) tokens, each
+ * instance- or layer-normalised, averaged, then the optional final LN (docs/algorithm.md §7.2). */
+static void v2_targets(Model *m, int B, int T, int E) {
+    const ModelConfig *c = &m->c;
+    V2State *v = m->v2;
+    int C = c->enc.C, K = c->top_k;
+    size_t N = (size_t)B * T;
+    float *norm = m->tscratch, *s1 = norm + N * C, *s2 = s1 + (size_t)B * C;
+    memset(v->y, 0, sizeof(float) * N * C);
+    for (int k = 0; k < K; k++) {
+        const float *a = m->layers[k];
+        if (E > 0) {
+            for (int b = 0; b < B; b++)
+                memcpy(v->tl + (size_t)b * T * C, a + ((size_t)b * (E + T) + E) * C,
+                       sizeof(float) * T * C);
+            a = v->tl;
+        }
+        if (c->target_norm == TARGET_NORM_INSTANCE)
+            instancenorm_forward(norm, s1, s2, a, B, T, C, c->target_eps);
+        else if (c->target_norm == TARGET_NORM_LAYER)
+            layernorm_forward(norm, NULL, NULL, a, NULL, NULL, (int)N, C, c->target_eps);
+        else
+            memcpy(norm, a, sizeof(float) * N * C);
+        for (size_t i = 0; i < N * C; i++)
+            v->y[i] += norm[i] / K;
+    }
+    if (c->target_final_norm)
+        layernorm_forward(v->y, NULL, NULL, v->y, NULL, NULL, (int)N, C, c->target_eps);
 }
 
 static void block_done_v2(void *ctx, int layer) {
@@ -105,7 +145,8 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     double t0 = now_seconds(), t1;
     /* 1. local features of the unmasked batch (student, dropout on) */
     int T = m->T = v->T = m->ops->begin(m->fe, s, b);
-    FrontOut x = m->ops->v2_local(m->fe, s, b, dk);
+    FrontOut x = m->ops->v2_local(m->fe, s, b, 1, dk);
+    int E = v->E;
     /* 2. M masks per sample; every row keeps the same Tk tokens */
     V2MaskConfig mc = c->v2c.mask;
     if (mc.kind != V2_MASK_BLOCK_2D_INVERSE) mc.T = T;
@@ -126,16 +167,17 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
             memcpy(v->xs + ((size_t)r * Tk + j) * C, x.x + src * C, sizeof(float) * C);
             if (x.pad) v->pad[(size_t)r * Tk + j] = x.pad[src];
         }
+    const float *xin = E ? m->ops->v2_context(m->fe, s, v->xs, R, Tk, 1) : v->xs;
     EncoderRun rs = {.B = R,
-                     .T = Tk,
-                     .key_pad = x.pad ? v->pad : NULL, /* padding keys stay masked */
+                     .T = E + Tk,
+                     .key_pad = x.pad && !E ? v->pad : NULL, /* padding keys stay masked */
                      .train = 1,
                      .seed = seed,
                      .step = step,
                      .sample_ids = v->row_ids,
                      .block_done = m->hook ? block_done_v2 : NULL,
                      .block_ctx = m};
-    encoder_forward(&m->enc_s, &s->enc, v->xs, &rs);
+    encoder_forward(&m->enc_s, &s->enc, xin, &rs);
     const float *h = encoder_output(&m->enc_s);
     /* 4. decoder input: the encoder output at the kept slots, noise at the masked ones */
     float sd = c->v2c.noise_std;
@@ -148,25 +190,31 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
             if (mk[tt])
                 for (int k = 0; k < C; k++)
                     d[(size_t)tt * C + k] = sd * rng_normal(key, (uint64_t)tt * C + k);
-        for (int j = 0; j < Tk; j++)
-            memcpy(d + (size_t)v->keep[(size_t)r * Tk + j] * C, h + ((size_t)r * Tk + j) * C,
-                   sizeof(float) * C);
+        for (int j = 0; j < Tk; j++) /* the encoder output without its extra tokens */
+            memcpy(d + (size_t)v->keep[(size_t)r * Tk + j] * C,
+                   h + ((size_t)r * (E + Tk) + E + j) * C, sizeof(float) * C);
     }
     DropKey dd = {seed, step, RNG_SITE_DEC_INPUT, v->row_ids};
     const float *p = decoder_forward_masked(&v->dec, &s->dec, v->dec_in, v->masks, R, T, dd, 1);
     t1 = now_seconds();
     m->phase[PHASE_STUDENT_FWD] += t1 - t0;
     t0 = t1;
-    /* 5. the teacher once per sample, on the student's local features (text, speech) */
-    EncoderRun rt = {
-        .B = B, .T = T, .key_pad = x.pad, .seed = seed, .step = step, .sample_ids = b->ids};
-    encoder_forward(&m->enc_t, &t->enc, x.x, &rt);
+    /* 5. the teacher once per sample: on the student's local features (text, speech) or its
+     * own EMA front-end (images), through its own context */
+    const float *xt = c->ema_frontend ? m->ops->v2_local(m->fe, t, b, 0, dk).x : x.x;
+    if (E) xt = m->ops->v2_context(m->fe, t, xt, B, T, 0);
+    EncoderRun rt = {.B = B,
+                     .T = E + T,
+                     .key_pad = E ? NULL : x.pad,
+                     .seed = seed,
+                     .step = step,
+                     .sample_ids = b->ids};
+    encoder_forward(&m->enc_t, &t->enc, xt, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);
         m->layers[k] = a.ffn_out;
     }
-    targets_build(v->y, m->layers, c->top_k, B, T, C, c->target_norm, c->target_final_norm,
-                  c->target_eps, v->all, m->tscratch);
+    v2_targets(m, B, T, E);
     t1 = now_seconds();
     m->phase[PHASE_TEACHER] += t1 - t0;
     t0 = t1;
@@ -184,6 +232,26 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     float scale = c->loss_scale > 0 ? c->loss_scale : 1.0f / sqrtf((float)C);
     out->loss_sum = regression_loss(v->dp, v->pred, v->tgt, rows, C, c->loss_beta, scale, 1);
     out->masked = rows;
+    /* The cls loss, weighted by masked tokens per row so that after the trainer's division by
+     * the masked count it is v2.cls_loss x its mean over rows, whatever the split into ranks
+     * and micro-batches (fairseq weighs it by the per-GPU sample_size instead: its 0.01 is
+     * 0.01 x the rows per GPU here; docs/algorithm.md §7.2) */
+    float w_cls = E && c->v2c.cls_loss > 0 ? c->v2c.cls_loss * (float)(T - Tk) : 0;
+    if (w_cls > 0) {
+        for (int r = 0; r < R; r++) {
+            const float *yb = v->y + (size_t)(r / M) * T * C;
+            float *ct = v->cls_t + (size_t)r * C;
+            for (int k = 0; k < C; k++) {
+                double acc = 0;
+                for (int tt = 0; tt < T; tt++)
+                    acc += yb[(size_t)tt * C + k];
+                ct[k] = (float)(acc / T);
+            }
+            memcpy(v->cls_p + (size_t)r * C, h + (size_t)r * (E + Tk) * C, sizeof(float) * C);
+        }
+        out->loss_sum +=
+            w_cls * regression_loss(v->dcls, v->cls_p, v->cls_t, R, C, 0, scale, w_cls);
+    }
     if (out->pred_stats) var_stats_accumulate(out->pred_stats, v->pred, rows, C);
     if (out->target_stats) var_stats_accumulate(out->target_stats, v->tgt, rows, C);
     t1 = now_seconds();
@@ -202,13 +270,23 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     decoder_backward(&v->dec, &g->dec, &s->dec, v->ddec_out, v->ddec_in);
     if (m->hook) m->hook(m->hook_ctx, GRAD_HEAD, -1);
 #pragma omp parallel for
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        float *dr = v->dh + (size_t)r * (E + Tk) * C;
+        if (E) { /* the cls row: its own loss, or nothing */
+            if (w_cls > 0)
+                memcpy(dr, v->dcls + (size_t)r * C, sizeof(float) * C);
+            else
+                memset(dr, 0, sizeof(float) * (size_t)E * C);
+        }
         for (int j = 0; j < Tk; j++)
-            memcpy(v->dh + ((size_t)r * Tk + j) * C,
+            memcpy(dr + (size_t)(E + j) * C,
                    v->ddec_in + ((size_t)r * T + v->keep[(size_t)r * Tk + j]) * C,
                    sizeof(float) * C);
-    memset(v->dxs, 0, sizeof(float) * (size_t)R * Tk * C);
-    encoder_backward(&m->enc_s, &g->enc, v->dxs, NULL, &s->enc, v->xs, &rs, v->dh);
+    }
+    float *dxin = E ? v->dxin : v->dxs;
+    memset(dxin, 0, sizeof(float) * (size_t)R * (E + Tk) * C);
+    encoder_backward(&m->enc_s, &g->enc, dxin, NULL, &s->enc, xin, &rs, v->dh);
+    if (E) m->ops->v2_context_backward(m->fe, g, s, dxin, v->dxs);
     memset(v->dlocal, 0, sizeof(float) * (size_t)B * T * C);
 #pragma omp parallel for /* one sample per thread, its clones in order: deterministic sums */
     for (int bb = 0; bb < B; bb++)
@@ -245,5 +323,9 @@ ModelTrace v2_trace(const Model *m, const Batch *b) {
     t.n_arrays = m->ops->trace(m->fe, b, t.arrays);
     t.arrays[t.n_arrays++] = (TraceArray){"v2_masks", TRACE_U8, 2, {R, T}, v->masks};
     t.arrays[t.n_arrays++] = (TraceArray){"v2_noise", TRACE_F32, 3, {R, T, C}, v->trace_noise};
+    if (v->E && m->c.v2c.cls_loss > 0 && t.n_arrays + 2 <= FRONT_MAX_TRACE) {
+        t.arrays[t.n_arrays++] = (TraceArray){"cls_predictions", TRACE_F32, 2, {R, C}, v->cls_p};
+        t.arrays[t.n_arrays++] = (TraceArray){"cls_targets", TRACE_F32, 2, {R, C}, v->cls_t};
+    }
     return t;
 }

@@ -7,6 +7,12 @@
 #include "d2v/model.h"
 #include "d2v/util.h"
 
+/* data2vec 2.0's context of one network: [cls; x] -> layer norm (docs/algorithm.md §7.2) */
+typedef struct {
+    float *in, *out, *mean, *rstd; // (R, 1 + Tk, C), (R, 1 + Tk) x 2
+    int R, Tk;
+} V2Context;
+
 typedef struct {
     ImageEmbedConfig cfg;
     BlockMaskConfig mask_cfg;
@@ -14,11 +20,27 @@ typedef struct {
     uint8_t *mask;                  // (B, Np) patches the student sees as the mask token
     float *bias_s, *bias_t, *dbias; // (NH, T, T) relative position bias, or NULL
     int T, NH;
+    V2Context cs, ct; // v2: the student's (clones x kept) and the teacher's (whole images)
+    float ln_eps;
 } ImageFront;
 
 static void declare(ParamTable *t, ModelParams *p, const ModelConfig *c) {
-    image_embed_declare(t, &p->image, &c->image, c->ema_frontend ? EMA_AVERAGE : EMA_SHARED);
+    int ema = c->ema_frontend ? EMA_AVERAGE : EMA_SHARED;
+    image_embed_declare(t, &p->image, &c->image, ema);
+    if (!c->v2) return;
+    int64_t C = c->image.C; /* fairseq: extra_tokens nn.init.normal_ (std 1); LayerNorm 1, 0 */
+    ptab_add(t, &p->image.v2_cls, "image.v2_cls", SHAPE1(C), PINIT(INIT_NORMAL, 1.0f, 0), DECAY_1D,
+             ema);
+    ptab_add(t, &p->image.v2_ln_w, "image.v2_ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, ema);
+    ptab_add(t, &p->image.v2_ln_b, "image.v2_ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
 }
+
+static void context_alloc(V2Context *x, size_t rows, size_t C) {
+    x->in = xalloc(4 * rows * C, "v2 context input"), x->out = xalloc(4 * rows * C, "v2 context");
+    x->mean = xalloc(4 * rows, "v2 context mean"), x->rstd = xalloc(4 * rows, "v2 context rstd");
+}
+
+static void context_free(V2Context *x) { free(x->in), free(x->out), free(x->mean), free(x->rstd); }
 
 static void *create(const ModelConfig *c, int Bmax, int len, int *Tmax) {
     (void)len;
@@ -33,12 +55,20 @@ static void *create(const ModelConfig *c, int Bmax, int len, int *Tmax) {
         f->bias_s = xalloc(nb, "relative bias"), f->bias_t = xalloc(nb, "relative bias");
         f->dbias = xalloc(nb, "relative bias gradient");
     }
+    if (c->v2) {
+        V2MaskConfig mc = c->v2c.mask;
+        size_t kept = (size_t)(f->T - v2_mask_count(&mc)), C = c->image.C;
+        context_alloc(&f->cs, (size_t)Bmax * c->v2c.clones * (1 + kept), C);
+        context_alloc(&f->ct, (size_t)Bmax * (1 + f->T), C);
+        f->ln_eps = c->enc.ln_eps;
+    }
     return f;
 }
 
 static void destroy(void *fe) {
     ImageFront *f = fe;
     image_embed_free(&f->s), image_embed_free(&f->t);
+    if (f->cs.in) context_free(&f->cs), context_free(&f->ct);
     free(f->mask), free(f->bias_s), free(f->bias_t), free(f->dbias), free(f);
 }
 
@@ -75,7 +105,49 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
     if (f->dbias) image_rel_bias_backward(&f->s, &g->image, f->dbias);
 }
 
-static int pool_first(const ModelConfig *c) { return !!c->image.cls; }
+static int pool_first(const ModelConfig *c) { return c->v2 ? 1 : !!c->image.cls; }
+
+/* v2: patch embedding + fixed sin-cos, no mask token, no cls (the context adds it) */
+static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, int student, DropKey dk) {
+    (void)dk;
+    ImageFront *f = fe;
+    ImageEmbed *e = student ? &f->s : &f->t;
+    image_embed_forward(e, &p->image, b->images, NULL, b->B);
+    return (FrontOut){e->out, NULL, NULL, NULL};
+}
+
+static const float *v2_context(void *fe, const ModelParams *p, const float *x, int R, int Tk,
+                               int student) {
+    ImageFront *f = fe;
+    V2Context *k = student ? &f->cs : &f->ct;
+    size_t C = f->cfg.C, n = (size_t)Tk + 1;
+    k->R = R, k->Tk = Tk;
+#pragma omp parallel for
+    for (int r = 0; r < R; r++) {
+        memcpy(k->in + (size_t)r * n * C, p->image.v2_cls, sizeof(float) * C);
+        memcpy(k->in + ((size_t)r * n + 1) * C, x + (size_t)r * Tk * C, sizeof(float) * Tk * C);
+    }
+    layernorm_forward(k->out, k->mean, k->rstd, k->in, p->image.v2_ln_w, p->image.v2_ln_b,
+                      (int)(R * n), (int)C, f->ln_eps);
+    return k->out;
+}
+
+static void v2_context_backward(void *fe, ModelParams *g, const ModelParams *p, const float *dout,
+                                float *dx) {
+    ImageFront *f = fe;
+    V2Context *k = &f->cs;
+    size_t C = f->cfg.C, n = (size_t)k->Tk + 1, rows = (size_t)k->R * n;
+    float *din = k->out; /* the forward's output is not needed any more: reuse it */
+    memset(din, 0, sizeof(float) * rows * C);
+    layernorm_backward(din, g->image.v2_ln_w, g->image.v2_ln_b, dout, k->in, p->image.v2_ln_w,
+                       k->mean, k->rstd, (int)rows, (int)C);
+    for (int r = 0; r < k->R; r++) { /* the cls token's gradient sums over every row */
+        const float *dc = din + (size_t)r * n * C;
+        for (size_t c = 0; c < C; c++)
+            g->image.v2_cls[c] += dc[c];
+        memcpy(dx + (size_t)r * k->Tk * C, dc + C, sizeof(float) * k->Tk * C);
+    }
+}
 
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
     const ImageFront *f = fe;
@@ -85,5 +157,17 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_image = {"image", declare, create,   destroy,    begin,
-                                    mask,    forward, backward, pool_first, trace, NULL};
+const FrontendOps frontend_image = {"image",
+                                    declare,
+                                    create,
+                                    destroy,
+                                    begin,
+                                    mask,
+                                    forward,
+                                    backward,
+                                    pool_first,
+                                    trace,
+                                    v2_local,
+                                    v2_context,
+                                    v2_context_backward,
+                                    1};

@@ -81,5 +81,5 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_speech = {"speech", declare, create,   destroy, begin,
-                                     mask,     forward, backward, NULL,    trace, NULL};
+const FrontendOps frontend_speech = {"speech", declare, create, destroy, begin, mask, forward,
+                                     backward, NULL,    trace,  NULL,    NULL,  NULL, 0};

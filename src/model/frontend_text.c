@@ -73,13 +73,16 @@ static void backward(void *fe, ModelParams *g, const ModelParams *s, const float
 }
 
 /* v2: the unmasked ids through the student's embedding, dropout on (TextLocalEncoder) */
-static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, DropKey dk) {
+static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, int student, DropKey dk) {
+    /* training reads only the student's (the teacher gets them too: ema_encoder_only);
+     * student 0 is the eval-mode embedding, for features */
     TextFront *f = fe;
+    TextEmbed *e = student ? &f->s : &f->t;
     dk.site = RNG_SITE_TEXT_EMBED;
     /* the student's input is the unmasked text: the dumps' student_tokens say so */
-    memcpy(f->tokens_in, b->tokens, sizeof(int32_t) * (size_t)b->B * f->T);
-    text_embed_forward(&f->s, &p->text, b->tokens, b->B, f->T, 1, dk);
-    return (FrontOut){f->s.out, f->s.pad, NULL, NULL};
+    if (student) memcpy(f->tokens_in, b->tokens, sizeof(int32_t) * (size_t)b->B * f->T);
+    text_embed_forward(e, &p->text, b->tokens, b->B, f->T, student, dk);
+    return (FrontOut){e->out, e->pad, NULL, NULL};
 }
 
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
@@ -89,5 +92,5 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_text = {"text",  declare,  create, destroy, begin,   mask,
-                                   forward, backward, NULL,   trace,   v2_local};
+const FrontendOps frontend_text = {"text",   declare, create, destroy,  begin, mask, forward,
+                                   backward, NULL,    trace,  v2_local, NULL,  NULL, 0};

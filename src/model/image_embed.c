@@ -26,7 +26,7 @@ void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedCon
     if (c->cls) ptab_add(t, &p->cls, "image.cls", SHAPE1(C), tok, DECAY_1D, ema);
     /* the official recipe decays the mask token and the relative table (3-D and 2-D tensors
      * there), exempting only 1-D tensors, biases, pos_embed and cls_token */
-    ptab_add(t, &p->mask_token, "image.mask_token", SHAPE1(C), tok, DECAY_YES, ema);
+    if (!c->v2) ptab_add(t, &p->mask_token, "image.mask_token", SHAPE1(C), tok, DECAY_YES, ema);
     if (c->pos == IMAGE_POS_LEARNED)
         ptab_add(t, &p->pos, "image.pos", SHAPE2(image_embed_tokens(c), C), tok, DECAY_1D, ema);
     if (c->pos == IMAGE_POS_RELATIVE) /* BEiT: zeros */
