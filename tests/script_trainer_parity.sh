@@ -18,7 +18,8 @@
 # the teacher's input, and a teacher that also averages the front-end and the decoder.
 # Images, data2vec 2.0 (configs/image-v2-tiny.cfg, or $D2V_IMAGE_V2_CFG) on the Fashion-MNIST
 # dataset: the same, with a teacher on the student's front-end (spec: its own EMA copy), one
-# averaging the decoder too, the cls loss without its masked-count weight, the cls row inside
+# averaging the decoder too, the cls loss without its masked-count weight or with fairseq's
+# whole-batch one, the cls row inside
 # the targets' instance norm and the targets' final LN left out as further negative controls.
 # A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
@@ -161,8 +162,10 @@ modality() {
     image-v2)
         expect_fail "$mod sharing rule on update $((UPDATES - 1)): teacher averaging the decoder too (spec: never)" \
             "teacher_after" --sharing ema-all "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
-        expect_fail "$mod cls loss weighted v2.cls_loss only (spec: x the masked count)" "loss:" \
-            --v2-fault cls-weight "$first"
+        expect_fail "$mod cls loss weighted v2.cls_loss only (spec: x masked tokens per row)" \
+            "loss:" --v2-fault cls-weight "$first"
+        expect_fail "$mod cls loss weighted by the micro-batch's masked count (fairseq's sample_size)" \
+            "loss:" --v2-fault cls-sample-size "$first"
         expect_fail "$mod cls row inside the targets' instance norm (spec: patches only)" \
             "targets" --v2-fault cls-in-norm "$first"
         expect_fail "$mod targets without the final LN (spec: target.final_norm)" "targets" \
