@@ -88,11 +88,14 @@ bench: deps
 	bench/run.sh $(BUILD)
 
 # Fault trials (docs/reliability.md): frozen and killed ranks, kill -9 then --resume, a damaged
-# newest checkpoint; TRIALS of each (make test runs one). About 15 s per trial here.
+# newest checkpoint; TRIALS of each (make test runs one), FAULT_KINDS a subset of
+# "rank drift kill damage". About 15 s per trial here.
 TRIALS ?= 20
+FAULT_KINDS ?= rank drift kill damage
 faults: deps-test
 	$(MAKE) all
-	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 tests/script_faults.sh $(BUILD) $(TRIALS)
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 FAULT_KINDS="$(FAULT_KINDS)" \
+		tests/script_faults.sh $(BUILD) $(TRIALS)
 
 demo: deps deps-demo
 	$(MAKE) all

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "batch_util.h"
 #include "check.h"
 #include "d2v/ckpt.h"
 #include "d2v/config.h"
@@ -70,14 +71,6 @@ static void fill_batch(Batch *b, const TrainConfig *cfg, int B, int T) {
                 4 + (int32_t)(rng_uniform(key, (uint64_t)i * T + t) * (VOCAB - 5));
 }
 
-/* Rows [first, first + B) of b (views). */
-static Batch half_of(const Batch *b, int first, int B) {
-    Batch h = *b;
-    h.B = B, h.ids = b->ids + first;
-    if (b->tokens) h.tokens = b->tokens + (size_t)first * b->T;
-    if (b->images) h.images = b->images + (size_t)first * b->H * b->W * b->C;
-    return h;
-}
 
 typedef struct {
     Model *m;

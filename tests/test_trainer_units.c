@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "batch_util.h"
 #include "check.h"
 #include "d2v/config.h"
 #include "d2v/dataset.h"
@@ -84,14 +85,6 @@ static void fill_batch(Batch *b, const ModelConfig *mc, const TrainConfig *cfg, 
     }
 }
 
-/* Rows [first, first + B) of b as a batch of its own (views, no copies). */
-static Batch half_of(const Batch *b, int first, int B) {
-    Batch h = *b;
-    h.B = B, h.ids = b->ids + first;
-    if (b->tokens) h.tokens = b->tokens + (size_t)first * b->T;
-    if (b->images) h.images = b->images + (size_t)first * b->H * b->W * b->C;
-    return h;
-}
 
 static void test_accumulation(int modality) {
     const char *name = d2v_modality_names[modality];
