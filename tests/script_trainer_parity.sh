@@ -124,8 +124,11 @@ modality() {
     $PY "$T/perturb.py" "$first" "$T/neg-p_0000.h5" params_before enc.fc1_w 0.01 >/dev/null
     expect_fail "$mod params_before enc.fc1_w[0] += 0.01" "predictions|loss:" "$T/neg-p_0000.h5"
     $PY "$T/perturb.py" "$first" "$T/neg-t_0000.h5" teacher_before enc.fc1_w 0.01 >/dev/null
-    expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "targets|teacher layers" \
-        "$T/neg-t_0000.h5"
+    case $mod in
+    *-v2) why="targets" ;; # the targets themselves, whatever the teacher_layer_* dumps hold
+    *) why="targets|teacher layers" ;;
+    esac
+    expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "$why" "$T/neg-t_0000.h5"
     case $mod in
     *-v2) out=dec.proj_w ;; # the decoder replaces v1's head
     *) out=head.w1 ;;
@@ -155,7 +158,7 @@ modality() {
         expect_fail "$mod one kept position of row 0 moved to its masked neighbour" "predictions" \
             --v2-fault kept-shift "$first"
         expect_fail "$mod teacher fed clone 0's masked view (spec: the unmasked input)" \
-            "targets|teacher layers" --v2-fault teacher-masked "$first"
+            "targets" --v2-fault teacher-masked "$first"
         ;;
     esac
     case $mod in
@@ -167,17 +170,21 @@ modality() {
         expect_fail "$mod cls loss weighted by the micro-batch's masked count (fairseq's sample_size)" \
             "loss:" --v2-fault cls-sample-size "$first"
         expect_fail "$mod cls row inside the targets' instance norm (spec: patches only)" \
-            "targets" --v2-fault cls-in-norm "$first"
-        expect_fail "$mod targets without the final LN (spec: target.final_norm)" "targets" \
-            --v2-fault no-final-ln "$first"
+            "u[0-9]+ targets" --v2-fault cls-in-norm "$first"
+        expect_fail "$mod targets without the final LN (spec: target.final_norm)" \
+            "u[0-9]+ targets" --v2-fault no-final-ln "$first"
         ;;
     esac
     case $(sed -n 's/^ *eps_mode = "\(.*\)";$/\1/p' "$T/run-$mod/config.resolved.cfg") in
     fairseq) wrong=torch ;;
     *) wrong=fairseq ;;
     esac
-    expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
-        --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
+    # not for image-v2: with eps 1e-8 and beta2 0.95 fairseq's inflated eps stays far below
+    # sqrt(v) within 20 updates (params move < 1e-5), so the control could not fail there; the
+    # optimiser is the same code as for text-v2 and image, which check it
+    [ "$mod" = image-v2 ] ||
+        expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
+            --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 
