@@ -140,7 +140,8 @@ modality() {
     image) sharing=share-all what="teacher with the student's front-end (spec: EMA'd)" ;;
     text) sharing=ema-all what="teacher with its own averaged embeddings (spec: shared)" ;;
     speech) sharing=share-all what="teacher with the student's encoder LN (spec: EMA'd)" ;;
-    image-v2) sharing=share-all what="teacher with the student's front-end (spec: its own EMA copy)" ;;
+    image-v2) sharing=share-all
+        what="teacher with the student's front-end (spec: its own EMA copy)" ;;
     *-v2) sharing=ema-all what="teacher averaging the front-end and decoder (spec: encoder only)"
         why=teacher_after ;; # the v2 teacher never runs them: only the EMA shows the rule
     esac

@@ -1031,7 +1031,7 @@ def slow_v2_image_loss(model, dump):
     img = torch.from_numpy(dump["batch_images"]).to(model.dtype)
     masks = dump["v2_masks"].astype(bool)
     noise = torch.from_numpy(dump["v2_noise"]).to(model.dtype)
-    P, Cin = c["image.patch"], c["image.channels"]
+    P = c["image.patch"]
     gh, gw = c["image.height"] // P, c["image.width"] // P
     B, T, M, C, K = img.shape[0], gh * gw, model.clones, model.C, model.top_k
     eps = c["model.ln_eps"]
@@ -1529,8 +1529,9 @@ def check_batch_v2(rep, dump, tag):
     # text, images: exactly int(T (1 - R)) kept, fairseq's Python arithmetic on the decimal R
     # (§3.4; images: int(L p) cells with p = 1 - R)
     want = int(T * (1 - c["v2.mask_prob"]))
+    unit = "patches" if dump.modality == "image" else "tokens"
     rep.check(np.all(kept == want), f"{tag} every clone keeps int(T (1 - {c['v2.mask_prob']})) = "
-                                    f"{want} of {T} {'patches' if dump.modality == 'image' else 'tokens'}: "
+                                    f"{want} of {T} {unit}: "
                                     f"kept counts {sorted(set(kept.tolist()))}")
     sel = dump["loss_positions"].astype(bool)
     rep.check(sel.shape == masks.shape and np.array_equal(sel, masks),
@@ -1677,7 +1678,7 @@ def float64_cross_check(rep, dump, res32, sharing):
     for key in ("targets", "predictions", "cls_predictions"):
         if key in res:
             worst = max(worst, (rel_to_max(res32[key], res[key])[1], key))
-    if "cls_targets" in res:  # patch means: near zero without the final LN, so on the targets' scale
+    if "cls_targets" in res:  # patch means, near zero without the final LN: the targets' scale
         e = np.abs(res32["cls_targets"] - res["cls_targets"]).max() / np.abs(res["targets"]).max()
         worst = max(worst, (float(e), "cls_targets"))
     for name, _, e in tensor_errors(dump.table, res32["grads"], res["grads"]):
