@@ -16,6 +16,11 @@
 # first, then the same checks (decoder input dropout off too) and its own negative controls: a
 # decoder weight, the clone count, the clone order of the repeated targets, one kept position,
 # the teacher's input, and a teacher that also averages the front-end and the decoder.
+# Images, data2vec 2.0 (configs/image-v2-tiny.cfg, or $D2V_IMAGE_V2_CFG) on the Fashion-MNIST
+# dataset: the same, with a teacher on the student's front-end (spec: its own EMA copy), one
+# averaging the decoder too, the cls loss without its masked-count weight or with fairseq's
+# whole-batch one, the cls row inside
+# the targets' instance norm and the targets' final LN left out as further negative controls.
 # A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
 build=${1:-build/release}
@@ -74,12 +79,13 @@ expect_fail() {
 }
 
 # modality MOD DATA [--set k=v ...]: train configs/MOD-tiny.cfg (MOD: image, text, speech,
-# text-v2), then step, trajectory and negative controls on its dumps.
+# text-v2, image-v2; $CFG instead when set), then step, trajectory and negative controls on its
+# dumps.
 modality() {
     mod=$1 data=$2
     shift 2
     log=$T/train-$mod.log
-    $TRAIN configs/$mod-tiny.cfg --set data.train="$data" --set model.dropout=0 \
+    $TRAIN "${CFG:-configs/$mod-tiny.cfg}" --set data.train="$data" --set model.dropout=0 \
         --set model.attn_dropout=0 --set model.act_dropout=0 --set model.drop_path=0 \
         --set model.layerdrop=0 --set run.max_updates=$UPDATES "$@" --dump-step "$T/$mod.h5" \
         --dump-updates $UPDATES --run-dir "$T/run-$mod" >"$log" 2>&1
@@ -118,8 +124,11 @@ modality() {
     $PY "$T/perturb.py" "$first" "$T/neg-p_0000.h5" params_before enc.fc1_w 0.01 >/dev/null
     expect_fail "$mod params_before enc.fc1_w[0] += 0.01" "predictions|loss:" "$T/neg-p_0000.h5"
     $PY "$T/perturb.py" "$first" "$T/neg-t_0000.h5" teacher_before enc.fc1_w 0.01 >/dev/null
-    expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "targets|teacher layers" \
-        "$T/neg-t_0000.h5"
+    case $mod in
+    *-v2) why="targets" ;; # the targets themselves, whatever the teacher_layer_* dumps hold
+    *) why="targets|teacher layers" ;;
+    esac
+    expect_fail "$mod teacher_before enc.fc1_w[0] += 0.01" "$why" "$T/neg-t_0000.h5"
     case $mod in
     *-v2) out=dec.proj_w ;; # the decoder replaces v1's head
     *) out=head.w1 ;;
@@ -131,6 +140,8 @@ modality() {
     image) sharing=share-all what="teacher with the student's front-end (spec: EMA'd)" ;;
     text) sharing=ema-all what="teacher with its own averaged embeddings (spec: shared)" ;;
     speech) sharing=share-all what="teacher with the student's encoder LN (spec: EMA'd)" ;;
+    image-v2) sharing=share-all
+        what="teacher with the student's front-end (spec: its own EMA copy)" ;;
     *-v2) sharing=ema-all what="teacher averaging the front-end and decoder (spec: encoder only)"
         why=teacher_after ;; # the v2 teacher never runs them: only the EMA shows the rule
     esac
@@ -147,16 +158,34 @@ modality() {
             --v2-fault repeat-tile "$first"
         expect_fail "$mod one kept position of row 0 moved to its masked neighbour" "predictions" \
             --v2-fault kept-shift "$first"
-        expect_fail "$mod teacher fed clone 0's masked view (spec: the local features)" \
-            "targets|teacher layers" --v2-fault teacher-masked "$first"
+        expect_fail "$mod teacher fed clone 0's masked view (spec: the unmasked input)" \
+            "targets" --v2-fault teacher-masked "$first"
+        ;;
+    esac
+    case $mod in
+    image-v2)
+        expect_fail "$mod sharing rule on update $((UPDATES - 1)): teacher averaging the decoder too (spec: never)" \
+            "teacher_after" --sharing ema-all "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+        expect_fail "$mod cls loss weighted v2.cls_loss only (spec: x masked tokens per row)" \
+            "loss:" --v2-fault cls-weight "$first"
+        expect_fail "$mod cls loss weighted by the micro-batch's masked count (fairseq's sample_size)" \
+            "loss:" --v2-fault cls-sample-size "$first"
+        expect_fail "$mod cls row inside the targets' instance norm (spec: patches only)" \
+            "u[0-9]+ targets" --v2-fault cls-in-norm "$first"
+        expect_fail "$mod targets without the final LN (spec: target.final_norm)" \
+            "u[0-9]+ targets" --v2-fault no-final-ln "$first"
         ;;
     esac
     case $(sed -n 's/^ *eps_mode = "\(.*\)";$/\1/p' "$T/run-$mod/config.resolved.cfg") in
     fairseq) wrong=torch ;;
     *) wrong=fairseq ;;
     esac
-    expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
-        --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
+    # not for image-v2: with eps 1e-8 and beta2 0.95 fairseq's inflated eps stays far below
+    # sqrt(v) within 20 updates (params move < 1e-5), so the control could not fail there; the
+    # optimiser is the same code as for text-v2 and image, which check it
+    [ "$mod" = image-v2 ] ||
+        expect_fail "$mod Adam eps placement \"$wrong\" (spec: the config's)" "chain of" \
+            --trajectory --eps-mode $wrong "$T/$mod"_0*.h5
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 
@@ -169,6 +198,7 @@ present() {
         pwhy=
         case $pf in
         "$build"/bin/*) [ -x "$pf" ] || pwhy="missing or not executable (make all)" ;;
+        *.cfg) [ -e "$pf" ] || pwhy="missing (a committed config)" ;;
         *) [ -e "$pf" ] || pwhy="missing (a committed fixture)" ;;
         esac
         [ -z "$pwhy" ] || { bad "$pm: $pf $pwhy; $pm not checked"; pall=1; }
@@ -225,19 +255,28 @@ json.dump({k: n for n, (_, k) in enumerate(keep)}, open(sys.argv[2], "w"))' \
     fi
 fi
 
-# text, data2vec 2.0: the reference's self-test, then the step on the Moby-Dick dataset above
-echo "-- text, data2vec 2.0"
+# data2vec 2.0: the reference's self-test (text and images), then the text step on the
+# Moby-Dick dataset above
+echo "-- data2vec 2.0 reference self-test, then text"
 $PY $REF --self-test --decoder-fixture build/fixtures/decoder_ref.h5 >"$T/selftest-v2.log" 2>&1
 rc=$?
 sed 's/^/    /' "$T/selftest-v2.log"
 if [ $rc -eq 0 ]; then
-    ok "text-v2: step_ref --self-test: $(tail -n 1 "$T/selftest-v2.log")"
+    ok "v2: step_ref --self-test: $(tail -n 1 "$T/selftest-v2.log")"
 else
-    bad "text-v2: step_ref --self-test (exit $rc; build/fixtures comes from make fixtures)"
+    bad "v2: step_ref --self-test (exit $rc; build/fixtures comes from make fixtures)"
 fi
 if present text-v2 configs/text-v2-tiny.cfg "$T/text.h5"; then
     modality text-v2 "$T/text.h5" --set text.dropout=0 --set decoder.input_dropout=0
 fi
+
+# image, data2vec 2.0: the Fashion-MNIST dataset of the image case (docs/algorithm.md §7.2)
+echo "-- image, data2vec 2.0"
+CFG=${D2V_IMAGE_V2_CFG:-configs/image-v2-tiny.cfg}
+if present image-v2 "$CFG" "$T/fm.h5"; then
+    modality image-v2 "$T/fm.h5" --set decoder.input_dropout=0
+fi
+unset CFG
 
 # speech: "zero".."nine" in four espeak-ng voices
 echo "-- speech"

@@ -32,20 +32,34 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
             fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
-data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text so far): the dump adds
-v2_masks (B*M, T) and v2_noise (B*M, T, C), so again nothing random is replayed. The student's
-front-end runs on the unmasked batch (the local features); row r = b*M + m gathers its kept
-positions (ascending) of sample b, runs the encoder, is scattered back over the noise at the
+data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text and images): the dump
+adds v2_masks (B*M, T) and v2_noise (B*M, T, C), so again nothing random is replayed. The
+student's front-end runs on the unmasked batch (the local features); row r = b*M + m gathers its
+kept positions (ascending) of sample b, runs the encoder, is scattered back over the noise at the
 masked slots and decoded by the conv decoder (dec.*, decoder_ref.ConvDecoder, its structure read
 from the table's shapes and checked against decoder.*; decoder.input_dropout must be 0 too). The
 teacher encodes the local features once (no gradient); its top-K FFN outputs are instance-
 normalised over time (eps 1e-5), averaged and repeated per clone; the loss is L2 times scale at
 the masked positions, / the masked count over all clones. The teacher averages the encoder
-blocks only (text), never the decoder. --v2-fault clones-1 / repeat-tile / kept-shift /
-teacher-masked make one deliberate error each (negative controls). --self-test checks these
-pieces without a dump: gather and scatter by hand, the vectorised step against a row-by-row loop,
-autograd against central differences (a 1%-wrong gradient rejected), every fault changing the
-step, and, with --decoder-fixture decoder_ref.h5, the dec.* table mapping against that fixture.
+blocks only (text), never the decoder.
+Images (§7.2 "Images"): the local features are the patch embedding plus the fixed sin-cos table;
+after the gather the cls token image.v2_cls is prepended and the layer norm image.v2_ln_w/b
+applied; the 2-D decoder runs over the patch grid on the output without its cls row. The teacher
+runs its own EMA front-end (ema.frontend) on the unmasked image; its layers lose the cls row
+before the instance norm over the patches, and the average gets a parameter-less LN over C
+(target.final_norm). The cls loss: the student's cls output against the mean over patches of its
+sample's targets, L2 times scale, weighted v2.cls_loss times the masked tokens per row, so that
+after the division by the masked count it is v2.cls_loss times its mean over rows, whatever the
+split into ranks and micro-batches (fairseq's per-GPU sample_size is not; cls_predictions /
+cls_targets are checked too); teacher_layer_* may hold the cls row or not.
+--v2-fault clones-1 / repeat-tile / kept-shift / teacher-masked (text and images) and cls-weight /
+cls-sample-size / cls-in-norm / no-final-ln (images) make one deliberate error each (negative
+controls).
+--self-test checks these pieces without a dump: gather and scatter by hand, the image context and
+the cls loss by hand, the vectorised step against a row-by-row loop (text and images),
+autograd against central differences (a 1%-wrong gradient rejected), the image teacher's own
+front-end, every fault changing the step, and, with --decoder-fixture decoder_ref.h5, the dec.*
+table mapping against that fixture (its text, image and image_k5 cases: 1-D and 2-D).
 
 Modes:
   step (default)  every dump is checked on its own: tau and lr of update n (n from the file name
@@ -91,7 +105,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed
+from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed, sincos_2d
 from decoder_ref import ConvDecoder, keep_mask
 
 # Tolerances (fp32 C against the fp32 reference; errors are relative to the tensor's max |value|).
@@ -314,20 +328,7 @@ class RefModel:
         self.ema_frontend = c["ema.frontend"]
 
         def frontend():
-            if self.modality == "text":
-                V = shapes["text.tok"][0]
-                if dump.pad_id is None:
-                    raise InputError(f"{dump.path}: a text dump without the pad_id attribute")
-                self.pad_id = dump.pad_id
-                return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
-            if self.modality == "image":
-                pos = {"none": 0, "learned": 1, "sincos": 2, "relative": 3}[c["image.pos"]]
-                return ImageEmbed(c["image.height"], c["image.width"], c["image.channels"],
-                                  c["image.patch"], C, int(c["image.cls"]), pos,
-                                  c["model.heads"])
-            conv = [tuple(x) for x in c["speech.conv"]]
-            return SpeechEmbed(conv, C, c["speech.pos_layers"], c["speech.pos_kernel"],
-                               c["speech.pos_groups"], c["speech.ln_eps"])
+            return self.build_frontend(dump, shapes)
 
         def encoder():
             return Encoder(L, C, c["model.heads"], c["model.ffn"], c["model.ln_eps"],
@@ -343,6 +344,24 @@ class RefModel:
         self.teacher = self.refs(self.fe_t, self.enc_t, head=False)
         self.ema_names = self.teacher_averages(sharing)
         self.check_layout(dump)
+
+    def build_frontend(self, dump, shapes):
+        """The modality's input encoder (d2vref): v1 front-ends."""
+        c, C = self.cfg, self.C
+        if self.modality == "text":
+            V = shapes["text.tok"][0]
+            if dump.pad_id is None:
+                raise InputError(f"{dump.path}: a text dump without the pad_id attribute")
+            self.pad_id = dump.pad_id
+            return TextEmbed(V, C, c["text.max_positions"], self.pad_id, c["text.ln_eps"])
+        if self.modality == "image":
+            pos = {"none": 0, "learned": 1, "sincos": 2, "relative": 3}[c["image.pos"]]
+            return ImageEmbed(c["image.height"], c["image.width"], c["image.channels"],
+                              c["image.patch"], C, int(c["image.cls"]), pos,
+                              c["model.heads"])
+        conv = [tuple(x) for x in c["speech.conv"]]
+        return SpeechEmbed(conv, C, c["speech.pos_layers"], c["speech.pos_kernel"],
+                           c["speech.pos_groups"], c["speech.ln_eps"])
 
     def build_output(self, dump, dtype):
         """v1: the student's optional final LN and regression head (docs/algorithm.md §1.4)."""
@@ -452,9 +471,15 @@ class RefModel:
             p.grad = None
         r = self.forward_loss(self.inputs(dump))
         r["mean"].backward()
-        return {"loss": float(r["sum"]) / r["M"], "M": r["M"], "targets": r["y"].numpy(),
-                "predictions": r["pred"].detach().numpy(), "layers": r["layers"].numpy(),
-                "grads": self.flat_grads(dump.table, dump.np).numpy()}
+        res = {"loss": float(r["sum"]) / r["M"], "M": r["M"], "targets": r["y"].numpy(),
+               "predictions": r["pred"].detach().numpy(), "layers": r["layers"].numpy(),
+               "grads": self.flat_grads(dump.table, dump.np).numpy()}
+        for key in ("layers_patches", "cls_predictions", "cls_targets"):  # v2 images
+            if key in r:
+                res[key] = r[key].detach().numpy()
+        if "cls_sum" in r:  # the cls term of the loss, per masked position
+            res["loss_cls"] = float(r["cls_sum"]) / r["M"]
+        return res
 
     def inputs(self, dump):
         """The dumped batch and masks as tensors (what forward_loss reads)."""
@@ -529,7 +554,11 @@ class RefModel:
 
 # ---- data2vec 2.0 (docs/algorithm.md §7.2) ------------------------------------------------------
 
-V2_FAULTS = ("clones-1", "repeat-tile", "kept-shift", "teacher-masked")
+# the first four apply to text and images, the rest to images (the cls loss and the targets'
+# extra token and final LN)
+V2_FAULTS = ("clones-1", "repeat-tile", "kept-shift", "teacher-masked", "cls-weight",
+             "cls-sample-size", "cls-in-norm", "no-final-ln")
+V2_FAULTS_TEXT = V2_FAULTS[:4]
 V2_FAULT = None  # --v2-fault: one deliberate error in the v2 step (negative controls only)
 # fairseq's make_targets calls F.instance_norm / F.layer_norm with their default eps
 V2_TARGET_EPS = 1e-5
@@ -574,30 +603,100 @@ def shift_one_kept(ids_keep, masks):
     raise InputError("kept-shift: row 0 has no kept token next to a masked one")
 
 
+class ImageEmbedV2(nn.Module):
+    """data2vec 2.0's image input (docs/algorithm.md §7.2 "Images", fairseq ImageEncoder): the
+    local features are the P x P stride-P patch convolution plus the fixed 2-D sin-cos table (no
+    slot for the cls token); the context of a (gathered) patch sequence is the learned cls token
+    prepended, then a layer norm with affine (fairseq BlockEncoder's norm: the blocks are
+    post-LN, so it comes first)."""
+
+    def __init__(self, H, W, Cin, P, C, cls, sincos, eps):
+        super().__init__()
+        self.gh, self.gw, self.C, self.cls_on = H // P, W // P, C, cls
+        self.proj = nn.Conv2d(Cin, C, kernel_size=P, stride=P)
+        if cls:
+            self.cls = nn.Parameter(torch.zeros(C))
+        self.ln = nn.LayerNorm(C, eps=eps)
+        table = sincos_2d(self.gh, self.gw, C) if sincos else np.zeros((self.gh * self.gw, C))
+        self.register_buffer("sincos", torch.from_numpy(table).float())  # float64, rounded once
+
+    def named_c(self):  # table names image.<key>
+        d = {"patch_w": self.proj.weight, "patch_b": self.proj.bias}
+        if self.cls_on:
+            d["v2_cls"] = self.cls
+        d["v2_ln_w"], d["v2_ln_b"] = self.ln.weight, self.ln.bias
+        return d
+
+    def local(self, img):
+        """img (B, H, W, Cin) channels last -> (B, Np, C), patch p = row * gw + col."""
+        x = self.proj(img.permute(0, 3, 1, 2).contiguous())
+        return x.flatten(2).transpose(1, 2) + self.sincos.to(x.dtype)
+
+    def context(self, x):
+        """(R, n, C) patch features -> (R, cls + n, C): cls prepended, then the layer norm."""
+        if self.cls_on:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, self.C), x], dim=1)
+        return self.ln(x)
+
+
+def cls_loss_sum(cls_pred, y, row_sample, scale):
+    """The cls regression before its weight (docs/algorithm.md §7.2 "Images", fairseq
+    data2vec2.py cls_loss): row r's cls output against the mean over patches of its sample's
+    targets, squared error summed over rows and channels, times scale. y (B, T, C) holds the
+    targets at every patch (after the final LN). Returns (sum, the cls targets (R, C))."""
+    tgt = y.mean(1)[row_sample]
+    return ((cls_pred - tgt) ** 2).sum() * scale, tgt
+
+
 class RefModelV2(RefModel):
-    """data2vec 2.0 (model.mode = "v2"), text: the student front-end on the unmasked batch gives
-    the local features; each clone's kept tokens (ascending) go through the encoder, are scattered
-    back with the dumped noise vectors at the masked slots and decoded by the conv decoder
-    (decoder_ref.ConvDecoder, named as the dec.* tensors); the teacher encodes the local features
-    once, instance-normalises its top-K FFN outputs over time and averages them; targets repeat
-    per clone; L2 times scale at the masked positions. The decoder is student-only."""
+    """data2vec 2.0 (model.mode = "v2"), text and images. The student's front-end on the unmasked
+    batch gives the local features; each clone's kept positions (ascending) go through the
+    encoder (images: after the cls token and the context layer norm), are scattered back with the
+    dumped noise vectors at the masked slots and decoded by the conv decoder (1-D over tokens,
+    2-D over the patch grid; decoder_ref.ConvDecoder, named as the dec.* tensors). The teacher
+    encodes, once per sample, the student's local features (text) or the image through its own
+    EMA front-end (images); it instance-normalises its top-K FFN outputs over the positions
+    (images: without the cls row), averages them (images: then a parameter-less LN over C);
+    targets repeat per clone; L2 times scale at the masked positions. Images add the cls loss,
+    weighted v2.cls_loss times the masked tokens per row. The decoder is student-only."""
 
     def __init__(self, dump, dtype, sharing="spec"):
-        if dump.modality != "text":
+        if dump.modality not in ("text", "image"):
             raise InputError(f"{dump.path}: a v2 {dump.modality} dump: the v2 reference does "
-                             "text only so far")
-        self.clones = dump.cfg["v2.clones"]
+                             "text and images so far")
+        c = dump.cfg
+        self.clones = c["v2.clones"]
         self.notes = []
+        self.ncls = int(bool(c.get("image.cls", False))) if dump.modality == "image" else 0
+        self.cls_weight = c.get("v2.cls_loss", 0.0) if self.ncls else 0.0
+        if dump.modality == "image" and c.get("v2.cls_loss", 0) > 0 and not self.ncls:
+            self.notes.append("v2.cls_loss is set but image.cls is off: no cls loss")
         super().__init__(dump, dtype, sharing)
-        c = self.cfg
         # §7.2 step 5: instance norm per layer (eps 1e-5), images a final LN; L2 loss
         for key, want in (("target.layer_norm", "instance"), ("target.eps", V2_TARGET_EPS),
                           ("loss.beta", 0.0)):
             if key in c and c[key] != want:
                 self.notes.append(f"{key} = {c[key]!r} is not used in v2 (§7.2: {want!r})")
         self.target_norm, self.target_eps = "instance", V2_TARGET_EPS
-        self.target_final = self.modality == "image"
+        if self.modality == "image":
+            self.target_final = bool(c["target.final_norm"])  # fairseq layer_norm_targets
+            if not self.target_final:
+                self.notes.append("target.final_norm = false: images normally apply the final "
+                                  "LN (§7.2)")
+        else:
+            self.target_final = False
         self.layout_problems += self.decoder_problems
+
+    def build_frontend(self, dump, shapes):
+        if self.modality == "text":
+            return super().build_frontend(dump, shapes)
+        c = self.cfg
+        if c["image.pos"] not in ("sincos", "none"):
+            raise InputError(f"{dump.path}: image.pos = {c['image.pos']!r} in a v2 dump: data2vec "
+                             "2.0 images use the fixed sin-cos table (§7.2)")
+        return ImageEmbedV2(c["image.height"], c["image.width"], c["image.channels"],
+                            c["image.patch"], self.C, self.ncls, c["image.pos"] == "sincos",
+                            c["model.ln_eps"])
 
     def build_output(self, dump, dtype):
         """The conv decoder, its structure read from the dec.* shapes and cross-checked with the
@@ -614,8 +713,12 @@ class RefModelV2(RefModel):
         groups = C // w0[1]
         hidden = shapes["dec.proj_w"][0] if "dec.proj2_w" in shapes else 0
         residual = bool(c.get("decoder.residual", False))
-        if dims != 1:
-            raise InputError(f"{dump.path}: a {dims}-D decoder in a text dump")
+        want_dims = 2 if self.modality == "image" else 1
+        if dims != want_dims:
+            raise InputError(f"{dump.path}: a {dims}-D decoder in a {self.modality} dump")
+        H = W = 0
+        if dims == 2:
+            H, W = c["image.height"] // c["image.patch"], c["image.width"] // c["image.patch"]
         self.decoder_problems = []
         want = {"decoder.dim": D, "decoder.kernel": K, "decoder.groups": groups,
                 "decoder.layers": layers, "decoder.proj_hidden": hidden}
@@ -625,8 +728,10 @@ class RefModelV2(RefModel):
                 got = C  # 0: the encoder width
             if got != v:
                 self.decoder_problems.append(f"{key} = {got} but the dec.* shapes say {v}")
-        self.dec = ConvDecoder(dims, C, D, K, groups, layers, residual, hidden).to(dtype)
-        self.dec_desc = (f"decoder {layers} x conv(k {K}, groups {groups}, D {D})"
+        self.dec = ConvDecoder(dims, C, D, K, groups, layers, residual, hidden, H, W).to(dtype)
+        grid = f" over the {H} x {W} grid" if dims == 2 else ""
+        ks = f"{K} x {K}" if dims == 2 else f"{K}"
+        self.dec_desc = (f"decoder {layers} x conv(k {ks}, groups {groups}, D {D}){grid}"
                          f"{' + residual' if residual else ''} -> "
                          + (f"Linear({D}, {hidden}) -> GELU -> Linear({hidden}, {C})" if hidden
                             else f"Linear({D}, {C})"))
@@ -636,9 +741,10 @@ class RefModelV2(RefModel):
                 for k, p in self.dec.named_c().items()}  # conv_w0 -> dec.conv_w.0
 
     def teacher_averages(self, sharing):
-        """The encoder blocks (text: fairseq ema_encoder_only, docs/algorithm.md §7.2 step 8);
-        never the decoder, which the teacher does not have. ema-all (also the front-end and the
-        decoder) is a wrong rule, for negative controls."""
+        """The encoder blocks (text: fairseq ema_encoder_only, docs/algorithm.md §7.2 step 8),
+        images also their whole front-end (ema.frontend); never the decoder, which the teacher
+        does not have. ema-all (also the front-end and the decoder) and share-all (the student's
+        front-end) are wrong rules, for negative controls."""
         names = {n for n in self.student if n.startswith("enc.")}
         fe_names = {n for n in self.student if n.startswith(self.modality + ".")}
         if sharing == "ema-all":
@@ -650,46 +756,89 @@ class RefModelV2(RefModel):
     def inputs(self, dump):
         if "v2_masks" not in dump.d or "v2_noise" not in dump.d:
             raise InputError(f"{dump.path}: a v2 dump without v2_masks / v2_noise")
-        return {"bt": torch.from_numpy(dump["batch_tokens"].astype(np.int64)),
-                "masks": torch.from_numpy(dump["v2_masks"].astype(bool)),
-                "noise": torch.from_numpy(dump["v2_noise"]).to(self.dtype)}
+        x = {"masks": torch.from_numpy(dump["v2_masks"].astype(bool)),
+             "noise": torch.from_numpy(dump["v2_noise"]).to(self.dtype)}
+        if self.modality == "image":
+            if "batch_images" not in dump.d:
+                raise InputError(f"{dump.path}: an image v2 dump without batch_images")
+            x["img"] = torch.from_numpy(dump["batch_images"]).to(self.dtype)
+        else:
+            x["bt"] = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
+        return x
+
+    def targets(self, layers):
+        """(K, B, T, C) teacher layers without extra tokens -> (B, T, C) targets (§7.2 step 5):
+        instance norm over T per layer, average, images then the final LN."""
+        y = sum(self.norm_layer(a) for a in layers) / self.top_k
+        if self.target_final and V2_FAULT != "no-final-ln":
+            y = F.layer_norm(y, (self.C,), eps=V2_TARGET_EPS)
+        return y
 
     def forward_loss(self, x):
-        bt, masks, noise = x["bt"], x["masks"], x["noise"]
-        B, T = bt.shape
+        masks, noise = x["masks"], x["noise"]
+        image = self.modality == "image"
+        if image:
+            local = self.fe.local(x["img"])  # step 1: patch embedding + sin-cos (B, Np, C)
+            pad = None
+        else:
+            pad = x["bt"].eq(self.pad_id)
+            local = self.fe(x["bt"])["out"]  # step 1: local features of the unmasked batch
+        B, T, _ = local.shape
         R, M = masks.shape[0], self.clones
         if masks.shape != (B * M, T) or noise.shape != (B * M, T, self.C):
             raise InputError(f"v2_masks {tuple(masks.shape)} / v2_noise {tuple(noise.shape)} for "
                              f"B {B}, v2.clones {M}, T {T}, C {self.C}")
-        pad = bt.eq(self.pad_id)
-        local = self.fe(bt)["out"]  # step 1: local features of the unmasked batch (B, T, C)
         ids_keep = kept_indices(masks)
         if V2_FAULT == "kept-shift":
             ids_keep = shift_one_kept(ids_keep, masks)
         Mr = M - 1 if V2_FAULT == "clones-1" and M > 1 else M
         row_sample = torch.clamp(torch.arange(R) // Mr, max=B - 1)  # row b M + m is sample b
-        # student (step 3, 4): kept tokens -> encoder -> decoder input with noise -> decoder
+        # student (step 3, 4): kept tokens -> (images: cls + LN) -> encoder -> decoder input with
+        # noise (images: without the cls row) -> decoder
         xs = gather_kept(local, ids_keep, row_sample)
-        h, _, _ = self.enc(xs, gather_kept(pad, ids_keep, row_sample), None)
-        pred_all = self.dec(scatter_decoder_input(h, ids_keep, noise), None, None, 0.0)
-        # teacher (step 5): the local features, once per sample
+        if image:
+            h, _, _ = self.enc(self.fe.context(xs), None, None)
+        else:
+            h, _, _ = self.enc(xs, gather_kept(pad, ids_keep, row_sample), None)
+        pred_all = self.dec(scatter_decoder_input(h[:, self.ncls:], ids_keep, noise), None, None,
+                            0.0)
+        # teacher (step 5), once per sample: text the student's local features, images the image
+        # through the teacher's own front-end
         with torch.no_grad():
-            x_t = local.detach()
+            x_t = self.fe_t.local(x["img"]) if image else local.detach()
             if V2_FAULT == "teacher-masked":  # clone 0's student view instead
                 x_t = x_t * (~masks[::M]).unsqueeze(-1).to(x_t.dtype)
+            if image:
+                x_t = self.fe_t.context(x_t)
             _, ffn_t, end_t = self.enc_t(x_t, pad, None)
             layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
-            y = sum(self.norm_layer(a) for a in layers) / self.top_k
-            if self.target_final:
-                y = F.layer_norm(y, (self.C,), eps=V2_TARGET_EPS)
+            # the extra tokens are dropped before the per-layer norm (fairseq: lr[:, extra:])
+            patches = layers if V2_FAULT == "cls-in-norm" else layers[:, :, self.ncls:]
+            y = self.targets(patches)
+            if V2_FAULT == "cls-in-norm":
+                y = y[:, self.ncls:]
             y_rows = y.repeat(M, 1, 1) if V2_FAULT == "repeat-tile" else y[row_sample]
             y_sel = y_rows[masks] if "y_fixed" not in x else x["y_fixed"]
         # loss (step 6): L2 at the masked positions of every clone, (r, t) order
         pred = pred_all[masks]
-        loss_sum = ((pred - y_sel) ** 2).sum() * self.scale
         n = int(masks.sum())
-        return {"sum": loss_sum, "mean": loss_sum / n, "M": n, "y": y_sel, "pred": pred,
-                "layers": layers}
+        loss_sum = ((pred - y_sel) ** 2).sum() * self.scale
+        out = {"M": n, "y": y_sel, "pred": pred, "layers": layers}
+        if image:
+            out["layers_patches"] = layers[:, :, self.ncls:]
+        if self.ncls and self.cls_weight > 0:
+            # the cls loss (§7.2 "Images"): weight v2.cls_loss x the masked tokens per row, i.e.
+            # v2.cls_loss x the mean over rows once divided by the masked count (fairseq's
+            # cls_loss * sample_size uses the GPU's whole masked count: cls-sample-size)
+            cls_sum, cls_tgt = cls_loss_sum(h[:, 0], y, row_sample, self.scale)
+            weight = self.cls_weight * (n if V2_FAULT == "cls-sample-size" else n / R)
+            if V2_FAULT == "cls-weight":
+                weight = self.cls_weight
+            loss_sum = loss_sum + weight * cls_sum
+            out.update(cls_sum=weight * cls_sum.detach(), cls_predictions=h[:, 0],
+                       cls_targets=cls_tgt)
+        out.update(sum=loss_sum, mean=loss_sum / n)
+        return out
 
 
 def make_model(dump, dtype, sharing="spec"):
@@ -801,11 +950,351 @@ def slow_v2_loss(model, dump):
     return total, torch.stack(preds), torch.stack(targets)
 
 
+def synthetic_v2_image_dump(seed, B=2, M=3, gh=3, gw=5, P=2, Cin=1, n_masked=9, C=8, L=2, D=8,
+                            K=3, groups=2, layers=2, residual=True, cls=True, cls_loss=0.25,
+                            noise_std=0.3):
+    """An image v2 dump object as Dump would read it (a non-square patch grid, random parameters,
+    images, masks with n_masked of gh x gw patches per row, and noise), and a teacher arena
+    that differs from the student's: for the self-test only."""
+    g = torch.Generator().manual_seed(seed)
+    T = gh * gw
+    text = f"""modality = "image";
+model: {{ mode = "v2"; layers = {L}; width = {C}; heads = 2; ffn = 16; pre_ln = false;
+         k_bias = true; ln_eps = 1e-6; layer_scale = 0.0; dropout = 0.0; attn_dropout = 0.0;
+         act_dropout = 0.0; drop_path = 0.0; layerdrop = 0.0; }};
+image: {{ height = {gh * P}; width = {gw * P}; channels = {Cin}; patch = {P};
+         cls = {str(cls).lower()}; pos = "sincos"; }};
+target: {{ top_k = 2; tensor = "ffn"; layer_norm = "instance"; final_norm = true; eps = 1e-5; }};
+loss: {{ beta = 0.0; scale = -1.0; }};
+ema: {{ frontend = true; }};
+v2: {{ clones = {M}; mask_prob = {n_masked / T!r}; mask_length = 3; noise_std = {noise_std!r};
+      cls_loss = {cls_loss!r}; }};
+decoder: {{ dim = {D}; kernel = {K}; groups = {groups}; layers = {layers};
+           residual = {str(residual).lower()}; proj_hidden = 0; input_dropout = 0.0; }};
+"""
+    F_ = 16
+    shapes = [("image.patch_w", (C, Cin, P, P)), ("image.patch_b", (C,))]
+    if cls:
+        shapes.append(("image.v2_cls", (C,)))
+    shapes += [("image.v2_ln_w", (C,)), ("image.v2_ln_b", (C,)),
+               ("enc.ln1_w", (L, C)), ("enc.ln1_b", (L, C)),
+               ("enc.qkv_w", (L, 3 * C, C)), ("enc.qkv_b", (L, 3 * C)), ("enc.proj_w", (L, C, C)),
+               ("enc.proj_b", (L, C)), ("enc.ln2_w", (L, C)), ("enc.ln2_b", (L, C)),
+               ("enc.fc1_w", (L, F_, C)), ("enc.fc1_b", (L, F_)), ("enc.fc2_w", (L, C, F_)),
+               ("enc.fc2_b", (L, C))]
+    for i in range(layers):
+        cin = C if i == 0 else D
+        shapes += [(f"dec.conv_w.{i}", (D, cin // groups, K, K)), (f"dec.conv_b.{i}", (D,))]
+    shapes += [("dec.proj_w", (C, D)), ("dec.proj_b", (C,))]
+    d = Dump.__new__(Dump)
+    d.path, d.config_text, d.modality, d.mode, d.pad_id, d.n = "<self-test>", text, "image", \
+        "v2", None, 0
+    d.cfg = parse_libconfig(text)
+    d.table, off = [], 0
+    for name, shape in shapes:
+        count = int(np.prod(shape))
+        d.table.append((name, off, shape, count))
+        off += count
+    d.np = off
+    params = 0.4 * torch.randn(off, generator=g)
+    for name, o, _, count in d.table:  # layer norm weights near 1
+        if re.search(r"ln\d?_w$", name):
+            params[o:o + count] += 1
+    teacher = params + 0.2 * torch.randn(off, generator=g)
+    images = torch.randn(B, gh * P, gw * P, Cin, generator=g)
+    masks = torch.zeros(B * M, T, dtype=torch.bool)
+    for r in range(B * M):
+        masks[r, torch.randperm(T, generator=g)[:n_masked]] = True
+    noise = noise_std * torch.randn(B * M, T, C, generator=g) * masks.unsqueeze(-1)
+    d.d = {"batch_images": images.numpy().astype(np.float32),
+           "v2_masks": masks.numpy().astype(np.uint8), "v2_noise": noise.numpy().astype(
+               np.float32), "loss_positions": masks.numpy().astype(np.uint8),
+           "sample_ids": np.arange(B, dtype=np.int64), "params_before": params.numpy(),
+           "teacher_before": teacher.numpy()}
+    return d
+
+
+def _ln_by_hand(v, eps, w=None, b=None):
+    """Layer norm of one vector from its formula (biased variance)."""
+    mu = v.mean()
+    out = (v - mu) / torch.sqrt(((v - mu) ** 2).mean() + eps)
+    return out if w is None else out * w + b
+
+
+def slow_v2_image_loss(model, dump):
+    """The image v2 loss row by row, with the patch convolution, the sin-cos table, the context
+    layer norm, the instance norm, the final LN and the cls loss written from their formulas (the
+    encoder and decoder modules are the vectorised step's): an independent check of
+    forward_loss's image path. Returns (loss sum, predictions, targets, cls predictions, cls
+    targets)."""
+    c = model.cfg
+    img = torch.from_numpy(dump["batch_images"]).to(model.dtype)
+    masks = dump["v2_masks"].astype(bool)
+    noise = torch.from_numpy(dump["v2_noise"]).to(model.dtype)
+    P = c["image.patch"]
+    gh, gw = c["image.height"] // P, c["image.width"] // P
+    B, T, M, C, K = img.shape[0], gh * gw, model.clones, model.C, model.top_k
+    eps = c["model.ln_eps"]
+
+    def local(fe, b):  # (T, C): W . patch pixels + bias + sincos, patch t = row * gw + col
+        rows = []
+        for t in range(T):
+            gy, gx = divmod(t, gw)
+            patch = img[b, gy * P:(gy + 1) * P, gx * P:(gx + 1) * P, :]  # (P, P, Cin)
+            v = torch.einsum("oipq,pqi->o", fe.proj.weight, patch) + fe.proj.bias
+            pos = torch.zeros(C, dtype=torch.float32)  # the table is float32 (as d2v's)
+            q = C // 4
+            for k in range(q):
+                w = 10000.0 ** (-k / q)
+                pos[k], pos[q + k] = math.sin(gx * w), math.cos(gx * w)
+                pos[2 * q + k], pos[3 * q + k] = math.sin(gy * w), math.cos(gy * w)
+            rows.append(v + pos.to(model.dtype))
+        return torch.stack(rows)
+
+    def context(fe, rows):  # cls first, then the affine layer norm, row by row
+        seq = ([fe.cls] if model.ncls else []) + list(rows)
+        return torch.stack([_ln_by_hand(v, eps, fe.ln.weight, fe.ln.bias) for v in seq])
+
+    ys = []
+    with torch.no_grad():
+        for b in range(B):
+            _, ffn, _ = model.enc_t(context(model.fe_t, local(model.fe_t, b))[None], None, None)
+            acc = torch.zeros(T, C, dtype=model.dtype)
+            for a in ffn[model.L - K:]:
+                a = a[0, model.ncls:]  # the cls row never enters the statistics
+                mu = a.mean(0, keepdim=True)
+                var = ((a - mu) ** 2).mean(0, keepdim=True)
+                acc = acc + (a - mu) / torch.sqrt(var + V2_TARGET_EPS)
+            acc = acc / K
+            ys.append(torch.stack([_ln_by_hand(acc[t], V2_TARGET_EPS) for t in range(T)]))
+    total, preds, targets, cls_p, cls_t = 0.0, [], [], [], []
+    for r in range(B * M):
+        b = r // M
+        lb = local(model.fe, b)
+        kept = [t for t in range(T) if not masks[r, t]]
+        h, _, _ = model.enc(context(model.fe, [lb[t] for t in kept])[None], None, None)
+        rows = [None] * T
+        for j, t in enumerate(kept):
+            rows[t] = h[0, model.ncls + j]
+        for t in range(T):
+            if rows[t] is None:
+                rows[t] = noise[r, t]
+        p = model.dec(torch.stack(rows)[None], None, None, 0.0)[0]
+        for t in range(T):
+            if masks[r, t]:
+                total = total + model.scale * ((p[t] - ys[b][t]) ** 2).sum()
+                preds.append(p[t])
+                targets.append(ys[b][t])
+        if model.ncls and model.cls_weight > 0:
+            ybar = sum(ys[b][t] for t in range(T)) / T
+            n_row = int(masks[r].sum())  # the cls weight: v2.cls_loss x masked tokens per row
+            total = total + model.cls_weight * n_row * model.scale * ((h[0, 0] - ybar) ** 2).sum()
+            cls_p.append(h[0, 0])
+            cls_t.append(ybar)
+    return total, torch.stack(preds), torch.stack(targets), cls_p, cls_t
+
+
+def fd_check(rep, model, dump, flat, teacher, label):
+    """Autograd against central differences (float64) on two elements of every tensor (its
+    largest gradient and a random one), then a 1%-wrong gradient rejected. The teacher side
+    holds still (stop-gradient): the differences keep the targets at their unperturbed values."""
+    res = model.step(dump, flat, teacher)
+    grads = res["grads"]
+    y_fixed = torch.from_numpy(res["targets"]).to(torch.float64)
+
+    def loss_at(vec):
+        model.load(model.student, vec, dump.table)
+        with torch.no_grad():
+            return float(model.forward_loss(dict(model.inputs(dump), y_fixed=y_fixed))["mean"])
+
+    gen = np.random.default_rng(0)
+    worst, picks = (0.0, ""), []
+    for name, off, _, count in dump.table:
+        seg = np.abs(grads[off:off + count])
+        picks.append((name, off + int(seg.argmax())))
+        picks.append((name, off + int(gen.integers(count))))
+    fd = {}
+    base = flat.astype(np.float64)
+    for name, i in picks:
+        h_ = 1e-5
+        up, dn = base.copy(), base.copy()
+        up[i] += h_
+        dn[i] -= h_
+        fd[i] = (loss_at(up) - loss_at(dn)) / (2 * h_)
+        err = abs(fd[i] - grads[i]) / max(abs(fd[i]), 1e-3)
+        worst = max(worst, (err, f"{name}[{i}]"))
+    rep.check(worst[0] <= 1e-5, f"self-test {label} autograd = central differences on "
+                                f"{len(picks)} elements over {len(dump.table)} tensors: worst "
+                                f"{worst[1]} rel {worst[0]:.1e}")
+    name, i = next(p for p in picks if p[0] == "dec.proj_w")  # its largest element
+    wrong = grads[i] * 1.01
+    err = abs(fd[i] - wrong) / max(abs(fd[i]), 1e-3)
+    rep.check(err > 1e-5, f"self-test {label} negative control: {name}[{i}] gradient 1% off is "
+                          f"rejected (rel {err:.1e})")
+    rep.check(all(abs(grads[o:o + c]).max() > 0 for _, o, _, c in dump.table),
+              f"self-test {label}: every tensor gets a gradient (front-end, encoder, decoder)")
+    return res
+
+
+def fault_checks(rep, model, dump, teacher, faults, label):
+    """Every fault changes what its negative control looks at (targets, predictions or loss)."""
+    global V2_FAULT
+    model.load(model.student, dump["params_before"], dump.table)
+    model.load(model.teacher, teacher, dump.table)
+    with torch.no_grad():
+        r = model.forward_loss(model.inputs(dump))
+    for fault in faults:
+        V2_FAULT = fault
+        try:
+            with torch.no_grad():
+                f = model.forward_loss(model.inputs(dump))
+        finally:
+            V2_FAULT = None
+        diff = max(rel_to_max(f["y"], r["y"])[1], rel_to_max(f["pred"], r["pred"])[1],
+                   abs(float(f["sum"]) - float(r["sum"])) / abs(float(r["sum"])))
+        rep.check(diff > 1e-3, f"self-test {label} --v2-fault {fault} changes targets / "
+                               f"predictions / loss (rel {diff:.1e})")
+
+
+def decoder_fixture_check(rep, fx, case, make_dump):
+    """decoder_ref's fixture case loaded through a synthetic v2 dump's dec.* table entries: the
+    output, input and parameter gradients must match (the names, layouts and the 1-D / 2-D
+    structure map onto decoder_ref's module)."""
+    g = fx[case]
+    a = {k: int(g.attrs[k]) for k in ("C", "D", "K", "layers", "proj_hidden", "groups",
+                                       "residual", "seed", "step", "site", "H", "W")}
+    p_drop = float(g.attrs["input_dropout"])
+    arr = {k: g[k][()] for k in g.keys()}
+    dump = make_dump(a)
+    model = make_model(dump, torch.float32)
+    if model.layout_problems:
+        rep.check(False, f"self-test decoder fixture {case}: {'; '.join(model.layout_problems)}")
+        return
+    flat = dump["params_before"].copy()
+    fixture_names = {}
+    for name, off, _, count in dump.table:
+        if name.startswith("dec."):
+            key = re.sub(r"\.(\d+)$", r"\1", name[4:])  # dec.conv_w.0 -> conv_w0
+            flat[off:off + count] = arr[key].reshape(-1)
+            fixture_names[name] = key
+    model.load(model.student, flat, dump.table)
+    keep = keep_mask(a["seed"], a["step"], a["site"], arr["sample_ids"],
+                     arr["x"].shape[1] * a["C"], p_drop).reshape(arr["x"].shape)
+    xin = torch.from_numpy(arr["x"]).requires_grad_(True)
+    for q in model.dec.parameters():
+        q.grad = None
+    y = model.dec(xin, keep, torch.from_numpy(arr["masked"].astype(bool)), p_drop)
+    (y * torch.from_numpy(arr["R"])).sum().backward()
+    worst = (rel_to_max(y.detach(), arr["y"])[1], "y")
+    worst = max(worst, (rel_to_max(xin.grad, arr["dx"])[1], "dx"))
+    got = model.flat_grads(dump.table, dump.np).numpy()
+    for name, off, _, count in dump.table:
+        if name in fixture_names:
+            e = rel_to_max(got[off:off + count], arr["grad_" + fixture_names[name]].reshape(-1))
+            worst = max(worst, (e[1], "grad " + name))
+    rep.check(worst[0] <= 1e-5, f"self-test dec.* tensors loaded through the parameter table "
+                                f"reproduce the decoder fixture's {case} case ({model.dec_desc}"
+                                f": output, input and parameter gradients): worst "
+                                f"{worst[1]} rel {worst[0]:.1e}")
+
+
+def self_test_image(rep, decoder_fixture):
+    """The image pieces: the context (cls + LN) and the cls loss by hand on tiny tensors, the
+    vectorised step against slow_v2_image_loss, central differences, the teacher's own front-end
+    against the student's, every fault, and the 2-D decoder against decoder_ref's fixture."""
+    # (1) context on tiny tensors: cls prepended, then LN with its affine, by hand
+    fe = ImageEmbedV2(4, 4, 1, 2, 4, 1, True, 1e-6).double()
+    with torch.no_grad():
+        fe.cls.copy_(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+        fe.ln.weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.0]))
+        fe.ln.bias.copy_(torch.tensor([0.0, 1.0, 0.0, -1.0]))
+    xs = torch.tensor([[[2.0, 2.0, 2.0, 2.0], [0.0, 4.0, 0.0, 4.0]]], dtype=torch.float64)
+    got = fe.context(xs)
+    # cls row: mean 3, var (4 + 1 + 0 + 9) / 4 = 3.5; constant row: normalised 0 -> the bias;
+    # [0, 4, 0, 4]: mean 2, var 4 -> [-1, 1, -1, 1] (eps 1e-6 aside)
+    s = 1.0 / math.sqrt(3.5 + 1e-6)
+    t = 2.0 / math.sqrt(4.0 + 1e-6)
+    want = torch.tensor([[[-2 * s, -1 * s * 2 + 1, 0.0, 3 * s - 1], [0.0, 1.0, 0.0, -1.0],
+                          [-t, t * 2 + 1, -t * 0.5, t - 1]]], dtype=torch.float64)
+    rep.check(got.shape == (1, 3, 4) and torch.allclose(got, want, atol=1e-12, rtol=0),
+              f"self-test image context by hand: cls prepended, then LN with affine "
+              f"(max err {float((got - want).abs().max()):.1e})")
+    loc = fe.local(torch.zeros(1, 4, 4, 1, dtype=torch.float64))
+    rep.check(torch.allclose(loc[0] - fe.proj.bias, torch.from_numpy(sincos_2d(2, 2, 4)),
+                             atol=1e-7, rtol=0)
+              and abs(float(loc[0, 1, 0] - fe.proj.bias[0]) - math.sin(1.0)) < 1e-7,
+              "self-test image local features of a black image = bias + sin-cos table (patch 1: "
+              "column 1, sin(1) first)")
+    # (2) the cls loss by hand: B 1, M 2, C 2, T 2
+    y = torch.tensor([[[1.0, 3.0], [3.0, 5.0]]], dtype=torch.float64)  # mean over patches [2, 4]
+    cp = torch.tensor([[2.0, 4.0], [0.0, 0.0]], dtype=torch.float64)  # errors 0 and 4 + 16
+    cs, ct = cls_loss_sum(cp, y, torch.tensor([0, 0]), 0.5)
+    rep.check(abs(float(cs) - 10.0) < 1e-12 and ct.tolist() == [[2.0, 4.0], [2.0, 4.0]],
+              f"self-test cls loss by hand: 0.5 x (0 + 20) = {float(cs):g}, targets the patch mean "
+              f"repeated per clone")
+
+    # (3) vectorised step against the slow loop, float64
+    dump = synthetic_v2_image_dump(3)
+    model = make_model(dump, torch.float64)
+    rep.check(not model.layout_problems, f"self-test synthetic image parameter table: "
+                                         f"{'; '.join(model.layout_problems) or 'ok'}")
+    flat, teacher = dump["params_before"], dump["teacher_before"]
+    model.load(model.student, flat, dump.table)
+    model.load(model.teacher, teacher, dump.table)
+    model.load_shared(flat, dump.table)
+    with torch.no_grad():
+        r = model.forward_loss(model.inputs(dump))
+        s_sum, s_pred, s_y, s_cp, s_ct = slow_v2_image_loss(model, dump)
+    e = max(abs(float(r["sum"]) - float(s_sum)) / abs(float(s_sum)),
+            rel_to_max(r["pred"], s_pred)[1], rel_to_max(r["y"], s_y)[1],
+            rel_to_max(r["cls_predictions"], torch.stack(s_cp))[1],
+            rel_to_max(r["cls_targets"], torch.stack(s_ct))[1])
+    share = float(r["cls_sum"]) / float(r["sum"])
+    rep.check(e <= 1e-10 and r["M"] == int(dump["v2_masks"].sum()) and 0.05 < share < 0.95,
+              f"self-test image v2 step = row-by-row loop (loss {float(s_sum):.6f}, cls share "
+              f"{share:.2f}, {r['M']} masked rows): worst rel {e:.1e}")
+
+    # (4) central differences; the teacher's front-end is its own
+    fd_check(rep, model, dump, flat, teacher, "image")
+    shared = make_model(dump, torch.float64, "share-all")
+    shared.load(shared.student, flat, dump.table)
+    shared.load(shared.teacher, teacher, dump.table)
+    shared.load_shared(flat, dump.table)
+    model.load(model.student, flat, dump.table)
+    model.load(model.teacher, teacher, dump.table)
+    with torch.no_grad():
+        a = model.forward_loss(model.inputs(dump))["y"]
+        b = shared.forward_loss(shared.inputs(dump))["y"]
+    names = sorted(model.ema_names - shared.ema_names)
+    rep.check(rel_to_max(b, a)[1] > 1e-3 and names and all(n.startswith("image.") for n in names),
+              f"self-test image teacher on its own EMA front-end ({', '.join(names)}): the "
+              f"student's instead changes the targets (rel {rel_to_max(b, a)[1]:.1e})")
+    rep.check(not any(n.startswith("dec.") for n in model.ema_names),
+              "self-test image teacher never averages the decoder")
+
+    # (5) every fault changes the step
+    fault_checks(rep, model, dump, teacher, V2_FAULTS, "image")
+
+    # (6) the 2-D decoder through the table against decoder_ref's fixture
+    if decoder_fixture is None:
+        return
+    try:
+        fx = h5py.File(decoder_fixture, "r")
+    except OSError as e:
+        rep.check(False, f"self-test decoder fixture {decoder_fixture}: cannot open ({e})")
+        return
+    with fx:
+        for case in ("image", "image_k5"):
+            decoder_fixture_check(rep, fx, case, lambda a: synthetic_v2_image_dump(
+                4, gh=a["H"], gw=a["W"], n_masked=a["H"] * a["W"] // 2, C=a["C"], D=a["D"],
+                K=a["K"], groups=a["groups"], layers=a["layers"], residual=bool(a["residual"])))
+
+
 def self_test(rep, decoder_fixture):
     """The v2 pieces on synthetic data: gather / scatter by hand, the vectorised step against
-    slow_v2_loss, autograd against central differences (with a wrong gradient rejected), every
-    --v2-fault changing the step, and the dec.* table mapping against decoder_ref's fixture."""
-    global V2_FAULT
+    slow_v2_loss / slow_v2_image_loss, autograd against central differences (with a wrong
+    gradient rejected), every --v2-fault changing the step, and the dec.* table mapping against
+    decoder_ref's fixture (1-D and 2-D cases)."""
     # (1) kept positions, gather and scatter by hand on a 3 x 5 example
     masks = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0]], dtype=torch.bool)
     ids = kept_indices(masks)
@@ -834,7 +1323,7 @@ def self_test(rep, decoder_fixture):
     except InputError:
         rep.check(True, "self-test unequal kept counts refused")
 
-    # (2) vectorised step against the slow loop, float64
+    # (2) text: vectorised step against the slow loop, float64
     dump = synthetic_v2_dump(1)
     model = make_model(dump, torch.float64)
     rep.check(not model.layout_problems, f"self-test synthetic parameter table: "
@@ -851,105 +1340,30 @@ def self_test(rep, decoder_fixture):
               f"self-test vectorised v2 step = row-by-row loop (loss {float(s_sum):.6f}, "
               f"{r['M']} masked rows): worst rel {e:.1e}")
 
-    # (3) autograd against central differences (float64), and a wrong gradient rejected
-    res = model.step(dump, flat, flat)
-    grads = res["grads"]
-
-    # the teacher reads the student's local features without a gradient (stop-gradient): the
-    # differences hold the targets at their unperturbed values
-    y_fixed = torch.from_numpy(res["targets"]).to(torch.float64)
-
-    def loss_at(vec):
-        model.load(model.student, vec, dump.table)
-        with torch.no_grad():
-            return float(model.forward_loss(dict(model.inputs(dump), y_fixed=y_fixed))["mean"])
-
-    gen = np.random.default_rng(0)
-    worst, picks = (0.0, ""), []
-    for name, off, _, count in dump.table:
-        seg = np.abs(grads[off:off + count])
-        picks.append((name, off + int(seg.argmax())))
-        picks.append((name, off + int(gen.integers(count))))
-    fd = {}
-    base = flat.astype(np.float64)
-    for name, i in picks:
-        h_ = 1e-5
-        up, dn = base.copy(), base.copy()
-        up[i] += h_
-        dn[i] -= h_
-        fd[i] = (loss_at(up) - loss_at(dn)) / (2 * h_)
-        err = abs(fd[i] - grads[i]) / max(abs(fd[i]), 1e-3)
-        worst = max(worst, (err, f"{name}[{i}]"))
-    rep.check(worst[0] <= 1e-5, f"self-test autograd = central differences on {len(picks)} "
-                                f"elements over {len(dump.table)} tensors: worst {worst[1]} rel "
-                                f"{worst[0]:.1e}")
-    name, i = picks[-4]  # dec.proj_w's largest element
-    wrong = grads[i] * 1.01
-    err = abs(fd[i] - wrong) / max(abs(fd[i]), 1e-3)
-    rep.check(err > 1e-5, f"self-test negative control: {name}[{i}] gradient 1% off is rejected "
-                          f"(rel {err:.1e})")
-    rep.check(all(abs(grads[o:o + c]).max() > 0 for _, o, _, c in dump.table),
-              "self-test every tensor gets a gradient (front-end, encoder, decoder)")
-
-    # (4) every fault changes the step the negative controls look at
-    model.load(model.student, flat, dump.table)
-    for fault in V2_FAULTS:
-        V2_FAULT = fault
-        try:
-            with torch.no_grad():
-                f = model.forward_loss(model.inputs(dump))
-        finally:
-            V2_FAULT = None
-        diff = max(rel_to_max(f["y"], r["y"])[1], rel_to_max(f["pred"], r["pred"])[1])
-        rep.check(diff > 1e-3, f"self-test --v2-fault {fault} changes targets / predictions "
-                               f"(rel {diff:.1e})")
+    # (3) text: autograd against central differences, (4) every text fault changes the step
+    fd_check(rep, model, dump, flat, flat, "text")
+    fault_checks(rep, model, dump, flat, V2_FAULTS_TEXT, "text")
 
     # (5) the dec.* table names map onto decoder_ref's module: its fixture's text case
-    if decoder_fixture is None:
-        return
-    try:
-        fx = h5py.File(decoder_fixture, "r")
-    except OSError as e:
-        rep.check(False, f"self-test decoder fixture {decoder_fixture}: cannot open ({e})")
-        return
-    with fx:
-        g = fx["text"]
-        a = {k: int(g.attrs[k]) for k in ("C", "D", "K", "layers", "proj_hidden", "groups",
-                                           "residual", "seed", "step", "site")}
-        p_drop = float(g.attrs["input_dropout"])
-        arr = {k: g[k][()] for k in g.keys()}
-    if a["groups"] != 1 or a["residual"]:
-        rep.check(False, "self-test decoder fixture: its text case is no longer ungrouped and "
-                         "residual-free")
-        return
-    dump = synthetic_v2_dump(2, C=a["C"], D=a["D"], K=a["K"], layers=a["layers"],
-                             hidden=a["proj_hidden"])
-    model = make_model(dump, torch.float32)
-    flat = dump["params_before"].copy()
-    fixture_names = {}
-    for name, off, _, count in dump.table:
-        if name.startswith("dec."):
-            key = re.sub(r"\.(\d+)$", r"\1", name[4:])  # dec.conv_w.0 -> conv_w0
-            flat[off:off + count] = arr[key].reshape(-1)
-            fixture_names[name] = key
-    model.load(model.student, flat, dump.table)
-    keep = keep_mask(a["seed"], a["step"], a["site"], arr["sample_ids"],
-                     arr["x"].shape[1] * a["C"], p_drop).reshape(arr["x"].shape)
-    xin = torch.from_numpy(arr["x"]).requires_grad_(True)
-    for q in model.dec.parameters():
-        q.grad = None
-    y = model.dec(xin, keep, torch.from_numpy(arr["masked"].astype(bool)), p_drop)
-    (y * torch.from_numpy(arr["R"])).sum().backward()
-    worst = (rel_to_max(y.detach(), arr["y"])[1], "y")
-    worst = max(worst, (rel_to_max(xin.grad, arr["dx"])[1], "dx"))
-    got = model.flat_grads(dump.table, dump.np).numpy()
-    for name, off, _, count in dump.table:
-        if name in fixture_names:
-            e = rel_to_max(got[off:off + count], arr["grad_" + fixture_names[name]].reshape(-1))
-            worst = max(worst, (e[1], "grad " + name))
-    rep.check(worst[0] <= 1e-5, f"self-test dec.* tensors loaded through the parameter table "
-                                f"reproduce {decoder_fixture} (text case: output, input and "
-                                f"parameter gradients): worst {worst[1]} rel {worst[0]:.1e}")
+    if decoder_fixture is not None:
+        try:
+            fx = h5py.File(decoder_fixture, "r")
+        except OSError as e:
+            rep.check(False, f"self-test decoder fixture {decoder_fixture}: cannot open ({e})")
+            fx = None
+        if fx is not None:
+            with fx:
+                g = fx["text"]
+                if int(g.attrs["groups"]) != 1 or int(g.attrs["residual"]):
+                    rep.check(False, "self-test decoder fixture: its text case is no longer "
+                                     "ungrouped and residual-free")
+                else:
+                    decoder_fixture_check(rep, fx, "text", lambda a: synthetic_v2_dump(
+                        2, C=a["C"], D=a["D"], K=a["K"], layers=a["layers"],
+                        hidden=a["proj_hidden"]))
+
+    # images
+    self_test_image(rep, decoder_fixture)
 
 
 EPS_MODE = None  # --eps-mode: overrides the dump's optim.eps_mode (negative controls)
@@ -1099,28 +1513,39 @@ def tensor_errors(table, got, want, names=None):
 def check_batch_v2(rep, dump, tag):
     """v2 masks and noise consistent with docs/algorithm.md §3.4 and §7.2."""
     c = dump.cfg
-    bt, masks, noise = dump["batch_tokens"], dump["v2_masks"].astype(bool), dump["v2_noise"]
-    B, T = bt.shape
+    masks, noise = dump["v2_masks"].astype(bool), dump["v2_noise"]
+    if dump.modality == "image":  # T = the patch grid (the cls token is never masked)
+        B = dump["batch_images"].shape[0]
+        T = (c["image.height"] // c["image.patch"]) * (c["image.width"] // c["image.patch"])
+    else:
+        bt = dump["batch_tokens"]
+        B, T = bt.shape
     M = c["v2.clones"]
     ok = masks.shape == (B * M, T) and dump["sample_ids"].shape == (B,)
     rep.check(ok, f"{tag} v2_masks {masks.shape} = (B {B} x clones {M}, T {T})")
     if not ok:
         return
     kept = (~masks).sum(1)
-    # text: exactly int(T (1 - R)) kept, fairseq's Python arithmetic on the decimal R (§3.4)
+    # text, images: exactly int(T (1 - R)) kept, fairseq's Python arithmetic on the decimal R
+    # (§3.4; images: int(L p) cells with p = 1 - R)
     want = int(T * (1 - c["v2.mask_prob"]))
+    unit = "patches" if dump.modality == "image" else "tokens"
     rep.check(np.all(kept == want), f"{tag} every clone keeps int(T (1 - {c['v2.mask_prob']})) = "
-                                    f"{want} tokens: kept counts {sorted(set(kept.tolist()))}")
+                                    f"{want} of {T} {unit}: "
+                                    f"kept counts {sorted(set(kept.tolist()))}")
     sel = dump["loss_positions"].astype(bool)
     rep.check(sel.shape == masks.shape and np.array_equal(sel, masks),
               f"{tag} loss_positions = v2_masks: {int(masks.sum())} of {masks.size}")
-    if "student_tokens" in dump.d:
+    if dump.modality == "text" and "student_tokens" in dump.d:
         rep.check(np.array_equal(dump["student_tokens"], bt),
                   f"{tag} student_tokens = batch_tokens (v2 has no <mask> token)")
+    # clones are drawn independently, so two may coincide by chance (a 4 x 4 grid keeping 4
+    # has few block patterns); clones sharing one draw would make all of a sample's equal
     per = masks.reshape(B, M, T)
-    distinct = sum(len({r.tobytes() for r in per[b]}) == M for b in range(B))
-    rep.check(M == 1 or distinct == B, f"{tag} the {M} clones of each sample have distinct "
-                                       f"masks ({distinct} of {B} samples)")
+    counts = [len({r.tobytes() for r in per[b]}) for b in range(B)]
+    rep.check(M == 1 or min(counts) > 1,
+              f"{tag} the {M} clones of each sample have independent masks: all distinct in "
+              f"{sum(n == M for n in counts)} of {B} samples, fewest distinct {min(counts)}")
     z = noise[~masks]
     nz = noise[masks]
     std = float(nz.std()) if nz.size else 0.0
@@ -1165,16 +1590,45 @@ def check_step(rep, model, dump, res, verbose):
               f"{tag} masked count: reference {res['M']}, dump {dump['predictions'].shape[0]}")
     want_loss = dump.scalar("loss")
     r = abs(res["loss"] - want_loss) / abs(want_loss)
-    rep.check(r <= TOL_LOSS, f"{tag} loss: dump {want_loss:.8f} reference {res['loss']:.8f} "
-                             f"rel {r:.2e} (tol {TOL_LOSS:.0e})")
+    split = (f" (cls term {res['loss_cls']:.6f})" if "loss_cls" in res else "")
+    rep.check(r <= TOL_LOSS, f"{tag} loss: dump {want_loss:.8f} reference {res['loss']:.8f}"
+                             f"{split} rel {r:.2e} (tol {TOL_LOSS:.0e})")
     K = model.top_k
-    worst = (0.0, "")
+    worst, rows = (0.0, ""), ""
     for k in range(K):
         name = f"teacher_layer_{model.L - K + k}"
-        _, e = rel_to_max(dump[name], res["layers"][k])
+        want = res["layers"][k]
+        if "layers_patches" in res and dump[name].shape == res["layers_patches"][k].shape \
+                and dump[name].shape != want.shape:  # a v2 image dump without the cls row
+            want, rows = res["layers_patches"][k], ", patch rows only"
+        _, e = rel_to_max(dump[name], want)
         worst = max(worst, (e, name))
+    why = ""
+    if worst[0] > TOL_FWD and rows:  # a diagnosis: the (B, cls + T, C) buffer cut at B T rows?
+        full = res["layers"][K - 1]
+        got = dump[f"teacher_layer_{model.L - 1}"]
+        if rel_to_max(got, full.reshape(-1, full.shape[-1])[:got.shape[0] * got.shape[1]]
+                      .reshape(got.shape))[1] <= TOL_FWD:
+            why = (f"; the dump holds the first {got.shape[0]} x {got.shape[1]} rows of the "
+                   f"{full.shape} layer with its cls rows, written as {got.shape}")
     rep.check(worst[0] <= TOL_FWD, f"{tag} teacher layers ({K}, tensor "
-                                   f"'{c['target.tensor']}'): worst {worst[1]} rel {worst[0]:.2e}")
+                                   f"'{c['target.tensor']}'{rows}): worst {worst[1]} rel "
+                                   f"{worst[0]:.2e}{why}")
+    if "cls_predictions" in res or "cls_predictions" in dump.d:
+        for key in ("cls_predictions", "cls_targets"):
+            if key not in res or key not in dump.d:
+                rep.check(False, f"{tag} {key}: in the {'dump' if key in dump.d else 'reference'}"
+                                 f" only (v2.cls_loss {c.get('v2.cls_loss', 0)}, image.cls "
+                                 f"{c.get('image.cls')})")
+                continue
+            a, e = rel_to_max(dump[key], res[key])
+            how = "rel_to_max"
+            if key == "cls_targets" and np.isfinite(a):
+                # means over patches of the targets, far smaller than they are: their rounding
+                # error is on the targets' scale
+                e, how = a / float(np.abs(res["targets"]).max()), "rel to the targets' max"
+            rep.check(e <= TOL_FWD, f"{tag} {key} {tuple(res[key].shape)}: max_abs {a:.2e} "
+                                    f"{how} {e:.2e} (tol {TOL_FWD:.0e})")
     for key in ("targets", "predictions"):
         a, e = rel_to_max(dump[key], res[key])
         rep.check(e <= TOL_FWD, f"{tag} {key} {tuple(res[key].shape)}: max_abs {a:.2e} "
@@ -1221,8 +1675,12 @@ def float64_cross_check(rep, dump, res32, sharing):
     m64 = make_model(dump, torch.float64, sharing)
     res = m64.step(dump, dump["params_before"], dump["teacher_before"])
     worst = (abs(res["loss"] - res32["loss"]) / abs(res["loss"]), "loss")
-    for key in ("targets", "predictions"):
-        worst = max(worst, (rel_to_max(res32[key], res[key])[1], key))
+    for key in ("targets", "predictions", "cls_predictions"):
+        if key in res:
+            worst = max(worst, (rel_to_max(res32[key], res[key])[1], key))
+    if "cls_targets" in res:  # patch means, near zero without the final LN: the targets' scale
+        e = np.abs(res32["cls_targets"] - res["cls_targets"]).max() / np.abs(res["targets"]).max()
+        worst = max(worst, (float(e), "cls_targets"))
     for name, _, e in tensor_errors(dump.table, res32["grads"], res["grads"]):
         worst = max(worst, (e, "grad " + name))
     return rep.check(worst[0] <= TOL_F64, f"{dump.modality} reference float32 vs float64: worst "
@@ -1232,7 +1690,9 @@ def float64_cross_check(rep, dump, res32, sharing):
 def describe(model):
     """One line on what a v2 model is, and the notes on its configuration."""
     if isinstance(model, RefModelV2):
-        print(f"{model.modality} v2: {model.clones} clones, {model.dec_desc}"
+        cls = (f", cls loss {model.cls_weight:g} x masked per row" if model.cls_weight > 0
+               else "")
+        print(f"{model.modality} v2: {model.clones} clones, {model.dec_desc}{cls}"
               + (f"; fault {V2_FAULT}" if V2_FAULT else ""))
         for note in model.notes:
             print(f"note: {note}")
@@ -1329,7 +1789,10 @@ def main():
                     help="a deliberate error in the v2 step (negative controls): clones-1 treats "
                     "v2.clones as one less, repeat-tile repeats the targets sample-major, "
                     "kept-shift moves one kept position, teacher-masked feeds the teacher clone "
-                    "0's masked view instead of the local features")
+                    "0's masked view instead of the unmasked input; images: cls-weight weighs "
+                    "the cls loss v2.cls_loss without the masked count per row, cls-sample-size "
+                    "by the micro-batch's whole masked count (fairseq), cls-in-norm keeps the cls "
+                    "row in the targets' instance norm, no-final-ln leaves out their final LN")
     ap.add_argument("--trajectory", action="store_true")
     ap.add_argument("--traj-rtol", type=float, default=1e-4)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
