@@ -321,8 +321,20 @@ ModelTrace v2_trace(const Model *m, const Batch *b) {
             memcpy(v->trace_noise + i * C, v->dec_in + i * C, sizeof(float) * C);
         else
             memset(v->trace_noise + i * C, 0, sizeof(float) * C);
-    ModelTrace t = {m->B, T,     C, m->M, v->masks, v->tgt, v->pred, (float *const *)m->layers,
-                    0,    {{0}}, R};
+    float *const *layers = (float *const *)m->layers;
+    if (v->E) { /* the dump's teacher layers are (B, T, C): without the cls row */
+        for (int k = 0; k < m->c.top_k; k++) {
+            if (!v->trace_layers[k])
+                v->trace_layers[k] =
+                    xalloc(sizeof(float) * (size_t)m->Bmax * T * C, "v2 layers for dumps");
+            for (int b2 = 0; b2 < m->B; b2++)
+                memcpy(v->trace_layers[k] + (size_t)b2 * T * C,
+                       m->layers[k] + ((size_t)b2 * (v->E + T) + v->E) * C,
+                       sizeof(float) * (size_t)T * C);
+        }
+        layers = v->trace_layers;
+    }
+    ModelTrace t = {m->B, T, C, m->M, v->masks, v->tgt, v->pred, layers, 0, {{0}}, R};
     t.n_arrays = m->ops->trace(m->fe, b, t.arrays);
     t.arrays[t.n_arrays++] = (TraceArray){"v2_masks", TRACE_U8, 2, {R, T}, v->masks};
     t.arrays[t.n_arrays++] = (TraceArray){"v2_noise", TRACE_F32, 3, {R, T, C}, v->trace_noise};
