@@ -39,8 +39,9 @@ BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-eval $(
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-test deps-demo test fixtures bench faults demo data data-image data-speech data-text clean
+.PHONY: all lib deps deps-test deps-demo deps-fuzz test test-asan fixtures bench faults fuzz fuzz-build demo data data-image data-speech data-text clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
+lib: $(LIB)
 
 deps:
 	@scripts/deps.sh
@@ -48,6 +49,8 @@ deps-test:
 	@scripts/deps.sh --test
 deps-demo:
 	@scripts/deps.sh --demo
+deps-fuzz:
+	@scripts/deps.sh --fuzz
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -79,9 +82,20 @@ build/fixtures/%.h5: tests/ref/%.py tests/ref/d2vref.py
 	$(PYTHON) $< $@
 fixtures: deps-test $(FIXTURES)
 
-test: deps-test
+test: deps-test deps-fuzz
 	$(MAKE) all fixtures
 	tests/run.sh $(BUILD)
+
+# The whole suite built with ASan + UBSan (any UBSan report fails the test that made it; see
+# tests/lsan.supp for MPI's and HDF5's leaks; use_tls=0: LeakSanitizer's scan of the dynamic TLS
+# of Open MPI's plugins crashes its tracer). The fuzzers are sanitized builds of their own, so
+# script_fuzz.sh gives them 5 s each here.
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=0 \
+           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+           LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:fast_unwind_on_malloc=0:use_tls=0:print_suppressions=0
+test-asan: deps-test deps-fuzz
+	$(MAKE) MODE=asan all fixtures
+	$(SAN_ENV) FUZZ_TEST_SECONDS=5 tests/run.sh build/asan
 
 bench: deps
 	$(MAKE) $(BENCH)
@@ -96,6 +110,37 @@ faults: deps-test
 	$(MAKE) all
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 FAULT_KINDS="$(FAULT_KINDS)" \
 		tests/script_faults.sh $(BUILD) $(TRIALS)
+
+# libFuzzer targets (tests/fuzz, docs/fuzzing.md): the input-facing sources rebuilt with clang's
+# coverage instrumentation and ASan + UBSan (any report is a finding), the rest from the release
+# library; each target runs FUZZ_SECONDS on a copy of its seed corpus.
+FUZZ_SECONDS ?= 300
+FUZZ_BUILD   := build/fuzz
+FUZZ_TARGETS := config dataset ckpt h5edit bpe idx image audio
+FUZZ_SRC     := src/core/util.c src/data/h5io.c src/data/dataset.c src/data/loader.c \
+                src/d2v/config.c src/d2v/ckpt.c data-prep/bpe.c data-prep/image_io.c \
+                data-prep/audio_io.c
+FUZZ_CC      := OMPI_CC=clang mpicc
+FUZZ_CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -fno-omit-frame-pointer \
+                -fsanitize=address,undefined -fno-sanitize-recover=all $(WARN) -MMD -MP \
+                -Iinclude -Idata-prep -isystem $(BLIS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_OBJ     := $(FUZZ_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h tests/fuzz/fuzz_files.h $(FUZZ_OBJ) build/release/libd2v.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) build/release/libd2v.a \
+	    $(LDLIBS) -lgomp -o $@
+ifneq ($(MODE),release)
+build/release/libd2v.a: FORCE
+	@$(MAKE) --no-print-directory MODE=release lib
+FORCE:
+endif
+fuzz-build: $(FUZZ_BINS)
+fuzz: deps deps-fuzz
+	$(MAKE) fuzz-build
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 demo: deps deps-demo
 	$(MAKE) all
@@ -116,4 +161,4 @@ data-text: deps
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(PREP_OBJ:.o=.d) $(TESTS:=.d) $(BINS:=.d)
+-include $(LIB_OBJ:.o=.d) $(PREP_OBJ:.o=.d) $(TESTS:=.d) $(BINS:=.d) $(FUZZ_OBJ:.o=.d)

@@ -10,9 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/// Longest input accepted, in frames (about 12 h at 48 kHz); longer files are bad inputs.
-#define AUDIO_MAX_FRAMES ((sf_count_t)1 << 31)
-
 int audio_load_mono(const char *path, int rate, int resample, int quality, AudioClip *clip,
                     char *err, size_t errlen) {
     memset(clip, 0, sizeof *clip);
@@ -31,9 +28,12 @@ int audio_load_mono(const char *path, int rate, int resample, int quality, Audio
         why = "empty (no audio frames)";
     else if (info.frames > AUDIO_MAX_FRAMES)
         why = "too long";
-    else if (info.channels < 1 || info.samplerate < 1)
-        why = "no channels or no sample rate";
-    else if (!resample && info.samplerate != rate) {
+    else if (info.channels < 1 || info.samplerate < AUDIO_MIN_RATE ||
+             info.samplerate > AUDIO_MAX_RATE) {
+        snprintf(buf, sizeof buf, "%d channel(s) at %d Hz (%d to %d Hz expected)", info.channels,
+                 info.samplerate, AUDIO_MIN_RATE, AUDIO_MAX_RATE);
+        why = buf;
+    } else if (!resample && info.samplerate != rate) {
         snprintf(buf, sizeof buf, "sample rate %d Hz, expected %d Hz (--no-resample)",
                  info.samplerate, rate);
         why = buf;
@@ -43,33 +43,51 @@ int audio_load_mono(const char *path, int rate, int resample, int quality, Audio
         snprintf(err, errlen, "%s", why);
         return -1;
     }
-    size_t frames = (size_t)info.frames, ch = (size_t)info.channels;
-    float *all = malloc(sizeof(float) * frames * ch);
-    if (!all) {
-        sf_close(sf);
-        snprintf(err, errlen, "out of memory for %zu frames", frames);
-        return -1;
-    }
-    sf_count_t got = sf_readf_float(sf, all, info.frames);
-    int sferr = sf_error(sf);
-    if (got != info.frames || sferr) {
-        snprintf(err, errlen, "truncated or corrupt: read %lld of %lld frames%s%s", (long long)got,
-                 (long long)info.frames, sferr ? ": " : "", sferr ? sf_error_number(sferr) : "");
-        free(all), sf_close(sf);
-        return -1;
+    /* Read in blocks, mixing each down to mono as it arrives, into a buffer grown with the
+     * frames that actually come: a header's frame count is a claim, not an allocation size. */
+    enum { BLOCK = 4096 };
+    size_t frames = (size_t)info.frames, ch = (size_t)info.channels, cap = 0, got = 0;
+    float *all = NULL, *block = malloc(sizeof(float) * BLOCK * ch);
+    const char *fail = block ? NULL : "out of memory";
+    int sferr = 0;
+    while (!fail && got < frames) {
+        sf_count_t want = frames - got < BLOCK ? (sf_count_t)(frames - got) : BLOCK;
+        sf_count_t n = sf_readf_float(sf, block, want);
+        if ((sferr = sf_error(sf)) != 0 || n <= 0) break;
+        if (got + (size_t)n > cap) {
+            size_t nc = cap ? cap * 2 : BLOCK;
+            while (nc < got + (size_t)n)
+                nc *= 2;
+            if (nc > frames) nc = frames;
+            float *na = realloc(all, sizeof(float) * nc);
+            if (!na)
+                fail = "out of memory";
+            else
+                all = na, cap = nc;
+        }
+        for (sf_count_t i = 0; !fail && i < n; i++) {
+            double s = 0;
+            for (size_t c = 0; c < ch; c++)
+                s += block[(size_t)i * ch + c];
+            all[got + (size_t)i] = (float)(s / ch);
+            if (!isfinite(all[got + (size_t)i])) {
+                snprintf(buf, sizeof buf, "non-finite sample at frame %zu", got + (size_t)i);
+                fail = buf;
+            }
+        }
+        got += (size_t)n;
     }
     sf_close(sf);
-    /* Mix down in place: frame i's mean lands at all[i], never ahead of unread frames. */
-    for (size_t i = 0; i < frames; i++) {
-        double s = 0;
-        for (size_t c = 0; c < ch; c++)
-            s += all[i * ch + c];
-        all[i] = (float)(s / ch);
-        if (!isfinite(all[i])) {
-            free(all);
-            snprintf(err, errlen, "non-finite sample at frame %zu", i);
-            return -1;
-        }
+    free(block);
+    if (!fail && got != frames) {
+        snprintf(buf, sizeof buf, "truncated or corrupt: read %zu of %zu frames%s%s", got, frames,
+                 sferr ? ": " : "", sferr ? sf_error_number(sferr) : "");
+        fail = buf;
+    }
+    if (fail) {
+        free(all);
+        snprintf(err, errlen, "%s", fail);
+        return -1;
     }
     clip->rate = rate;
     if (info.samplerate == rate) {
@@ -89,6 +107,10 @@ void audio_free(AudioClip *clip) {
 
 float *audio_resample_alloc(const float *x, size_t n, double ratio, int quality, size_t *n_out,
                             char *err, size_t errlen) {
+    if (!(ratio > 0) || n * ratio > (double)AUDIO_MAX_FRAMES) {
+        snprintf(err, errlen, "resampling %zu frames by %g gives too long a result", n, ratio);
+        return NULL;
+    }
     size_t cap = (size_t)ceil(n * ratio) + 64, used = 0, made = 0;
     float *y = malloc(sizeof(float) * cap);
     int e = 0;

@@ -6,6 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/// Longest input (and resampled output) accepted, in frames (about 12 h at 48 kHz), and the
+/// sample rates accepted: other files are bad inputs.
+#define AUDIO_MAX_FRAMES ((int64_t)1 << 31)
+#define AUDIO_MIN_RATE 1000
+#define AUDIO_MAX_RATE 1000000
+
 /// A mono signal at `rate` Hz.
 typedef struct {
     float *x; // (S,), malloc'd, nominally in [-1, 1]
@@ -18,7 +24,8 @@ typedef struct {
 /// Read a sound file, average its channels to mono and bring it to `rate` Hz with libsamplerate
 /// converter `quality` (SRC_SINC_BEST_QUALITY, ...); with resample = 0 another rate is an error.
 /// Returns 0, or -1 with err saying why without the path (unreadable, corrupt or truncated, no
-/// frames, non-finite samples, wrong rate).
+/// frames, too long, non-finite samples, a rate outside AUDIO_MIN_RATE..AUDIO_MAX_RATE, wrong
+/// rate).
 int audio_load_mono(const char *path, int rate, int resample, int quality, AudioClip *clip,
                     char *err, size_t errlen);
 void audio_free(AudioClip *clip);

@@ -128,6 +128,14 @@ static int decode_jpeg(FILE *f, Image *img, char *err, size_t errlen) {
     jpeg_create_decompress(&cinfo);
     jpeg_stdio_src(&cinfo, f);
     jpeg_read_header(&cinfo, TRUE);
+    /* before libjpeg sizes its buffers by the header's dimensions (a progressive image keeps
+     * every coefficient): bounded like the pixels, and libjpeg's own pool capped too */
+    if ((size_t)cinfo.image_width * cinfo.image_height > IMAGE_MAX_PIXELS) {
+        snprintf(err, errlen, "image too large (%ux%u)", (unsigned)cinfo.image_width,
+                 (unsigned)cinfo.image_height);
+        longjmp(je.jb, 1);
+    }
+    cinfo.mem->max_memory_to_use = (long)(IMAGE_MAX_PIXELS * 8);
     int cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
     cinfo.out_color_space = cinfo.jpeg_color_space == JCS_GRAYSCALE ? JCS_GRAYSCALE
                             : cmyk                                  ? JCS_CMYK
@@ -348,18 +356,24 @@ int idx_read(const char *path, int ndims, IdxFile *f, char *err, size_t errlen) 
         snprintf(err, errlen, "%s: IDX item size %zu bytes is not plausible", path, f->item_bytes);
         return -1;
     }
-    /* Grow as data arrives rather than trusting the header's item count. */
-    size_t want = (size_t)f->dims[0] * f->item_bytes, cap = 1 << 20, len = 0;
-    uint8_t *buf = malloc(cap);
+    /* Grow as data arrives rather than trusting the header's item count, and keep no more than
+     * the declared items: what follows them is only counted (up to 1 MiB), so a small file
+     * that inflates to gigabytes costs no memory. */
+    size_t want = (size_t)f->dims[0] * f->item_bytes, len = 0, extra = 0;
+    size_t cap = want < (1u << 20) ? (want ? want : 1) : 1u << 20;
+    uint8_t *buf = malloc(cap), scratch[1 << 14];
+    if (!buf) die("%s: out of memory reading IDX data", path);
     for (;;) {
-        if (len == cap) {
-            cap *= 2;
+        if (len == cap && len < want) {
+            cap = cap * 2 < want ? cap * 2 : want;
             uint8_t *nb = realloc(buf, cap);
             if (!nb) die("%s: out of memory reading IDX data", path);
             buf = nb;
         }
-        size_t ask = cap - len > (1u << 30) ? (1u << 30) : cap - len;
-        int n = gzread(gz, buf + len, (unsigned)ask);
+        if (len == cap && extra >= (1u << 20)) break;
+        size_t ask = len < cap ? cap - len : sizeof scratch;
+        if (ask > (1u << 30)) ask = 1u << 30;
+        int n = gzread(gz, len < cap ? buf + len : scratch, (unsigned)ask);
         if (n <= 0) {
             int zerr = Z_OK;
             const char *m = gzerror(gz, &zerr);
@@ -370,11 +384,14 @@ int idx_read(const char *path, int ndims, IdxFile *f, char *err, size_t errlen) 
             }
             break;
         }
-        len += (size_t)n;
+        if (len < cap)
+            len += (size_t)n;
+        else
+            extra += (size_t)n;
     }
     gzclose(gz);
     f->n_items = (len < want ? len : want) / f->item_bytes;
-    f->extra_bytes = len - f->n_items * f->item_bytes;
+    f->extra_bytes = len - f->n_items * f->item_bytes + extra;
     f->data = buf;
     return 0;
 }

@@ -44,7 +44,8 @@ typedef struct {
     uint32_t dims[4];     // as declared in the header; dims[0] = items
     size_t item_bytes;    // product of dims[1..]
     size_t n_items;       // complete items actually present (may differ from dims[0])
-    size_t extra_bytes;   // bytes beyond the declared items (or a partial last item)
+    size_t extra_bytes;   // bytes beyond the declared items (or a partial last item), counted
+                          // up to about 1 MiB
     char read_error[128]; // zlib's message when decompression stopped early, else ""
     uint8_t *data;        // (n_items, dims[1..]), malloc'd
 } IdxFile;

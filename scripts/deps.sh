@@ -1,12 +1,16 @@
 #!/bin/sh
 # Installs the Debian packages d2v needs, only those missing; a no-op when all are present.
-# Usage: scripts/deps.sh [--test|--demo]
-#   --test adds the PyTorch reference stack for tests/ref; --demo adds Fashion-MNIST.
+# Usage: scripts/deps.sh [--test|--demo|--fuzz]
+#   --test adds the PyTorch reference stack for tests/ref; --demo adds Fashion-MNIST; --fuzz adds
+#   clang with libFuzzer and the sanitizer runtimes (libclang-rt-14-dev holds clang 14's
+#   -fsanitize=fuzzer library, libfuzzer-14-dev the standalone one) and llvm-symbolizer (llvm)
+#   for the fuzz targets of tests/fuzz.
 set -eu
 pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev"
 case "${1:-}" in
 --test) pkgs="$pkgs python3-torch python3-h5py python3-numpy" ;;
 --demo) pkgs="$pkgs dataset-fashion-mnist" ;;
+--fuzz) pkgs="$pkgs clang libclang-rt-14-dev libfuzzer-14-dev llvm" ;;
 esac
 missing=""
 for p in $pkgs; do

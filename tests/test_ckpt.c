@@ -357,6 +357,25 @@ static void test_bad_reads(void) {
         expect_damaged(i ? "adam_v one value short" : "adam_v missing",
                        read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "adam_v");
     }
+    /* param_shapes of another shape: (n, 100) once overran the (n, 4) buffer it is read into */
+    {
+        snprintf(p, sizeof p, "%s/param-shapes-wide.h5", run);
+        copy_file(path, p);
+        hid_t h = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t d = H5Dopen2(h, "param_shapes", H5P_DEFAULT), sp = H5Dget_space(d);
+        hsize_t dims[2];
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+        H5Sclose(sp), H5Dclose(d);
+        H5Ldelete(h, "param_shapes", H5P_DEFAULT);
+        hsize_t cols[2] = {dims[0], 100};
+        int64_t *junk = calloc(dims[0] * 100, sizeof(int64_t));
+        h5_write(h, "param_shapes", H5T_NATIVE_INT64, 2, cols, NULL, junk);
+        free(junk);
+        H5Fclose(h);
+        err[0] = 0;
+        expect_damaged("param_shapes (n, 100) instead of (n, 4)",
+                       read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, "param_shapes");
+    }
     /* the file itself truncated in place, as a full disk would leave it */
     truncate(path, sb.st_size / 3);
     err[0] = 0;
@@ -635,6 +654,18 @@ static void test_config(void) {
     step_path(path, sizeof path, run, 4, "model.h5");
     rc = ckpt_read_config(path, &back, err, sizeof err);
     expect_fail("a checkpoint whose config does not parse", rc, err, path, NULL);
+    /* one that parses but fails the cross-key checks (d2v-eval would build a model from it),
+     * and one that would make libconfig read another file */
+    ckpt_write(run, &mc, "data: { train = \"x.h5\"; }; model: { width = 30; heads = 4; };", r.a[0],
+               r.a[1], r.a[2], r.a[3], r.np, &(TrainState){5, 0, {0, 0}, 0}, 0, 0);
+    step_path(path, sizeof path, run, 5, "model.h5");
+    rc = ckpt_read_config(path, &back, err, sizeof err);
+    expect_fail("a checkpoint whose config fails validation", rc, err, path, "model.heads");
+    ckpt_write(run, &mc, "  @include \"/etc/passwd\"\n", r.a[0], r.a[1], r.a[2], r.a[3], r.np,
+               &(TrainState){6, 0, {0, 0}, 0}, 0, 0);
+    step_path(path, sizeof path, run, 6, "model.h5");
+    rc = ckpt_read_config(path, &back, err, sizeof err);
+    expect_fail("a checkpoint whose config @includes a file", rc, err, path, "@include");
     snprintf(path, sizeof path, "%s/none.h5", run);
     rc = ckpt_read_config(path, &back, err, sizeof err);
     expect_fail("ckpt_read_config of a missing file", rc, err, path, NULL);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -628,6 +629,274 @@ static void test_speech(void) {
     dataset_close(&d);
 }
 
+/* ---- hostile files: every value read is checked before it is used (issue 12's findings) ---- */
+
+/* A one-channel 4x6 image shard of n images; height written as an int64 `height`. */
+static void write_images_h64(const char *path, int n, int64_t height) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "image", "shard", n, "test");
+    h5_attr_i64(o.file, "height", height), h5_attr_i32(o.file, "width", 6);
+    h5_attr_i32(o.file, "channels", 1);
+    uint8_t px[10 * 24] = {0};
+    hsize_t dims[4] = {(hsize_t)n, 4, 6, 1};
+    h5_write(o.file, "images", H5T_NATIVE_UINT8, 4, dims, NULL, px);
+    h5out_commit(&o);
+}
+
+/* Speech with a given sample_rate attribute (and float32 samples when `fl`, one of them NaN). */
+static void write_speech_rate(const char *path, int64_t rate, int fl) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "speech", "shard", 2, "test");
+    h5_attr_i64(o.file, "sample_rate", rate);
+    h5_attr_str(o.file, "sample_format", fl ? "float32" : "int16");
+    int16_t a[10] = {0};
+    float af[10] = {0};
+    af[7] = NAN;
+    int64_t off[3] = {0, 5, 10};
+    hsize_t na[1] = {10}, no[1] = {3};
+    if (fl)
+        h5_write(o.file, "audio", H5T_NATIVE_FLOAT, 1, na, NULL, af);
+    else
+        h5_write(o.file, "audio", H5T_NATIVE_INT16, 1, na, NULL, a);
+    h5_write(o.file, "offsets", H5T_NATIVE_INT64, 1, no, NULL, off);
+    h5out_commit(&o);
+}
+
+/* Text of 10 documents (write_text's) with token `bad` at position `at` of the stream. */
+static void write_text_bad(const char *path, int64_t at, int32_t bad) {
+    write_text(path, 10);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "tokens", H5P_DEFAULT), fs = H5Dget_space(d);
+    hsize_t start[1] = {(hsize_t)at}, one[1] = {1};
+    hid_t ms = H5Screate_simple(1, one, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, one, NULL);
+    H5Dwrite(d, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, &bad);
+    H5Sclose(ms), H5Sclose(fs), H5Dclose(d), H5Fclose(f);
+}
+
+/* Run fn(arg) in a child whose stderr goes to a file; its exit status, and that output. */
+static int in_child(void (*fn)(const char *), const char *arg, char *out, size_t n) {
+    const char *log = tmp("child.log");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "w", stderr)) _exit(99);
+        fn(arg);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    out[0] = 0;
+    FILE *f = fopen(log, "r");
+    if (f) {
+        size_t got = fread(out, 1, n - 1, f);
+        out[got] = 0;
+        fclose(f);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* The d2v-train path: a loader resumed from a checkpoint's negative position dies, one line. */
+static void child_negative_cursor(const char *path) {
+    Dataset d;
+    char err[512];
+    if (dataset_open(&d, path, D2V_IMAGE, err, sizeof err) != 0) _exit(98);
+    LoaderConfig c = image_cfg(2, 0, 0);
+    loader_create(&d, &c, 0, 1, (LoaderCursor){0, -6});
+}
+
+/* Reads failing on the prefetch thread: the batch that never comes ends the process. */
+static void child_prefetch_read(const char *path) {
+    Dataset d;
+    char err[512];
+    if (dataset_open(&d, path, D2V_IMAGE, err, sizeof err) != 0) {
+        fprintf(stderr, "unexpected: %s\n", err);
+        _exit(98);
+    }
+    LoaderConfig c = image_cfg(2, 0, 2);
+    Loader *l = loader_create(&d, &c, 0, 1, (LoaderCursor){0, 0});
+    for (int k = 0; k < 8; k++)
+        loader_next(l);
+}
+
+/* Images deflated one per chunk, then the compressed bytes of every chunk overwritten: the file
+ * opens (its metadata are intact), each read fails inside HDF5's filter. */
+static void write_corrupt_chunks(const char *path, int n) {
+    H5Out o;
+    h5out_create(&o, path);
+    h5_write_root_attrs(o.file, "image", "shard", n, "test");
+    h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6);
+    h5_attr_i32(o.file, "channels", 1);
+    H5Append a;
+    hsize_t inner[3] = {4, 6, 1};
+    h5_append_open(&a, o.file, "images", H5T_NATIVE_UINT8, 4, inner, 1, 6);
+    uint8_t px[24];
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < 24; j++)
+            px[j] = (uint8_t)(i * 3 + j);
+        h5_append(&a, px, 1);
+    }
+    h5_append_close(&a);
+    h5out_commit(&o);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), d = H5Dopen2(f, "images", H5P_DEFAULT);
+    haddr_t addr[64];
+    hsize_t size[64];
+    for (int i = 0; i < n && i < 64; i++) {
+        hsize_t at[4] = {(hsize_t)i, 0, 0, 0};
+        unsigned mask;
+        H5Dget_chunk_info_by_coord(d, at, &mask, &addr[i], &size[i]);
+    }
+    H5Dclose(d), H5Fclose(f);
+    FILE *w = fopen(path, "r+b");
+    for (int i = 0; i < n && i < 64; i++) {
+        fseek(w, (long)addr[i], SEEK_SET);
+        for (hsize_t k = 0; k < size[i]; k++)
+            fputc(0xA5, w);
+    }
+    fclose(w);
+}
+
+static void test_hostile(void) {
+    printf("-- hostile files\n");
+    H5Out o;
+    /* an index whose shard_samples hold a negative count: once a heap write before d->labels */
+    write_index();
+    h5out_create(&o, tmp("neg.h5"));
+    h5_write_root_attrs(o.file, "image", "index", 5, "test");
+    const char *names[3] = {"set.shard-0.h5", "set.shard-1.h5", "set.shard-2.h5"};
+    h5_write_strings(o.file, "shards", names, 3);
+    int64_t neg[3] = {3, -4, 6};
+    hsize_t n3[1] = {3};
+    h5_write(o.file, "shard_samples", H5T_NATIVE_INT64, 1, n3, NULL, neg);
+    h5out_commit(&o);
+    CHECK(open_err(tmp("neg.h5"), -1, "shard_samples[1] = -4"));
+    /* counts that overflow when summed */
+    h5out_create(&o, tmp("ovf.h5"));
+    h5_write_root_attrs(o.file, "image", "index", 13, "test");
+    h5_write_strings(o.file, "shards", names, 3);
+    int64_t big[3] = {INT64_MAX, INT64_MAX, 15};
+    h5_write(o.file, "shard_samples", H5T_NATIVE_INT64, 1, n3, NULL, big);
+    h5out_commit(&o);
+    CHECK(open_err(tmp("ovf.h5"), -1, "shard_samples[0]"));
+
+    /* int64 height 2^32 + 4: once truncated to 4 (and the data matched it) */
+    write_images_h64(tmp("h64.h5"), 3, ((int64_t)1 << 32) + 4);
+    CHECK(open_err(tmp("h64.h5"), -1, "'height' = 4294967300 is out of range"));
+    write_images_h64(tmp("h64ok.h5"), 3, 4); /* the control: an int64 attribute is fine */
+    Dataset d;
+    char err[1024];
+    CHECK(dataset_open(&d, tmp("h64ok.h5"), D2V_IMAGE, err, sizeof err) == 0 && d.H == 4);
+    dataset_close(&d);
+
+    /* sample rates of 0 and below, or absurd */
+    write_speech_rate(tmp("sr0.h5"), 0, 0);
+    CHECK(open_err(tmp("sr0.h5"), -1, "'sample_rate' = 0 is out of range"));
+    write_speech_rate(tmp("srneg.h5"), -16000, 0);
+    CHECK(open_err(tmp("srneg.h5"), -1, "'sample_rate' = -16000"));
+    write_speech_rate(tmp("srbig.h5"), (int64_t)1 << 40, 0);
+    CHECK(open_err(tmp("srbig.h5"), -1, "'sample_rate'"));
+    /* float32 audio: a NaN sample is refused when read, naming the utterance */
+    write_speech_rate(tmp("nan.h5"), 16000, 1);
+    CHECK(dataset_open(&d, tmp("nan.h5"), D2V_SPEECH, err, sizeof err) == 0);
+    float au[5];
+    CHECK(dataset_read_audio(&d, 0, 0, 5, au, err, sizeof err) == 0);
+    int rc = dataset_read_audio(&d, 1, 0, 5, au, err, sizeof err);
+    check_record(rc < 0 && strstr(err, "utterance 1") && strstr(err, "non-finite"), err);
+    dataset_close(&d);
+
+    /* token ids outside the vocabulary are refused at open, naming the document */
+    write_text_bad(tmp("oov.h5"), 17, 100000); /* doc 6 holds stream positions 16..17 */
+    CHECK(open_err(tmp("oov.h5"), D2V_TEXT, "document 6 holds token id 100000"));
+    write_text_bad(tmp("oovneg.h5"), 0, -3);
+    CHECK(open_err(tmp("oovneg.h5"), D2V_TEXT, "document 0 holds token id -3"));
+
+    /* a dataset that declares more than the file stores (unwritten chunks read as zeros) */
+    h5out_create(&o, tmp("sparse.h5"));
+    h5_write_root_attrs(o.file, "image", "shard", 6, "test");
+    h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6);
+    h5_attr_i32(o.file, "channels", 1);
+    {
+        hsize_t dims[4] = {6, 4, 6, 1}, chunk[4] = {1, 4, 6, 1}, one[4] = {1, 4, 6, 1};
+        hsize_t at[4] = {0, 0, 0, 0};
+        hid_t sp = H5Screate_simple(4, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 4, chunk);
+        hid_t ds =
+            H5Dcreate2(o.file, "images", H5T_NATIVE_UINT8, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        hid_t ms = H5Screate_simple(4, one, NULL);
+        H5Sselect_hyperslab(sp, H5S_SELECT_SET, at, NULL, one, NULL);
+        uint8_t px[24] = {1};
+        H5Dwrite(ds, H5T_NATIVE_UINT8, ms, sp, H5P_DEFAULT, px); /* image 0 only */
+        H5Sclose(ms), H5Dclose(ds), H5Pclose(dcpl), H5Sclose(sp);
+    }
+    h5out_commit(&o);
+    CHECK(open_err(tmp("sparse.h5"), -1, "declares 144 bytes but the file stores 24"));
+    /* element types: images of int32, int16 audio stored as float */
+    h5out_create(&o, tmp("i32.h5"));
+    h5_write_root_attrs(o.file, "image", "shard", 1, "test");
+    h5_attr_i32(o.file, "height", 4), h5_attr_i32(o.file, "width", 6);
+    h5_attr_i32(o.file, "channels", 1);
+    {
+        int32_t px[24] = {0};
+        hsize_t dims[4] = {1, 4, 6, 1};
+        h5_write(o.file, "images", H5T_NATIVE_INT32, 4, dims, NULL, px);
+    }
+    h5out_commit(&o);
+    CHECK(open_err(tmp("i32.h5"), -1, "'images' should hold integers of 1 byte"));
+
+    /* labels beyond the label names */
+    write_images(tmp("lab.h5"), 5, 1);
+    {
+        hid_t f = H5Fopen(tmp("lab.h5"), H5F_ACC_RDWR, H5P_DEFAULT);
+        H5Ldelete(f, "labels", H5P_DEFAULT);
+        int32_t lab[5] = {0, 1, 2, 3, 0};
+        hsize_t n5[1] = {5};
+        h5_write(f, "labels", H5T_NATIVE_INT32, 1, n5, NULL, lab);
+        H5Fclose(f);
+    }
+    CHECK(open_err(tmp("lab.h5"), -1, "sample 3 has label 3 but there are 3 label names"));
+
+    /* a loader cursor outside the epoch (a checkpoint's): refused, whatever the caller */
+    CHECK(dataset_open(&d, tmp("img.h5"), D2V_IMAGE, err, sizeof err) == 0);
+    LoaderConfig c = image_cfg(2, 0, 0);
+    const LoaderCursor bad[3] = {{0, -6}, {-1, 0}, {0, 6}};
+    for (int i = 0; i < 3; i++) {
+        err[0] = 0;
+        Loader *l = loader_create_err(&d, &c, 0, 1, bad[i], err, sizeof err);
+        char label[700];
+        snprintf(label, sizeof label, "cursor (%lld, %lld) refused: %s", (long long)bad[i].epoch,
+                 (long long)bad[i].position, err);
+        check_record(!l && strstr(err, tmp("img.h5")) && strstr(err, "outside an epoch"), label);
+        loader_destroy(l);
+    }
+    Loader *l = loader_create_err(&d, &c, 0, 1, (LoaderCursor){2, 5}, err, sizeof err);
+    check_record(l && loader_next_err(l, err, sizeof err),
+                 "cursor at the end of an epoch (position 5 of 5) is valid");
+    loader_destroy(l);
+    dataset_close(&d);
+    char out[8192];
+    int st = in_child(child_negative_cursor, tmp("img.h5"), out, sizeof out);
+    printf("     %s", out);
+    check_record(st != 0 && count_lines(out) == 1 && strstr(out, "position -6"),
+                 "loader_create dies on a negative position with one line");
+
+    /* a read failing on the prefetch thread: one line, not HDF5's error stack before it */
+    write_corrupt_chunks(tmp("badchunks.h5"), 6);
+    st = in_child(child_prefetch_read, tmp("badchunks.h5"), out, sizeof out);
+    printf("     %s", out);
+    check_record(st != 0 && count_lines(out) == 1 && !strncmp(out, "d2v: error: ", 12) &&
+                     strstr(out, "badchunks.h5"),
+                 "a prefetch-thread read error ends the process with one line");
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/d2v-test-dataset-%ld", (long)getpid());
     char cmd[700];
@@ -641,6 +910,7 @@ int main(void) {
     test_bicubic();
     test_text();
     test_speech();
+    test_hostile();
     snprintf(cmd, sizeof cmd, "ls %s | grep -c '\\.tmp\\.' > /dev/null && exit 1; rm -rf %s", dir,
              dir);
     CHECK(system(cmd) == 0); /* no temporary file left behind */

@@ -2,6 +2,7 @@
  * conversion, PNG/JPEG decoding of files written here (and corrupt ones), sound-file loading, IDX
  * reading. `--write-tree DIR IMAGES LABELS` instead writes the PNG/JPEG class tree that
  * script_prep_media.sh feeds to d2v-prep-image. */
+#include <malloc.h>
 #include <math.h>
 #include <png.h>
 #include <samplerate.h>
@@ -395,6 +396,47 @@ static void test_idx(void) {
     idx_free(&f);
     CHECK(idx_read(tmp_path("none.idx3"), 3, &f, err, sizeof err) == -1 &&
           strstr(err, "none.idx3: cannot open"));
+    /* a small gzip that inflates far past its one declared item: the item is kept, what follows
+     * is counted, not stored (it once all went into memory) */
+    gz = gzopen(tmp_path("bomb.idx3.gz"), "wb9");
+    const uint8_t one[16] = {0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3};
+    gzwrite(gz, one, 16), gzwrite(gz, file + 16, 6);
+    uint8_t *zeros = calloc(1 << 20, 1);
+    for (int i = 0; i < 64; i++)
+        gzwrite(gz, zeros, 1 << 20);
+    gzclose(gz);
+    free(zeros);
+    CHECK(idx_read(tmp_path("bomb.idx3.gz"), 3, &f, err, sizeof err) == 0);
+    char label[200];
+    snprintf(label, sizeof label,
+             "64 MiB past the declared item: 1 item, %zu stray bytes counted, %zu bytes kept",
+             f.extra_bytes, malloc_usable_size(f.data));
+    check_record(f.n_items == 1 && !memcmp(f.data, file + 16, 6) && f.extra_bytes >= (1u << 20) &&
+                     malloc_usable_size(f.data) < 4096,
+                 label);
+    idx_free(&f);
+}
+
+/* A baseline JPEG whose SOF0 header is patched to claim w x h: refused before libjpeg sizes
+ * anything by it. */
+static void test_jpeg_dims(void) {
+    uint8_t px[64] = {0};
+    write_jpeg(tmp_path("small.jpg"), 8, 8, 1, px, 90);
+    size_t n;
+    uint8_t *b = read_all(tmp_path("small.jpg"), &n);
+    for (size_t i = 0; i + 8 < n; i++)
+        if (b[i] == 0xFF && b[i + 1] == 0xC0) { /* length(2) precision(1) height(2) width(2) */
+            b[i + 5] = 0xFF, b[i + 6] = 0x00, b[i + 7] = 0xFF, b[i + 8] = 0x00;
+            break;
+        }
+    write_bytes(tmp_path("huge.jpg"), b, n);
+    free(b);
+    Image img;
+    char err[256] = "";
+    int rc = image_decode_file(tmp_path("huge.jpg"), &img, err, sizeof err);
+    char label[300];
+    snprintf(label, sizeof label, "a JPEG claiming 65280 x 65280 pixels: %s", err);
+    check_record(rc == -1 && strstr(err, "too large") && !img.px, label);
 }
 
 /* ---- audio ---- */
@@ -520,9 +562,17 @@ static void test_resample(void) {
     /* Bad files. */
     write_sound(tmp_path("empty.wav"), 16000, 1, SF_FORMAT_WAV | SF_FORMAT_PCM_16, NULL, NULL, 0);
     write_bytes(tmp_path("junk.wav"), "RIFF\x10\0\0\0WAVEjunkjunkjunk", 24);
+    /* sample rates no recording has (once resampled to 16 kHz into 16000x the frames) */
+    float quiet[64] = {0};
+    write_sound(tmp_path("1hz.wav"), 1, 1, SF_FORMAT_WAV | SF_FORMAT_FLOAT, quiet, NULL, 64);
+    write_sound(tmp_path("500hz.wav"), 500, 1, SF_FORMAT_WAV | SF_FORMAT_FLOAT, quiet, NULL, 64);
     static const struct {
         const char *name, *why;
-    } bad[] = {{"empty.wav", "empty"}, {"junk.wav", "cannot read"}, {"gone.wav", "cannot read"}};
+    } bad[] = {{"empty.wav", "empty"},
+               {"junk.wav", "cannot read"},
+               {"gone.wav", "cannot read"},
+               {"1hz.wav", "at 1 Hz (1000 to 1000000 Hz expected)"},
+               {"500hz.wav", "500 Hz"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char label[400];
         rc = audio_load_mono(tmp_path(bad[i].name), 16000, 1, 0, &clip, err, sizeof err);
@@ -602,6 +652,7 @@ int main(int argc, char **argv) {
     test_channels();
     test_decode();
     test_idx();
+    test_jpeg_dims();
     test_resample();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -88,6 +88,7 @@ void train_config_defaults(TrainConfig *c);
 /// Read `path` into c. 0, or -1 with "PATH:LINE: message" in err.
 int train_config_load(TrainConfig *c, const char *path, char *err, size_t errlen);
 /// Read libconfig text into c; `name` stands for the file in messages (e.g. a checkpoint path).
+/// The text may not @include files.
 int train_config_load_string(TrainConfig *c, const char *text, const char *name, char *err,
                              size_t errlen);
 /// Apply one "key=value" override (same validation). 0, or -1 with a message in err.

@@ -35,8 +35,19 @@ typedef struct {
     int sample_rate, audio_float;                                // speech
 } Dataset;
 
-/// Open and validate (format_version, modality, shapes, offsets, shard counts) every shard.
-/// `modality` < 0 accepts any. Returns 0, or -1 with a one-line message naming the file in err.
+/* What a dataset may declare (anything else is refused at open as damaged): */
+#define D2V_MAX_SHARDS 65536
+#define D2V_MAX_IMAGE_SIDE 65536      // height, width
+#define D2V_MAX_IMAGE_BYTES (1 << 28) // height x width x channels
+#define D2V_MAX_VOCAB (1 << 24)       // vocab_size
+#define D2V_MIN_SAMPLE_RATE 1000      // sample_rate, Hz
+#define D2V_MAX_SAMPLE_RATE 1000000
+
+/// Open and validate every shard: format_version, modality, integer attributes read as int64
+/// and range-checked, shard counts, every dataset's shape, element type and storage, offsets,
+/// labels (non-negative, below the number of label names when there are names) and every token
+/// id against the vocabulary. `modality` < 0 accepts any. Returns 0, or -1 with a one-line
+/// message naming the file and the field in err.
 int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t errlen);
 void dataset_close(Dataset *d);
 /// Length of sample i in tokens (text) or audio frames (speech).
@@ -124,11 +135,20 @@ typedef struct {
 typedef struct Loader Loader;
 
 /// A loader for this rank. `rank`/`world` select the slice of each global batch of
-/// world * batch_size samples. Dies with a clear message on impossible settings.
+/// world * batch_size samples; `start` is where the first batch starts (a checkpoint's cursor:
+/// epoch >= 0 and 0 <= position <= samples per epoch, else refused). Dies with a clear message on
+/// impossible settings.
 Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, LoaderCursor start);
+/// The same, returning NULL with the message in err instead of dying (for fuzzing and callers
+/// that recover).
+Loader *loader_create_err(Dataset *d, const LoaderConfig *c, int rank, int world,
+                          LoaderCursor start, char *err, size_t errlen);
 void loader_destroy(Loader *l);
 /// Next batch (valid until the next call). Dies naming the file on a read error.
 const Batch *loader_next(Loader *l);
+/// The same, returning NULL with the message in err on a read error (the loader is then spent:
+/// destroy it).
+const Batch *loader_next_err(Loader *l, char *err, size_t errlen);
 /// Where the next batch will start: save it in checkpoints, pass it back to resume.
 LoaderCursor loader_cursor(const Loader *l);
 /// Number of loader samples per epoch (text: blocks; others: samples).

@@ -82,11 +82,31 @@ int h5_read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, 
                      size_t errlen);
 int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, size_t buflen,
                      char *err, size_t errlen);
+#define H5_MAX_ATTR_STR ((size_t)1 << 24) // longer fixed-size string attributes are refused
 /// Shape of dataset `name` (rank <= 4); -1 with err when missing.
 int h5_dataset_shape(hid_t loc, const char *path, const char *name, int *rank, hsize_t dims[4],
                      char *err, size_t errlen);
+/// What a dataset holds: its shape, and its stored element type's class (H5T_INTEGER,
+/// H5T_FLOAT, H5T_STRING, ...), size in bytes and sign.
+typedef struct {
+    int rank;
+    hsize_t dims[4];
+    int cls;
+    size_t size;
+    int is_signed;
+} H5Info;
+#define H5_MAX_ELEMENT 64              // bytes per element of anything d2v reads
+#define H5_MAX_CHUNK ((size_t)1 << 28) // bytes per chunk
+/// The shape and element type of dataset `name` (rank <= 4), after checking that the file stores
+/// every element it declares (no unwritten, external or virtual storage standing in for data)
+/// and that its elements and chunks are of sizes HDF5 can buffer (H5_MAX_ELEMENT, H5_MAX_CHUNK):
+/// 0, or -1 with err naming the file and dataset. Call it before sizing anything by a dataset,
+/// and before reading a dataset of a file that may be damaged.
+int h5_dataset_info(hid_t loc, const char *path, const char *name, H5Info *info, char *err,
+                    size_t errlen);
 /// Read rows [start, start + count) of dataset `name` along axis 0 into buf (type = memory type);
-/// -1 with err on failure (e.g. a truncated file).
+/// -1 with err on failure (e.g. a truncated file). A row is the dataset's own inner dims: check
+/// them (h5_dataset_info) before reading into a buffer sized from anything else.
 int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsize_t start,
                  hsize_t count, void *buf, char *err, size_t errlen);
 /// Read a variable-length string dataset; returns a malloc'd array of n malloc'd strings (free

@@ -171,12 +171,13 @@ int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen) {
 
 static int read_floats(hid_t f, const char *path, const char *name, float *dst, size_t np,
                        char *err, size_t errlen) {
-    int rank;
-    hsize_t dims[4];
-    if (h5_dataset_shape(f, path, name, &rank, dims, err, errlen) < 0) return CKPT_DAMAGED;
-    if (rank != 1 || dims[0] != np)
+    H5Info in;
+    if (h5_dataset_info(f, path, name, &in, err, errlen) < 0) return CKPT_DAMAGED;
+    if (in.rank != 1 || in.dims[0] != np)
         return DAMAGED("%s: '%s' holds %llu values, this model has %zu parameters", path, name,
-                       (unsigned long long)dims[0], np);
+                       (unsigned long long)in.dims[0], np);
+    if (in.cls != H5T_FLOAT || in.size != 4)
+        return DAMAGED("%s: '%s' is not float32 (damaged?)", path, name);
     return h5_read_rows(f, path, name, H5T_NATIVE_FLOAT, 0, np, dst, err, errlen) ? CKPT_DAMAGED
                                                                                   : 0;
 }
@@ -191,11 +192,10 @@ static int verify(hid_t f, const char *path, const ParamTable *t, float *const a
                 path);
         return 0;
     }
-    int rank;
-    hsize_t dims[4];
-    if (h5_dataset_shape(f, path, "checksums", &rank, dims, err, errlen) < 0) return CKPT_DAMAGED;
-    if (rank != 2 || dims[0] != 4 || dims[1] != (hsize_t)t->n)
-        return DAMAGED("%s: 'checksums' is not (4, %d)", path, t->n);
+    H5Info in;
+    if (h5_dataset_info(f, path, "checksums", &in, err, errlen) < 0) return CKPT_DAMAGED;
+    if (in.rank != 2 || in.dims[0] != 4 || in.dims[1] != (hsize_t)t->n || in.cls != H5T_INTEGER)
+        return DAMAGED("%s: 'checksums' is not (4, %d) integers", path, t->n);
     uint32_t *want = xalloc(sizeof(uint32_t) * 8 * (size_t)t->n, "checksums"),
              *got = want + 4 * (size_t)t->n;
     int rc = h5_read_rows(f, path, "checksums", H5T_NATIVE_UINT32, 0, 4, want, err, errlen)
@@ -250,6 +250,10 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
     int64_t(*shapes)[4] = calloc(nn + 1, sizeof *shapes);
     if (!rc && nn != (size_t)nt)
         rc = ERR("%s: %zu parameter tensors, this model has %d (different config?)", path, nn, nt);
+    H5Info in; /* (n, 4): read into a buffer of that size */
+    if (!rc && h5_dataset_info(f, path, "param_shapes", &in, err, errlen)) rc = CKPT_DAMAGED;
+    if (!rc && (in.rank != 2 || in.dims[0] != nn || in.dims[1] != 4 || in.cls != H5T_INTEGER))
+        rc = DAMAGED("%s: 'param_shapes' is not (%zu, 4) integers", path, nn);
     if (!rc && h5_read_rows(f, path, "param_shapes", H5T_NATIVE_INT64, 0, nn, shapes, err, errlen))
         rc = CKPT_DAMAGED;
     for (int i = 0; !rc && i < nt; i++) {
@@ -379,7 +383,9 @@ int ckpt_read_config(const char *path, TrainConfig *cfg, char *err, size_t errle
     if (!rc) {
         char inner[1024];
         train_config_defaults(cfg);
-        if (train_config_load_string(cfg, text, path, inner, sizeof inner))
+        /* every cross-key check too: the tools build a model from it */
+        if (train_config_load_string(cfg, text, path, inner, sizeof inner) ||
+            train_config_validate(cfg, 0, inner, sizeof inner))
             rc = ERR("%s: its configuration: %s", path, inner);
     }
     free(text);

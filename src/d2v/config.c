@@ -7,6 +7,7 @@
 
 #include <libconfig.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,7 +222,7 @@ static int store(TrainConfig *c, const KeySpec *k, const config_setting_t *s, co
         double v = t == CONFIG_TYPE_FLOAT ? config_setting_get_float(s)
                                           : (double)config_setting_get_int64(s);
         if (check_range(k, v, where, err, n)) return -1;
-        *(double *)dst = v;
+        *(double *)dst = v == 0 ? 0.0 : v; /* -0 is 0, so the resolved dump reads back as is */
         return 0;
     }
     case T_BOOL:
@@ -251,7 +252,7 @@ static int store(TrainConfig *c, const KeySpec *k, const config_setting_t *s, co
             double v = et == CONFIG_TYPE_FLOAT ? config_setting_get_float(e)
                                                : (double)config_setting_get_int(e);
             if (check_range(k, v, where, err, n)) return -1;
-            ((double *)dst)[i] = v;
+            ((double *)dst)[i] = v == 0 ? 0.0 : v;
         }
         return 0;
     }
@@ -315,8 +316,24 @@ int train_config_load(TrainConfig *c, const char *path, char *err, size_t errlen
     return rc;
 }
 
+/* The line of the first `@include` directive (libconfig's: at the start of a line), or 0. */
+static int include_line(const char *text) {
+    int line = 1;
+    for (const char *p = text; *p; line++) {
+        p += strspn(p, " \t");
+        if (!strncmp(p, "@include", 8)) return line;
+        p += strcspn(p, "\n");
+        if (*p) p++;
+    }
+    return 0;
+}
+
 int train_config_load_string(TrainConfig *c, const char *text, const char *name, char *err,
                              size_t errlen) {
+    /* libconfig would read whatever file the text names: text kept inside another file (a
+     * checkpoint's resolved configuration) must stand alone */
+    int inc = include_line(text);
+    if (inc) return errf(err, errlen, "%s:%d: @include is not allowed here", name, inc);
     config_t cf;
     config_init(&cf);
     int rc = 0;
@@ -354,12 +371,16 @@ int train_config_set(TrainConfig *c, const char *assignment, char *err, size_t e
     return rc;
 }
 
-void train_config_defaults(TrainConfig *c) {
-    memset(c, 0, sizeof *c);
+/* The defaults go through the same parser as a file, once (every checkpoint read asks for them
+ * again: tests/fuzz/fuzz_ckpt made that the cost of a read). */
+static TrainConfig g_defaults;
+static pthread_once_t g_defaults_once = PTHREAD_ONCE_INIT;
+static void build_defaults(void) {
     char err[512], kv[512];
     for (size_t i = 0; i < N_KEYS; i++) {
         snprintf(kv, sizeof kv, "%s=%s", schema[i].key, schema[i].def);
-        if (train_config_set(c, kv, err, sizeof err)) die("config schema default: %s", err);
+        if (train_config_set(&g_defaults, kv, err, sizeof err))
+            die("config schema default: %s", err);
     }
 }
 
@@ -408,6 +429,11 @@ static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
             "v2.clones",
             c->v2_clones, sp.micro, kept, bytes / 1073741824.0, mem / 1073741824.0);
     return 0;
+}
+
+void train_config_defaults(TrainConfig *c) {
+    pthread_once(&g_defaults_once, build_defaults);
+    *c = g_defaults;
 }
 
 int train_config_validate(const TrainConfig *c, int ranks, char *err, size_t n) {
@@ -717,9 +743,17 @@ LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch) {
         ModelConfig m;
         Dataset none = {0};
         train_config_to_model(&m, c, &none);
-        while (l.speech_min_samples < l.speech_max_samples &&
-               speech_num_frames(&m.speech, l.speech_min_samples) < c->mask_speech_length + 1)
-            l.speech_min_samples++;
+        /* the smallest length giving enough frames (frames never decrease with the length):
+         * a binary search, as the lengths go up to 2^28 */
+        int lo = l.speech_min_samples, hi = l.speech_max_samples;
+        while (lo < hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (speech_num_frames(&m.speech, mid) < c->mask_speech_length + 1)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo > l.speech_min_samples) l.speech_min_samples = lo;
     }
     return l;
 }

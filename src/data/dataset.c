@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/dataset.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,55 +41,106 @@ static int read_root(hid_t f, const char *path, int *modality, char *kind, size_
     return 0;
 }
 
-static int read_i32_attr(hid_t f, const char *path, const char *name, int32_t *v, char *err,
-                         size_t errlen) {
+/* An integer attribute, read as int64 whatever its stored width (so nothing is truncated) and
+ * range-checked before it is narrowed. */
+static int read_int_attr(hid_t f, const char *path, const char *name, int64_t lo, int64_t hi,
+                         int32_t *v, char *err, size_t errlen) {
     int64_t x;
     if (h5_read_attr_i64(f, path, name, &x, err, errlen) < 0) return -1;
+    if (x < lo || x > hi)
+        return ERR("%s: attribute '%s' = %lld is out of range [%lld, %lld]", path, name,
+                   (long long)x, (long long)lo, (long long)hi);
     *v = (int32_t)x;
     return 0;
 }
 
+static const char *class_name(int cls) {
+    return cls == H5T_INTEGER ? "integers" : cls == H5T_FLOAT ? "floats" : "strings";
+}
+
+/* Dataset `name`: stored in full (h5_dataset_info), of `rank` dims, of class `cls` and, when
+ * size > 0, elements of that many bytes. */
+static int check_dataset(hid_t f, const char *path, const char *name, int rank, int cls,
+                         size_t size, H5Info *in, char *err, size_t errlen) {
+    if (h5_dataset_info(f, path, name, in, err, errlen) < 0) return -1;
+    if (in->rank != rank)
+        return ERR("%s: '%s' should have %d dimension(s), it has %d", path, name, rank, in->rank);
+    if (in->cls != cls || (size && in->size != size))
+        return ERR("%s: '%s' should hold %s%s", path, name, class_name(cls),
+                   !size              ? ""
+                   : cls == H5T_FLOAT ? " of 4 bytes (float32)"
+                   : size == 1        ? " of 1 byte (uint8)"
+                                      : " of 2 bytes (int16)");
+    return 0;
+}
+
 /* Offsets (n+1) must start at 0, never decrease and end at the data length. */
-static int load_offsets(DatasetShard *s, const char *name, const char *data, char *err,
-                        size_t errlen) {
-    int rank;
-    hsize_t dims[4], ddims[4];
-    if (h5_dataset_shape(s->file, s->path, name, &rank, dims, err, errlen) < 0) return -1;
-    if (rank != 1 || dims[0] != (hsize_t)s->num_samples + 1)
+static int load_offsets(DatasetShard *s, const char *name, const char *data, int data_cls,
+                        size_t data_size, char *err, size_t errlen) {
+    H5Info in, din;
+    if (check_dataset(s->file, s->path, name, 1, H5T_INTEGER, 0, &in, err, errlen) < 0) return -1;
+    if (in.dims[0] != (hsize_t)s->num_samples + 1)
         return ERR("%s: '%s' should have num_samples + 1 = %lld entries", s->path, name,
                    (long long)s->num_samples + 1);
-    if (h5_dataset_shape(s->file, s->path, data, &rank, ddims, err, errlen) < 0) return -1;
-    if (rank != 1) return ERR("%s: '%s' should be 1-D", s->path, data);
-    s->offsets = malloc(sizeof(int64_t) * dims[0]);
+    if (check_dataset(s->file, s->path, data, 1, data_cls, data_size, &din, err, errlen) < 0)
+        return -1;
+    s->offsets = malloc(sizeof(int64_t) * in.dims[0]);
     if (!s->offsets) return ERR("%s: out of memory for '%s'", s->path, name);
-    if (h5_read_rows(s->file, s->path, name, H5T_NATIVE_INT64, 0, dims[0], s->offsets, err,
+    if (h5_read_rows(s->file, s->path, name, H5T_NATIVE_INT64, 0, in.dims[0], s->offsets, err,
                      errlen) < 0)
         return -1;
     if (s->offsets[0] != 0) return ERR("%s: '%s' does not start at 0", s->path, name);
     for (int64_t i = 0; i < s->num_samples; i++)
         if (s->offsets[i + 1] < s->offsets[i])
             return ERR("%s: '%s' decreases at entry %lld", s->path, name, (long long)i + 1);
-    if ((hsize_t)s->offsets[s->num_samples] != ddims[0])
+    if ((hsize_t)s->offsets[s->num_samples] != din.dims[0])
         return ERR("%s: '%s' ends at %lld but '%s' has %llu entries (truncated?)", s->path, name,
-                   (long long)s->offsets[s->num_samples], data, (unsigned long long)ddims[0]);
+                   (long long)s->offsets[s->num_samples], data, (unsigned long long)din.dims[0]);
     return 0;
 }
 
-/* Check one shard against the modality and the attributes fixed by the first shard. */
-static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, size_t errlen) {
-    int rank;
-    hsize_t dims[4];
+/* Every token id of the shard inside the vocabulary, read in chunks: a bad id is reported at
+ * open, naming the document, not when the loader happens to reach it. */
+static int check_tokens(const Dataset *d, const DatasetShard *s, char *err, size_t errlen) {
+    enum { CHUNK = 1 << 18 };
+    int64_t n = s->offsets[s->num_samples], doc = 0;
+    int32_t *buf = malloc(sizeof(int32_t) * (n < CHUNK ? (n ? n : 1) : CHUNK));
+    if (!buf) return ERR("%s: out of memory checking 'tokens'", s->path);
+    int rc = 0;
+    for (int64_t at = 0; rc == 0 && at < n; at += CHUNK) {
+        int64_t m = n - at < CHUNK ? n - at : CHUNK;
+        rc = h5_read_rows(s->file, s->path, "tokens", H5T_NATIVE_INT32, (hsize_t)at, (hsize_t)m,
+                          buf, err, errlen);
+        for (int64_t k = 0; rc == 0 && k < m; k++)
+            if (buf[k] < 0 || buf[k] >= d->vocab_size) {
+                while (s->offsets[doc + 1] <= at + k) /* the document holding it */
+                    doc++;
+                rc = ERR("%s: document %lld holds token id %d, outside the vocabulary of %d",
+                         s->path, (long long)doc, buf[k], d->vocab_size);
+            }
+    }
+    free(buf);
+    return rc;
+}
+
+/* Check one shard against the modality and the attributes fixed by the first shard; *labelled
+ * says whether the shards have labels. */
+static int validate_shard(Dataset *d, DatasetShard *s, int first, int *labelled, char *err,
+                          size_t errlen) {
+    H5Info in;
     if (d->modality == D2V_IMAGE) {
         int32_t h, w, c;
-        if (read_i32_attr(s->file, s->path, "height", &h, err, errlen) < 0 ||
-            read_i32_attr(s->file, s->path, "width", &w, err, errlen) < 0 ||
-            read_i32_attr(s->file, s->path, "channels", &c, err, errlen) < 0)
+        if (read_int_attr(s->file, s->path, "height", 1, D2V_MAX_IMAGE_SIDE, &h, err, errlen) < 0 ||
+            read_int_attr(s->file, s->path, "width", 1, D2V_MAX_IMAGE_SIDE, &w, err, errlen) < 0 ||
+            read_int_attr(s->file, s->path, "channels", 1, 3, &c, err, errlen) < 0)
             return -1;
-        if (h <= 0 || w <= 0 || (c != 1 && c != 3))
-            return ERR("%s: bad image shape %dx%dx%d (channels 1 or 3)", s->path, h, w, c);
-        if (h5_dataset_shape(s->file, s->path, "images", &rank, dims, err, errlen) < 0) return -1;
-        if (rank != 4 || dims[0] != (hsize_t)s->num_samples || dims[1] != (hsize_t)h ||
-            dims[2] != (hsize_t)w || dims[3] != (hsize_t)c)
+        if (c == 2 || (int64_t)h * w * c > D2V_MAX_IMAGE_BYTES)
+            return ERR("%s: bad image shape %dx%dx%d (channels 1 or 3, at most %d bytes)", s->path,
+                       h, w, c, D2V_MAX_IMAGE_BYTES);
+        if (check_dataset(s->file, s->path, "images", 4, H5T_INTEGER, 1, &in, err, errlen) < 0)
+            return -1;
+        if (in.dims[0] != (hsize_t)s->num_samples || in.dims[1] != (hsize_t)h ||
+            in.dims[2] != (hsize_t)w || in.dims[3] != (hsize_t)c)
             return ERR("%s: 'images' should be (%lld, %d, %d, %d)", s->path,
                        (long long)s->num_samples, h, w, c);
         if (first)
@@ -99,8 +151,12 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
     } else if (d->modality == D2V_TEXT) {
         int32_t v[6];
         const char *names[6] = {"vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id"};
-        for (int i = 0; i < 6; i++)
-            if (read_i32_attr(s->file, s->path, names[i], &v[i], err, errlen) < 0) return -1;
+        if (read_int_attr(s->file, s->path, names[0], 1, D2V_MAX_VOCAB, &v[0], err, errlen) < 0)
+            return -1;
+        for (int i = 1; i < 6; i++)
+            if (read_int_attr(s->file, s->path, names[i], INT32_MIN, INT32_MAX, &v[i], err,
+                              errlen) < 0)
+                return -1;
         for (int i = 1; i < 6; i++) {
             if (v[i] < 0 || v[i] >= v[0])
                 return ERR("%s: %s = %d is outside the vocabulary of %d", s->path, names[i], v[i],
@@ -116,11 +172,14 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
                    v[3] != d->pad_id || v[4] != d->unk_id || v[5] != d->mask_id) {
             return ERR("%s: tokenizer differs from the other shards'", s->path);
         }
-        if (load_offsets(s, "doc_offsets", "tokens", err, errlen) < 0) return -1;
+        if (load_offsets(s, "doc_offsets", "tokens", H5T_INTEGER, 0, err, errlen) < 0 ||
+            check_tokens(d, s, err, errlen) < 0)
+            return -1;
     } else {
         int32_t sr;
         char fmt[16];
-        if (read_i32_attr(s->file, s->path, "sample_rate", &sr, err, errlen) < 0 ||
+        if (read_int_attr(s->file, s->path, "sample_rate", D2V_MIN_SAMPLE_RATE, D2V_MAX_SAMPLE_RATE,
+                          &sr, err, errlen) < 0 ||
             h5_read_attr_str(s->file, s->path, "sample_format", fmt, sizeof fmt, err, errlen) < 0)
             return -1;
         int is_float = !strcmp(fmt, "float32");
@@ -130,29 +189,49 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, char *err, siz
             d->sample_rate = sr, d->audio_float = is_float;
         else if (sr != d->sample_rate || is_float != d->audio_float)
             return ERR("%s: sample rate or format differs from the other shards'", s->path);
-        if (load_offsets(s, "offsets", "audio", err, errlen) < 0) return -1;
+        if (load_offsets(s, "offsets", "audio", is_float ? H5T_FLOAT : H5T_INTEGER,
+                         is_float ? 4 : 2, err, errlen) < 0)
+            return -1;
     }
     int has_labels = h5_exists(s->file, "labels");
-    if (first && has_labels) d->labels = calloc((size_t)d->num_samples + 1, sizeof(int32_t));
-    if (!!has_labels != !!d->labels)
+    if (!first && has_labels != *labelled)
         return ERR("%s: has %slabels but the first shard has %s", s->path, has_labels ? "" : "no ",
-                   d->labels ? "some" : "none");
+                   *labelled ? "some" : "none");
+    *labelled = has_labels;
     if (has_labels) {
-        if (h5_dataset_shape(s->file, s->path, "labels", &rank, dims, err, errlen) < 0) return -1;
-        if (rank != 1 || dims[0] != (hsize_t)s->num_samples)
-            return ERR("%s: 'labels' should have %lld entries", s->path, (long long)s->num_samples);
-        if (h5_read_rows(s->file, s->path, "labels", H5T_NATIVE_INT32, 0, dims[0],
-                         d->labels + s->first, err, errlen) < 0)
+        if (check_dataset(s->file, s->path, "labels", 1, H5T_INTEGER, 0, &in, err, errlen) < 0)
             return -1;
-        for (int64_t i = 0; i < s->num_samples; i++)
-            if (d->labels[s->first + i] < 0)
-                return ERR("%s: label %d of sample %lld is negative", s->path,
-                           d->labels[s->first + i], (long long)i);
+        if (in.dims[0] != (hsize_t)s->num_samples)
+            return ERR("%s: 'labels' should have %lld entries", s->path, (long long)s->num_samples);
     }
     if (first && h5_exists(s->file, "label_names")) {
+        if (check_dataset(s->file, s->path, "label_names", 1, H5T_STRING, 0, &in, err, errlen) < 0)
+            return -1;
         d->label_names =
             h5_read_strings(s->file, s->path, "label_names", &d->n_label_names, err, errlen);
         if (!d->label_names) return -1;
+    }
+    return 0;
+}
+
+/* Labels of every shard, once every shard's sample count is known to match its data. */
+static int read_labels(Dataset *d, char *err, size_t errlen) {
+    d->labels = malloc(sizeof(int32_t) * (size_t)(d->num_samples + 1));
+    if (!d->labels)
+        return ERR("%s: out of memory for %lld labels", d->path, (long long)d->num_samples);
+    for (int k = 0; k < d->n_shards; k++) {
+        const DatasetShard *s = &d->shards[k];
+        if (h5_read_rows(s->file, s->path, "labels", H5T_NATIVE_INT32, 0, (hsize_t)s->num_samples,
+                         d->labels + s->first, err, errlen) < 0)
+            return -1;
+        for (int64_t i = 0; i < s->num_samples; i++) {
+            int32_t y = d->labels[s->first + i];
+            if (y < 0)
+                return ERR("%s: label %d of sample %lld is negative", s->path, y, (long long)i);
+            if (d->label_names && (size_t)y >= d->n_label_names)
+                return ERR("%s: sample %lld has label %d but there are %zu label names", s->path,
+                           (long long)i, y, d->n_label_names);
+        }
     }
     return 0;
 }
@@ -176,6 +255,60 @@ static int open_shard(Dataset *d, DatasetShard *s, const char *path, int64_t wan
     return 0;
 }
 
+/* An index: its shard names and counts, then every shard opened (d->shards, d->n_shards). */
+static int open_index(Dataset *d, hid_t f, const char *path, char *err, size_t errlen) {
+    H5Info in;
+    size_t n = 0;
+    char **names = NULL;
+    int64_t *counts = NULL;
+    int rc = check_dataset(f, path, "shards", 1, H5T_STRING, 0, &in, err, errlen);
+    if (rc == 0 && (in.dims[0] == 0 || in.dims[0] > D2V_MAX_SHARDS))
+        rc = ERR("%s: 'shards' lists %llu shards (1 to %d)", path, (unsigned long long)in.dims[0],
+                 D2V_MAX_SHARDS);
+    if (rc == 0) rc = (names = h5_read_strings(f, path, "shards", &n, err, errlen)) ? 0 : -1;
+    if (rc == 0) rc = check_dataset(f, path, "shard_samples", 1, H5T_INTEGER, 0, &in, err, errlen);
+    if (rc == 0 && in.dims[0] != n) rc = ERR("%s: 'shard_samples' should list %zu counts", path, n);
+    if (rc == 0 && !(counts = calloc(n + 1, sizeof(int64_t))))
+        rc = ERR("%s: out of memory for %zu shards", path, n);
+    if (rc == 0)
+        rc = h5_read_rows(f, path, "shard_samples", H5T_NATIVE_INT64, 0, n, counts, err, errlen);
+    /* every count a possible one, before any is used as an offset (a negative count once made
+     * the labels of the next shard land before their buffer) */
+    int64_t total = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (counts[i] < 0 || counts[i] > d->num_samples - total)
+            rc = ERR("%s: shard_samples[%zu] = %lld is negative or past num_samples %lld", path, i,
+                     (long long)counts[i], (long long)d->num_samples);
+        else
+            total += counts[i];
+    }
+    if (rc == 0 && total != d->num_samples)
+        rc = ERR("%s: shards hold %lld samples, num_samples says %lld", path, (long long)total,
+                 (long long)d->num_samples);
+    if (rc == 0) {
+        d->shards = calloc(n, sizeof(DatasetShard));
+        if (!d->shards) rc = ERR("%s: out of memory for %zu shards", path, n);
+    }
+    const char *slash = strrchr(path, '/');
+    int dir = slash ? (int)(slash - path + 1) : 0;
+    total = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        char sp[PATH_MAX];
+        d->shards[i].first = total, d->shards[i].file = -1;
+        d->n_shards = (int)i + 1;
+        if (!names[i][0])
+            rc = ERR("%s: shard %zu has an empty name", path, i);
+        else if (snprintf(sp, sizeof sp, "%.*s%s", names[i][0] == '/' ? 0 : dir, path, names[i]) >=
+                 (int)sizeof sp)
+            rc = ERR("%s: shard path too long", path);
+        if (rc == 0) rc = open_shard(d, &d->shards[i], sp, counts[i], err, errlen);
+        total += counts[i];
+    }
+    h5_free_strings(names, n);
+    free(counts);
+    return rc;
+}
+
 int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t errlen) {
     memset(d, 0, sizeof *d);
     snprintf(d->path, sizeof d->path, "%s", path);
@@ -187,61 +320,28 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
         rc = ERR("%s: a %s dataset, expected %s", path, d2v_modality_names[d->modality],
                  d2v_modality_names[modality]);
     if (rc == 0 && !strcmp(kind, "index")) {
-        size_t n = 0;
-        char **names = h5_read_strings(f, path, "shards", &n, err, errlen);
-        int rank;
-        hsize_t dims[4];
-        rc = names ? 0 : -1;
-        if (rc == 0 && (h5_dataset_shape(f, path, "shard_samples", &rank, dims, err, errlen) < 0 ||
-                        rank != 1 || dims[0] != n))
-            rc = ERR("%s: 'shard_samples' should list %zu counts", path, n);
-        int64_t *counts = calloc(n + 1, sizeof(int64_t));
-        if (rc == 0)
-            rc =
-                h5_read_rows(f, path, "shard_samples", H5T_NATIVE_INT64, 0, n, counts, err, errlen);
-        h5_close(f);
-        d->shards = calloc(n + 1, sizeof(DatasetShard));
-        d->n_shards = (int)n;
-        int64_t total = 0;
-        for (size_t i = 0; rc == 0 && i < n; i++) {
-            char sp[PATH_MAX];
-            const char *slash = strrchr(path, '/');
-            int dir = slash ? (int)(slash - path + 1) : 0;
-            if (names[i][0] == '/')
-                snprintf(sp, sizeof sp, "%s", names[i]);
-            else if (snprintf(sp, sizeof sp, "%.*s%s", dir, path, names[i]) >= (int)sizeof sp)
-                rc = ERR("%s: shard path too long", path);
-            d->shards[i].first = total, d->shards[i].file = -1;
-            if (rc == 0) rc = open_shard(d, &d->shards[i], sp, counts[i], err, errlen);
-            total += counts[i];
-        }
-        if (rc == 0 && total != d->num_samples)
-            rc = ERR("%s: shards hold %lld samples, num_samples says %lld", path, (long long)total,
-                     (long long)d->num_samples);
-        h5_free_strings(names, n);
-        free(counts);
+        rc = open_index(d, f, path, err, errlen);
     } else if (rc == 0 && !strcmp(kind, "shard")) {
-        h5_close(f);
+        h5_close(f), f = -1; /* reopened as the shard */
         d->shards = calloc(1, sizeof(DatasetShard));
+        if (!d->shards) rc = ERR("%s: out of memory", path);
         d->n_shards = 1;
-        rc = open_shard(d, &d->shards[0], path, d->num_samples, err, errlen);
-    } else {
-        if (rc == 0) rc = ERR("%s: kind '%s' (shard or index)", path, kind);
-        h5_close(f);
+        if (rc == 0) rc = open_shard(d, &d->shards[0], path, d->num_samples, err, errlen);
+    } else if (rc == 0) {
+        rc = ERR("%s: kind '%s' (shard or index)", path, kind);
     }
+    if (f >= 0) h5_close(f);
+    int labelled = 0;
     for (int i = 0; rc == 0 && i < d->n_shards; i++)
-        rc = validate_shard(d, &d->shards[i], i == 0, err, errlen);
+        rc = validate_shard(d, &d->shards[i], i == 0, &labelled, err, errlen);
     if (rc == 0 && d->num_samples == 0) rc = ERR("%s: the dataset holds no samples", path);
-    for (int64_t i = 0; rc == 0 && d->labels && d->label_names && i < d->num_samples; i++)
-        if ((size_t)d->labels[i] >= d->n_label_names)
-            rc = ERR("%s: sample %lld has label %d but there are %zu label names", path,
-                     (long long)i, d->labels[i], d->n_label_names);
+    if (rc == 0 && labelled) rc = read_labels(d, err, errlen);
     if (rc < 0) dataset_close(d);
     return rc;
 }
 
 void dataset_close(Dataset *d) {
-    for (int i = 0; i < d->n_shards; i++) {
+    for (int i = 0; d->shards && i < d->n_shards; i++) {
         if (d->shards[i].file > 0) h5_close(d->shards[i].file);
         free(d->shards[i].offsets);
     }
@@ -301,5 +401,11 @@ int dataset_read_audio(const Dataset *d, int64_t i, int64_t start, int64_t count
     if (rc == 0 && !d->audio_float)
         for (int64_t j = 0; j < count; j++)
             out[j] *= 1.0f / 32768.0f;
+    /* float32 audio is checked as it is read (reading a whole corpus at open would cost more
+     * than the training run's first epoch); int16 needs no check */
+    for (int64_t j = 0; rc == 0 && d->audio_float && j < count; j++)
+        if (!isfinite(out[j]))
+            rc = ERR("%s: utterance %lld holds a non-finite sample at frame %lld", d->path,
+                     (long long)i, (long long)(start + j));
     return rc;
 }

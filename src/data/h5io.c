@@ -4,11 +4,13 @@
 #include "d2v/h5io.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "d2v/util.h"
@@ -27,9 +29,14 @@ static void mu_init(void) {
     pthread_mutex_init(&g_mu, &a);
     pthread_mutexattr_destroy(&a);
 }
+/* HDF5's automatic error printing is per thread in thread-safe builds (Debian's is): a thread's
+ * first call here silences it, so a read failing on the loader's prefetch thread reports one
+ * line, not HDF5's error stack before it. */
+static _Thread_local int t_silenced;
 static int guard_take(void) {
     pthread_once(&g_mu_once, mu_init);
     pthread_mutex_lock(&g_mu);
+    if (!t_silenced) H5Eset_auto2(H5E_DEFAULT, NULL, NULL), t_silenced = 1;
     return 0;
 }
 static void guard_release(int *unused) {
@@ -38,10 +45,7 @@ static void guard_release(int *unused) {
 }
 #define LOCKED int guard_ __attribute__((cleanup(guard_release), unused)) = guard_take()
 
-void h5io_init(void) {
-    LOCKED;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
+void h5io_init(void) { LOCKED; /* silences this thread */ }
 
 static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t n, const char *fmt, ...) {
@@ -278,7 +282,7 @@ int h5_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, s
                 ok = 1;
             }
             H5Tclose(mt);
-        } else {
+        } else if (H5Tget_size(t) <= H5_MAX_ATTR_STR) { /* a damaged size never allocates */
             size_t n = H5Tget_size(t);
             char *s = calloc(n + 1, 1);
             hid_t mt = H5Tcopy(H5T_C_S1);
@@ -311,6 +315,61 @@ int h5_dataset_shape(hid_t loc, const char *path, const char *name, int *rank, h
     return 0;
 }
 
+int h5_dataset_info(hid_t loc, const char *path, const char *name, H5Info *info, char *err,
+                    size_t errlen) {
+    LOCKED;
+    memset(info, 0, sizeof *info);
+    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0)
+        return fail(err, errlen, "%s: missing dataset '%s'", path, name);
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) return fail(err, errlen, "%s: '%s' is not a dataset", path, name);
+    hid_t s = H5Dget_space(d), t = H5Dget_type(d), dcpl = H5Dget_create_plist(d);
+    int rc = 0, r = s >= 0 ? H5Sget_simple_extent_ndims(s) : -1;
+    if (r < 0 || r > 4 || t < 0 || dcpl < 0) {
+        rc = fail(err, errlen, "%s: dataset '%s' has unsupported rank %d or is unreadable", path,
+                  name, r);
+    } else {
+        info->rank = r;
+        H5Sget_simple_extent_dims(s, info->dims, NULL);
+        info->cls = (int)H5Tget_class(t);
+        info->size = H5Tget_size(t);
+        info->is_signed = info->cls == H5T_INTEGER && H5Tget_sign(t) == H5T_SGN_2;
+        /* The declared elements must be in the file: HDF5 reads unwritten chunks, external or
+         * virtual storage as fill values, so a damaged extent would pass for data (and size
+         * allocations). Compressed data may be smaller, but deflate shrinks at most 1032:1. */
+        double raw = (double)info->size;
+        for (int i = 0; i < r; i++)
+            raw *= (double)info->dims[i];
+        double stored = (double)H5Dget_storage_size(d);
+        int filtered = H5Pget_nfilters(dcpl) > 0;
+        /* HDF5 sizes its conversion and chunk buffers by these: a damaged type or layout
+         * message would make it allocate gigabytes (found by tests/fuzz/fuzz_ckpt) */
+        double chunk = (double)info->size;
+        hsize_t cd[4] = {0};
+        int cr = H5Pget_layout(dcpl) == H5D_CHUNKED ? H5Pget_chunk(dcpl, 4, cd) : 0;
+        for (int i = 0; i < cr && i < 4; i++)
+            chunk *= (double)cd[i];
+        if (H5Pget_external_count(dcpl) > 0 || H5Pget_layout(dcpl) == H5D_VIRTUAL)
+            rc = fail(err, errlen, "%s: dataset '%s' keeps its data outside the file", path, name);
+        else if (info->size == 0 || info->size > H5_MAX_ELEMENT)
+            rc = fail(err, errlen, "%s: dataset '%s' has elements of %zu bytes (damaged?)", path,
+                      name, info->size);
+        else if (cr < 0 || cr > 4 || chunk > (double)H5_MAX_CHUNK)
+            rc = fail(err, errlen, "%s: dataset '%s' has chunks of %.0f bytes (damaged?)", path,
+                      name, chunk);
+        else if (raw > 0 && (filtered ? raw > 1032.0 * stored : raw > stored))
+            rc = fail(err, errlen,
+                      "%s: dataset '%s' declares %.0f bytes but the file stores %.0f of them "
+                      "(truncated or damaged)",
+                      path, name, raw, stored);
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (t >= 0) H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    H5Dclose(d);
+    return rc;
+}
+
 int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsize_t start,
                  hsize_t count, void *buf, char *err, size_t errlen) {
     LOCKED;
@@ -336,11 +395,132 @@ int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsiz
         hid_t ms = H5Screate_simple(r, cnt, NULL);
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
         if (H5Dread(d, type, ms, fs, H5P_DEFAULT, buf) < 0)
-            rc = fail(err, errlen, "%s: cannot read rows %llu..%llu of '%s' (truncated file?)",
-                      path, (unsigned long long)start, (unsigned long long)(start + count), name);
+            rc = fail(err, errlen,
+                      "%s: cannot read rows %llu..%llu of '%s' (damaged or truncated file?)", path,
+                      (unsigned long long)start, (unsigned long long)(start + count), name);
         H5Sclose(ms);
     }
     H5Sclose(fs), H5Dclose(d);
+    return rc;
+}
+
+/* ---- variable-length strings: their global heaps checked first ----
+ * A variable-length string is stored as (length, address of a global heap collection, object
+ * index); the collection holds the bytes. HDF5 1.10 trusts collections and references: it loops
+ * for ever on a collection whose walk does not advance (a free-space object of size 0), reads
+ * past the collection for an object size that overruns it, and reads outside its object table,
+ * or copies an object into a buffer of the reference's length, for a reference to an index it
+ * does not have or to an object of another size (all found by tests/fuzz). So before HDF5 reads
+ * any, the dataset's references are read raw and checked against the collections they name,
+ * each walked here as HDF5's H5HG__cache_heap_deserialize walks it. d2v and h5py write string
+ * datasets contiguous; other layouts are refused. */
+
+static uint64_t le(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+typedef struct {
+    uint64_t addr;
+    int64_t *size; // (65536) object size by index, -1: no such object
+} HeapTable;
+
+/* Walk the collection at addr of a file of fsize bytes (ss: the file's length size) into
+ * h->size: 0 when HDF5 can walk it. */
+static int heap_walk(int fd, uint64_t addr, uint64_t fsize, int ss, HeapTable *h) {
+    uint8_t hd[16];
+    size_t hdr = (size_t)(4 + 1 + 3 + ss + 7) / 8 * 8, objhdr = (size_t)(2 + 2 + 4 + ss);
+    if (addr >= fsize || fsize - addr < hdr ||
+        pread(fd, hd, (size_t)(8 + ss), (off_t)addr) != 8 + ss)
+        return -1;
+    uint64_t size = le(hd + 8, ss);
+    if (memcmp(hd, "GCOL", 4) || hd[4] != 1 || size < hdr || size > fsize - addr) return -1;
+    uint8_t *c = malloc((size_t)size);
+    int rc = c && pread(fd, c, (size_t)size, (off_t)addr) == (ssize_t)size ? 0 : -1;
+    for (int i = 0; i < 65536; i++)
+        h->size[i] = -1;
+    h->addr = addr;
+    for (uint64_t p = hdr; rc == 0 && p + objhdr <= size;) {
+        unsigned idx = (unsigned)le(c + p, 2);
+        uint64_t osize = le(c + p + 8, ss);
+        uint64_t need = idx ? objhdr + (osize + 7) / 8 * 8 : osize;
+        if (osize > size || need == 0 || need > size - p) rc = -1;
+        if (idx) h->size[idx] = (int64_t)osize;
+        p += need;
+    }
+    free(c);
+    return rc;
+}
+
+/* Every reference of the n strings of contiguous dataset d: to an object of its collection of
+ * exactly the string's length, in a collection HDF5 can walk. */
+static int vlen_heaps_ok(hid_t d, const char *path, const char *name, hsize_t n, char *err,
+                         size_t errlen) {
+    hid_t dcpl = H5Dget_create_plist(d);
+    H5D_layout_t layout = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (layout != H5D_CONTIGUOUS)
+        return fail(err, errlen, "%s: string dataset '%s' is not stored contiguously", path, name);
+    haddr_t off = H5Dget_offset(d);
+    if (n == 0 || off == HADDR_UNDEF) return 0; /* nothing written: no heap is read */
+    hid_t f = H5Iget_file_id(d), fcpl = f >= 0 ? H5Fget_create_plist(f) : -1;
+    size_t sa = 0, ss = 0;
+    char fname[PATH_MAX] = "";
+    if (fcpl >= 0) H5Pget_sizes(fcpl, &sa, &ss);
+    if (f >= 0) H5Fget_name(f, fname, sizeof fname);
+    if (fcpl >= 0) H5Pclose(fcpl);
+    if (f >= 0) H5Fclose(f);
+    if ((sa != 4 && sa != 8) || (ss != 4 && ss != 8))
+        return fail(err, errlen, "%s: unsupported HDF5 address or length size", path);
+    int fd = open(fname, O_RDONLY);
+    if (fd < 0) return 0; /* not a file on disk: nothing to check it against */
+    struct stat st;
+    uint64_t fsize = fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+    size_t es = 4 + sa + 4;
+    enum { BLOCK = 4096, CACHED = 4 };
+    uint8_t *raw = malloc(BLOCK * es);
+    HeapTable h[CACHED] = {{0}};
+    int nh = 0, rc = raw ? 0 : fail(err, errlen, "%s: out of memory", path);
+    for (hsize_t at = 0; rc == 0 && at < n; at += BLOCK) {
+        size_t m = n - at < BLOCK ? (size_t)(n - at) : BLOCK;
+        if (pread(fd, raw, m * es, (off_t)(off + at * es)) != (ssize_t)(m * es))
+            rc = fail(err, errlen, "%s: cannot read string dataset '%s' (truncated?)", path, name);
+        for (size_t i = 0; rc == 0 && i < m; i++) {
+            const uint8_t *e = raw + i * es;
+            uint64_t len = le(e, 4), addr = le(e + 4, (int)sa), idx = le(e + 4 + sa, 4);
+            if (addr == 0) continue; /* no heap object (HDF5 reads none) */
+            HeapTable *t = NULL;
+            for (int k = 0; k < nh && !t; k++)
+                if (h[k].addr == addr) t = &h[k];
+            if (!t) { /* walk it, into a free slot or over the oldest */
+                t = &h[nh < CACHED ? nh++ : (int)(at / BLOCK + i) % CACHED];
+                if (!t->size && !(t->size = malloc(sizeof(int64_t) * 65536))) {
+                    rc = fail(err, errlen, "%s: out of memory", path);
+                    break;
+                }
+                if (heap_walk(fd, addr, fsize, (int)ss, t) != 0) {
+                    t->addr = 0;
+                    rc = fail(err, errlen,
+                              "%s: string dataset '%s' points into a damaged global heap at byte "
+                              "%llu (the file is damaged)",
+                              path, name, (unsigned long long)addr);
+                    break;
+                }
+            }
+            if (idx == 0 || idx > 65535 || t->size[idx] != (int64_t)len)
+                rc = fail(err, errlen,
+                          "%s: string %llu of '%s' refers to heap object %llu, which is not one "
+                          "of %llu bytes (the file is damaged)",
+                          path, (unsigned long long)(at + i), name, (unsigned long long)idx,
+                          (unsigned long long)len);
+        }
+    }
+    for (int k = 0; k < CACHED; k++)
+        free(h[k].size);
+    free(raw);
+    close(fd);
     return rc;
 }
 
@@ -357,11 +537,19 @@ char **h5_read_strings(hid_t loc, const char *path, const char *name, size_t *n,
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
     hid_t t = vlen_string_type(), ft = H5Dget_type(d);
     H5Tset_cset(t, H5Tget_cset(ft));
+    int is_vlen = H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0;
     H5Tclose(ft);
+    if (!is_vlen || vlen_heaps_ok(d, path, name, dims[0], err, errlen) < 0) {
+        if (!is_vlen) fail(err, errlen, "%s: '%s' should hold variable-length strings", path, name);
+        H5Tclose(t), H5Dclose(d);
+        return NULL;
+    }
     char **tmp = calloc(dims[0] ? dims[0] : 1, sizeof(char *));
     char **out = calloc(dims[0] ? dims[0] : 1, sizeof(char *));
     if (!tmp || !out || (dims[0] && H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, tmp) < 0)) {
         fail(err, errlen, "%s: cannot read strings '%s'", path, name);
+        for (hsize_t i = 0; tmp && i < dims[0]; i++) /* a read failing midway converted some */
+            if (tmp[i]) H5free_memory(tmp[i]);
         free(tmp), free(out), H5Tclose(t), H5Dclose(d);
         return NULL;
     }

@@ -36,7 +36,7 @@ struct Loader {
     int stop, failed;
     char err[PATH_MAX + 512];
     pthread_t thread;
-    int threaded;
+    int threaded, sync_ready;
     pthread_mutex_t mu;
     pthread_cond_t can_fill, can_take;
 };
@@ -292,6 +292,11 @@ static int produce(Loader *l, Batch *b) {
     if (l->produce.position + global > l->n) l->produce.epoch++, l->produce.position = 0;
     if (l->perm_epoch != l->produce.epoch) make_perm(l, l->produce.epoch);
     int64_t base = l->produce.position + (int64_t)l->rank * l->c.batch_size;
+    if (base < 0 || base + l->c.batch_size > l->n) { /* loader_create checked the cursor */
+        snprintf(l->err, sizeof l->err, "loader: position %lld outside the epoch of %lld",
+                 (long long)base, (long long)l->n);
+        return -1;
+    }
     b->B = l->c.batch_size, b->epoch = l->produce.epoch;
     for (int i = 0; i < b->B; i++) {
         int64_t item = l->perm[base + i];
@@ -363,35 +368,49 @@ static void alloc_batch(Loader *l, Batch *b) {
     }
 }
 
-Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, LoaderCursor start) {
+#define FAIL(...) (snprintf(err, errlen, __VA_ARGS__), loader_destroy(l), (Loader *)NULL)
+
+Loader *loader_create_err(Dataset *d, const LoaderConfig *c, int rank, int world,
+                          LoaderCursor start, char *err, size_t errlen) {
     Loader *l = xalloc(sizeof *l, "loader");
     l->d = d, l->c = *c, l->rank = rank, l->world = world;
     if (c->batch_size <= 0 || world <= 0 || rank < 0 || rank >= world)
-        die("loader: batch size %d on rank %d of %d", c->batch_size, rank, world);
+        return FAIL("loader: batch size %d on rank %d of %d", c->batch_size, rank, world);
     if (d->modality == D2V_TEXT) {
-        if (c->text_T < 2) die("loader: text block length %d (at least 2)", c->text_T);
+        if (c->text_T < 2) return FAIL("loader: text block length %d (at least 2)", c->text_T);
         build_text_blocks(l);
     } else if (d->modality == D2V_SPEECH) {
-        if (c->speech_max_samples <= 0) die("loader: speech_max_samples must be positive");
+        if (c->speech_max_samples <= 0) return FAIL("loader: speech_max_samples must be positive");
         l->items = xalloc(sizeof(int64_t) * d->num_samples, "loader items");
         for (int64_t i = 0; i < d->num_samples; i++)
             if (dataset_sample_len(d, i) >= (c->speech_min_samples > 0 ? c->speech_min_samples : 1))
                 l->items[l->n++] = i;
     } else {
+        if (d->C < 1 || d->C > 3) return FAIL("%s: %d image channels (1 to 3)", d->path, d->C);
         for (int k = 0; k < d->C; k++)
-            if (!(c->std[k] > 0)) die("loader: image std[%d] must be positive", k);
-        if (d->C > 4) die("%s: %d image channels (at most 4)", d->path, d->C);
+            if (!(c->std[k] > 0)) return FAIL("loader: image std[%d] must be positive", k);
         if (!(c->color_jitter >= 0 && c->color_jitter <= 1) ||
             (c->interpolation != LOADER_INTERP_BILINEAR &&
              c->interpolation != LOADER_INTERP_BICUBIC))
-            die("loader: colour jitter %g (0..1) or interpolation %d (bilinear 0, bicubic 1)",
-                c->color_jitter, c->interpolation);
+            return FAIL("loader: colour jitter %g (0..1) or interpolation %d (bilinear 0, bicubic "
+                        "1)",
+                        c->color_jitter, c->interpolation);
+        if (c->out_H < 0 || c->out_W < 0 || c->out_H > D2V_MAX_IMAGE_SIDE ||
+            c->out_W > D2V_MAX_IMAGE_SIDE)
+            return FAIL("loader: output size %dx%d", c->out_H, c->out_W);
         l->n = d->num_samples;
     }
     int64_t global = (int64_t)c->batch_size * world;
     if (l->n < global)
-        die("%s: %lld usable samples cannot fill one global batch of %lld (%d ranks x %d)", d->path,
-            (long long)l->n, (long long)global, world, c->batch_size);
+        return FAIL("%s: %lld usable samples cannot fill one global batch of %lld (%d ranks x %d)",
+                    d->path, (long long)l->n, (long long)global, world, c->batch_size);
+    /* A cursor comes from a checkpoint: any position in [0, n] is one a run can reach (past the
+     * last full batch the next batch starts a new epoch), anything else would index outside the
+     * permutation. */
+    if (start.epoch < 0 || start.position < 0 || start.position > l->n)
+        return FAIL("%s: loader cursor (epoch %lld, position %lld) is outside an epoch of %lld "
+                    "samples (a checkpoint of another dataset?)",
+                    d->path, (long long)start.epoch, (long long)start.position, (long long)l->n);
     l->perm = xalloc(sizeof(int64_t) * l->n, "loader permutation");
     l->perm_epoch = -1;
     l->produce = l->consume = start;
@@ -405,10 +424,20 @@ Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, Lo
     }
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->can_fill, NULL), pthread_cond_init(&l->can_take, NULL);
+    l->sync_ready = 1;
     if (c->prefetch > 0) {
-        if (pthread_create(&l->thread, NULL, worker, l) != 0) die("loader: cannot start thread");
+        if (pthread_create(&l->thread, NULL, worker, l) != 0)
+            return FAIL("loader: cannot start the prefetch thread");
         l->threaded = 1;
     }
+    return l;
+}
+#undef FAIL
+
+Loader *loader_create(Dataset *d, const LoaderConfig *c, int rank, int world, LoaderCursor start) {
+    char err[PATH_MAX + 512];
+    Loader *l = loader_create_err(d, c, rank, world, start, err, sizeof err);
+    if (!l) die("%s", err);
     return l;
 }
 
@@ -421,21 +450,23 @@ void loader_destroy(Loader *l) {
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->thread, NULL);
     }
-    for (int i = 0; i < l->n_slots; i++) {
+    for (int i = 0; l->slots && i < l->n_slots; i++) {
         Batch *b = &l->slots[i];
         free(b->ids), free(b->labels), free(b->tokens), free(b->images), free(b->audio);
     }
-    pthread_mutex_destroy(&l->mu);
-    pthread_cond_destroy(&l->can_fill), pthread_cond_destroy(&l->can_take);
+    if (l->sync_ready) { /* a loader_create_err that failed early has none */
+        pthread_mutex_destroy(&l->mu);
+        pthread_cond_destroy(&l->can_fill), pthread_cond_destroy(&l->can_take);
+    }
     free(l->slots), free(l->perm), free(l->items), free(l->blocks), free(l->pixels), free(l->src);
     free(l);
 }
 
-const Batch *loader_next(Loader *l) {
+const Batch *loader_next_err(Loader *l, char *err, size_t errlen) {
     Batch *b;
     if (!l->threaded) {
         b = &l->slots[0];
-        if (produce(l, b) < 0) die("%s", l->err);
+        if (produce(l, b) < 0) return snprintf(err, errlen, "%s", l->err), (const Batch *)NULL;
     } else {
         pthread_mutex_lock(&l->mu);
         if (l->taken) { /* the previous batch goes back to the ring */
@@ -446,7 +477,7 @@ const Batch *loader_next(Loader *l) {
             pthread_cond_wait(&l->can_take, &l->mu);
         if (l->count == 0 && l->failed) {
             pthread_mutex_unlock(&l->mu);
-            die("%s", l->err);
+            return snprintf(err, errlen, "%s", l->err), (const Batch *)NULL;
         }
         b = &l->slots[l->head];
         l->count--, l->taken = 1;
@@ -455,6 +486,13 @@ const Batch *loader_next(Loader *l) {
     int64_t global = (int64_t)l->c.batch_size * l->world;
     if (l->consume.position + global > l->n) l->consume.epoch++, l->consume.position = 0;
     l->consume.position += global;
+    return b;
+}
+
+const Batch *loader_next(Loader *l) {
+    char err[PATH_MAX + 512];
+    const Batch *b = loader_next_err(l, err, sizeof err);
+    if (!b) die("%s", err);
     return b;
 }
 

@@ -11,7 +11,10 @@
 #define VMATH_INLINE static inline __attribute__((always_inline))
 
 /// e^x with relative error ~1e-7 for x in [-87, 88]; 0 below -87 (so exp(-inf) = 0 as masked
-/// softmax logits need). Range reduction x = k ln2 + r, degree-7 Taylor polynomial in r.
+/// softmax logits need), e^88 above; NaN gives NaN. Range reduction x = k ln2 + r, degree-7
+/// Taylor polynomial in r. Every input, NaN and infinities included, is defined behaviour: the
+/// exponent bits are built in unsigned arithmetic (tests/test_simd.c runs them under UBSan in
+/// make test-asan).
 VMATH_INLINE float exp_approx(float x) {
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     float kf = xc * 1.44269504088896341f + 12582912.0f; /* + 1.5 * 2^23 rounds to nearest */

@@ -3,6 +3,7 @@
  * labelled train and test set, and each test sample takes the weighted vote of its k most
  * cosine-similar train samples (the DINO kNN protocol: weights exp(sim / 0.07)). */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,44 @@ typedef struct {
     int64_t n;
 } Embedded;
 
+/* Labels are class ids that index the vote array: more classes than this is a damaged file. */
+#define MAX_CLASSES (1 << 20)
+
+/* A positive int option (atoi would take "1e9" for 1 and overflow silently). */
+static int parse_count(const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < 1 || v > 1 << 20)
+        die("%s %s: expected a whole number from 1 to %d", opt, s, 1 << 20);
+    return (int)v;
+}
+
+/* Every weight the probe reads must be finite (a diverged run's NaN weights would otherwise give
+ * an accuracy, as every vote ties): the first tensor holding a NaN or Inf is named. */
+static void check_finite_weights(const char *ckpt, const ModelConfig *mc, const float *arena,
+                                 const char *which) {
+    ParamTable t;
+    model_declare(&t, mc);
+    for (int i = 0; i < t.n; i++)
+        for (size_t j = 0; j < t.t[i].count; j++)
+            if (!isfinite(arena[t.t[i].offset + j]))
+                die("%s: tensor %s of /%s holds non-finite values (%g at element %zu): the run "
+                    "diverged; refusing to evaluate it",
+                    ckpt, t.t[i].name, which, (double)arena[t.t[i].offset + j], j);
+    ptab_free(&t);
+}
+
+/* Features of samples [first, first + n) of `path` must be finite. */
+static void check_finite_features(const char *path, const float *f, int64_t first, int64_t n,
+                                  int C) {
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < C; j++)
+            if (!isfinite(f[(size_t)i * C + j]))
+                die("%s: sample %lld gives non-finite features (the encoder overflowed on it)",
+                    path, (long long)(first + i));
+}
+
 static void l2_normalise(float *f, int64_t n, int C) {
     for (int64_t i = 0; i < n; i++) {
         float *x = f + (size_t)i * C;
@@ -66,11 +105,9 @@ static Embedded embed_documents(const Dataset *d, const TrainConfig *cfg, const 
             int32_t *row = b.tokens + (size_t)i * T;
             int take = (int)(len < T - 1 ? len : T - 1);
             row[0] = d->bos_id;
+            /* ids are checked against the vocabulary at open, the vocabulary against the
+             * model's in embed() */
             if (dataset_read_tokens(d, doc, 0, take, row + 1, err, sizeof err) < 0) die("%s", err);
-            for (int k = 1; k <= take; k++)
-                if (row[k] < 0 || row[k] >= d->vocab_size)
-                    die("%s: document %lld holds token %d outside the vocabulary", d->path,
-                        (long long)doc, row[k]);
             int n = 1 + take;
             if (n < T) row[n++] = d->eos_id;
             for (; n < T; n++)
@@ -79,15 +116,17 @@ static Embedded embed_documents(const Dataset *d, const TrainConfig *cfg, const 
             e.label[doc] = d->labels[doc];
         }
         model_features(model, p, &b, e.feat + (size_t)first * C);
+        check_finite_features(d->path, e.feat + (size_t)first * C, first, b.B, C);
     }
     free(b.tokens), free(b.ids);
     l2_normalise(e.feat, e.n, C);
     return e;
 }
 
-/* Embed every full batch of a labelled dataset, in order, with the given parameters. */
+/* Embed every full batch of a labelled dataset, in order, with the given parameters. `ref` is
+ * the --train dataset (the model's vocabulary and sample rate). */
 static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfig *mc, Model *model,
-                      const ModelParams *p, int batch) {
+                      const ModelParams *p, int batch, const Dataset *ref) {
     Dataset d;
     char err[1024];
     if (dataset_open(&d, path, cfg->modality, err, sizeof err) < 0) die("%s", err);
@@ -96,11 +135,27 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
         (d.H != cfg->image_height || d.W != cfg->image_width || d.C != cfg->image_channels))
         die("%s: images are %dx%dx%d, the model takes %dx%dx%d", path, d.H, d.W, d.C,
             cfg->image_height, cfg->image_width, cfg->image_channels);
+    if (d.modality == D2V_TEXT && (d.vocab_size != mc->text.V || d.bos_id != ref->bos_id ||
+                                   d.eos_id != ref->eos_id || d.pad_id != ref->pad_id))
+        die("%s: its vocabulary (%d tokens, <s> %d, </s> %d, <pad> %d) is not the model's (%d, "
+            "%d, %d, %d): tokenise it with the pretraining vocabulary",
+            path, d.vocab_size, d.bos_id, d.eos_id, d.pad_id, mc->text.V, ref->bos_id, ref->eos_id,
+            ref->pad_id);
+    if (d.modality == D2V_SPEECH && d.sample_rate != ref->sample_rate)
+        die("%s: sample rate %d Hz, the training data's is %d Hz", path, d.sample_rate,
+            ref->sample_rate);
+    for (int64_t i = 0; i < d.num_samples; i++)
+        if (d.labels[i] >= MAX_CLASSES)
+            die("%s: sample %lld has label %d; labels are class ids below %d (damaged /labels?)",
+                path, (long long)i, d.labels[i], MAX_CLASSES);
     if (d.modality == D2V_TEXT) {
         Embedded e = embed_documents(&d, cfg, mc, model, p, batch);
         dataset_close(&d);
         return e;
     }
+    if (d.num_samples < batch)
+        die("%s: %lld samples, fewer than one batch of %d (use a smaller --batch)", path,
+            (long long)d.num_samples, batch);
     /* the pretraining loader's resize and normalisation, without shuffling or augmentation */
     LoaderConfig lc = train_config_to_loader(cfg, batch);
     lc.seed = 0, lc.shuffle = 0, lc.image_augment = 0, lc.color_jitter = 0, lc.flip_prob = 0;
@@ -114,6 +169,7 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
     for (int64_t k = 0; k < batches; k++) {
         const Batch *b = loader_next(l);
         model_features(model, p, b, e.feat + (size_t)k * batch * C);
+        check_finite_features(path, e.feat + (size_t)k * batch * C, k * batch, batch, C);
         memcpy(e.label + k * batch, b->labels, sizeof(int32_t) * batch);
     }
     l2_normalise(e.feat, e.n, C);
@@ -125,7 +181,7 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
 static double knn_accuracy(const Embedded *tr, const Embedded *te, int C, int k, int classes) {
     enum { ROWS = 256 };
     float *sim = xalloc(sizeof(float) * ROWS * tr->n, "similarities");
-    double *vote = xalloc(sizeof(double) * classes, "votes");
+    double *vote = xalloc(sizeof(double) * classes, "votes"); /* zero between rows */
     int *top = xalloc(sizeof(int) * k, "neighbours");
     int64_t correct = 0;
     for (int64_t r0 = 0; r0 < te->n; r0 += ROWS) {
@@ -142,12 +198,17 @@ static double knn_accuracy(const Embedded *tr, const Embedded *te, int C, int k,
                     top[pos] = top[pos - 1], pos--;
                 top[pos] = (int)j;
             }
-            memset(vote, 0, sizeof(double) * classes);
+            /* only the neighbours' classes get votes (the others keep 0): the most votes, ties
+             * to the smallest class id */
             for (int q = 0; q < nk; q++)
                 vote[tr->label[top[q]]] += exp(s[top[q]] / 0.07);
-            int best = 0;
-            for (int q = 1; q < classes; q++)
-                if (vote[q] > vote[best]) best = q;
+            int best = nk ? tr->label[top[0]] : 0;
+            for (int q = 0; q < nk; q++) {
+                int y = tr->label[top[q]];
+                if (vote[y] > vote[best] || (vote[y] == vote[best] && y < best)) best = y;
+            }
+            for (int q = 0; q < nk; q++)
+                vote[tr->label[top[q]]] = 0;
             correct += best == te->label[r0 + r];
         }
     }
@@ -166,9 +227,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--test") && i + 1 < argc)
             test = argv[++i];
         else if (!strcmp(argv[i], "--k") && i + 1 < argc)
-            k = atoi(argv[++i]);
+            k = parse_count("--k", argv[++i]);
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
-            batch = atoi(argv[++i]);
+            batch = parse_count("--batch", argv[++i]);
         else if (!strcmp(argv[i], "--teacher"))
             teacher = 1;
         else if (!strcmp(argv[i], "--random-init"))
@@ -197,7 +258,7 @@ int main(int argc, char **argv) {
     ModelConfig mc;
     train_config_to_model(&mc, &cfg, &probe);
     size_t nclass = probe.n_label_names;
-    dataset_close(&probe);
+    dataset_close(&probe); /* its scalars stay: the model's vocabulary and sample rate */
     size_t np = model_params_layout(NULL, NULL, &mc);
     float *params = xalloc(np * 4, "params"), *tch = xalloc(np * 4, "teacher");
     float *m = xalloc(np * 4, "m"), *v = xalloc(np * 4, "v");
@@ -210,6 +271,8 @@ int main(int argc, char **argv) {
     } else if (ckpt_read(ckpt, &mc, params, tch, m, v, np, &st, err, sizeof err) < 0) {
         die("%s", err);
     }
+    check_finite_weights(ckpt, &mc, params, "params");
+    if (teacher) check_finite_weights(ckpt, &mc, tch, "teacher");
     model_teacher_view(&pt, &ps, tch, &mc);
     if (cfg.modality == D2V_SPEECH) batch = 1; /* whole utterances, no cropping across a batch */
     Model *model = model_create(&mc, batch,
@@ -218,12 +281,13 @@ int main(int argc, char **argv) {
                                                            : 0);
     const ModelParams *p = teacher ? &pt : &ps;
     double t0 = now_seconds();
-    Embedded tr = embed(train, &cfg, &mc, model, p, batch);
-    Embedded te = embed(test, &cfg, &mc, model, p, batch);
-    int classes = (int)nclass;
+    Embedded tr = embed(train, &cfg, &mc, model, p, batch, &probe);
+    Embedded te = embed(test, &cfg, &mc, model, p, batch, &probe);
+    /* labels were checked against MAX_CLASSES and /label_names at open: no overflow here */
+    int64_t classes = nclass < MAX_CLASSES ? (int64_t)nclass : MAX_CLASSES;
     for (int64_t i = 0; i < tr.n; i++)
         classes = tr.label[i] >= classes ? tr.label[i] + 1 : classes;
-    double acc = knn_accuracy(&tr, &te, mc.enc.C, k, classes);
+    double acc = knn_accuracy(&tr, &te, mc.enc.C, k, (int)classes);
     printf("kNN (k=%d) top-1 accuracy %.2f%%  (%s of %s; %lld train, %lld test, %.1f s)\n", k,
            100 * acc,
            random_init ? "random init"
