@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [--test|--demo]
 #   --test adds the PyTorch reference stack for tests/ref; --demo adds Fashion-MNIST.
 set -eu
-pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev"
+pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev gnuplot-nox"
 case "${1:-}" in
 --test) pkgs="$pkgs python3-torch python3-h5py python3-numpy" ;;
 --demo) pkgs="$pkgs dataset-fashion-mnist" ;;
