@@ -129,7 +129,7 @@ LbfgsResult lbfgs_minimize(LbfgsFn fn, void *ctx, double *x, size_t n, const Lbf
     int pairs = 0, newest = -1; /* ring of the last m (s, y) pairs */
     if (r.gnorm <= tol) r.status = LBFGS_CONVERGED;
     while (r.status != LBFGS_CONVERGED && r.iters < c->max_iter) {
-        /* two-loop recursion: d = -H g, H0 = (s'y / y'y) I from the newest pair */
+        /* two-loop recursion: d = -H g, H0 = gamma P (gamma = s'y / y'Py of the newest pair) */
         memcpy(d, g, sizeof(double) * n);
         for (int k = 0; k < pairs; k++) {
             int i = (newest - k + m) % m;
