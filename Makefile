@@ -22,7 +22,7 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ljpeg -lblis -lm -pth
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c))
+LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c src/eval/*.c))
 # The element-wise row kernels, once per x86 ISA level (src/kernels/simd.h). -fno-trapping-math
 # lets GCC if-convert their selects into vector blends; NaN and Inf behave as before.
 SIMD_ISAS := base avx2 avx512
@@ -35,7 +35,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(SIMD_OBJ)
 LIB     := $(BUILD)/libd2v.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH   := $(BUILD)/bench/bench_encoder $(BUILD)/bench/bench_frontends $(BUILD)/bench/bench_loader $(BUILD)/bench/bench_train
-BINS    := $(BUILD)/bin/d2v-info $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-eval $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
+BINS    := $(patsubst src/tools/d2v_%.c,$(BUILD)/bin/d2v-%,$(wildcard src/tools/d2v_*.c)) $(patsubst data-prep/prep_%.c,$(BUILD)/bin/d2v-prep-%,$(filter-out data-prep/prep_common.c,$(wildcard data-prep/prep_*.c)))
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 

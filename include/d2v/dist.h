@@ -30,6 +30,9 @@ void dist_set_chunk_elems(size_t n);
 /// Gather one int64 from every rank into all[world] on every rank.
 void dist_allgather_i64(int64_t mine, int64_t *all);
 void dist_barrier(void);
+/// Gather every rank's n floats (n may differ per rank, 0 included) to rank 0, in rank order,
+/// into all (rank 0: room for the sum over ranks; elsewhere unused, may be NULL). Collective.
+void dist_gather_f32(const float *mine, size_t n, float *all);
 
 /// The watchdog: a thread that ends the job when this rank has completed no collective (and
 /// changed no phase) for `seconds`, with one line naming the rank, its phase and update, and

@@ -114,5 +114,10 @@ int h5_read_rows(hid_t loc, const char *path, const char *name, hid_t type, hsiz
 char **h5_read_strings(hid_t loc, const char *path, const char *name, size_t *n, char *err,
                        size_t errlen);
 void h5_free_strings(char **s, size_t n);
+/// Names of the links directly under loc, in name order: up to max into names, returns how many
+/// there are (may exceed max), or -1 with err.
+int h5_list(hid_t loc, const char *path, char (*names)[64], int max, char *err, size_t errlen);
+/// Type class of dataset `name` (H5T_INTEGER, H5T_FLOAT, H5T_STRING, ...), or -1 if it is none.
+int h5_dataset_class(hid_t loc, const char *name);
 
 #endif

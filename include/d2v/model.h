@@ -116,6 +116,23 @@ void model_set_grad_hook(Model *m, GradHook fn, void *ctx);
 /// given parameters, the final block output averaged over tokens (patches only for images,
 /// real tokens for text), out (B, C).
 void model_features(Model *m, const ModelParams *p, const Batch *b, float *out);
+/// The feature variants of one forward (docs/evaluation.md), each (B, C); NULL ones are skipped.
+/// Pooled as model_features pools: over the patches (not cls) of images, the real tokens of
+/// text, every frame of speech.
+typedef struct {
+    float *mean_final; // the final block output, averaged: model_features
+    float *mean_norm;  // the final norm (model_final_norm) on each token, then averaged
+    float *first;      // the final block output at token 0: the cls token (images), <s> (text)
+    float *mean_lastk; // the average of the last `last_k` block outputs, averaged over tokens
+    int last_k;        // 1 .. L (used only with mean_lastk)
+} ModelFeatures;
+/// One unmasked forward without dropout (as model_features) filling every requested variant.
+/// mean_norm needs model_final_norm; it uses p's copy of the norm (the teacher's own for vision,
+/// where the teacher averages the whole model).
+void model_features_multi(Model *m, const ModelParams *p, const Batch *b, const ModelFeatures *f);
+/// 1 when the architecture ends in a final norm after the last block (vision: BEiT's final
+/// LayerNorm, head.ln_*); 0 for post-LN stacks, whose blocks each end in their own norm.
+int model_final_norm(const ModelConfig *c);
 /// Model width C.
 int model_width(const ModelConfig *c);
 /// v2: the share of each row's tokens the last micro-step masked (fairseq's masked_pct); v1: 0.

@@ -25,6 +25,8 @@ typedef enum {
     RNG_AUGMENT = 0x5f2, // image crop and flip
     RNG_CROP = 0x5f3,    // speech crop to the batch length
     RNG_JITTER = 0x5f4,  // image colour jitter (its own stream: the crops do not move)
+    /* evaluation, keyed on (seed, 0, UINT64_MAX) through rng_stream */
+    RNG_PROBE_SPLIT = 0x9e1, // d2v-probe's held-out part of the train split
     /* parameters, keyed on (seed, RNG_INIT, tensor name hash) through rng_key */
     RNG_INIT = 0x1417,
 } RngStreamId;

@@ -229,9 +229,33 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     m->phase[PHASE_BACKWARD] += now_seconds() - t0;
 }
 
-void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) {
+int model_final_norm(const ModelConfig *c) { return !c->v2 && c->head.final_norm; }
+
+/* Mean over the pooled tokens of sample i of h (B, T, C), in the order and precision
+ * model_features has always used (float sums, one division). */
+static void pool_mean(float *o, const float *h, const uint8_t *pad, int i, int first, int T,
+                      int C) {
+    memset(o, 0, sizeof(float) * C);
+    int n = 0;
+    for (int t = first; t < T; t++) {
+        if (pad && pad[(size_t)i * T + t]) continue;
+        const float *row = h + ((size_t)i * T + t) * C;
+        for (int k = 0; k < C; k++)
+            o[k] += row[k];
+        n++;
+    }
+    for (int k = 0; k < C; k++)
+        o[k] /= n > 0 ? n : 1;
+}
+
+void model_features_multi(Model *m, const ModelParams *p, const Batch *b, const ModelFeatures *f) {
     const ModelConfig *c = &m->c;
-    int B = b->B, C = c->enc.C, first = m->ops->pool_first ? m->ops->pool_first(c) : 0;
+    int B = b->B, C = c->enc.C, L = c->enc.L,
+        first = m->ops->pool_first ? m->ops->pool_first(c) : 0;
+    if (f->mean_lastk && (f->last_k < 1 || f->last_k > L))
+        die("model: features of the last %d blocks of %d", f->last_k, L);
+    if (f->mean_norm && !model_final_norm(c))
+        die("model: mean_norm asked of a model without a final norm");
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x;
@@ -247,20 +271,34 @@ void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) 
     EncoderRun r = {.B = B, .T = T, .key_pad = x.pad, .attn_bias = x.bias, .sample_ids = b->ids};
     encoder_forward(&m->enc_t, &p->enc, x.x, &r);
     const float *h = encoder_output(&m->enc_t);
+    size_t N = (size_t)B * T;
+    if (f->mean_norm) /* the micro-step's scratch, idle here: normed rows, then mean and rstd */
+        layernorm_forward(m->gathered, m->tscratch, m->tscratch + N, h, p->head.ln_w, p->head.ln_b,
+                          (int)N, C, c->head.final_norm_eps);
+    /* (C) scratch for the last-k sums: v1's idle head gradient, or (v2 has none) its own */
+    float *acc = m->dpred ? m->dpred : xalloc(sizeof(float) * C, "feature sums");
     for (int i = 0; i < B; i++) {
-        float *o = out + (size_t)i * C;
-        memset(o, 0, sizeof(float) * C);
-        int n = 0;
-        for (int t = first; t < T; t++) {
-            if (x.pad && x.pad[(size_t)i * T + t]) continue;
-            const float *row = h + ((size_t)i * T + t) * C;
+        size_t o = (size_t)i * C;
+        if (f->mean_final) pool_mean(f->mean_final + o, h, x.pad, i, first, T, C);
+        if (f->mean_norm) pool_mean(f->mean_norm + o, m->gathered, x.pad, i, first, T, C);
+        if (f->first) memcpy(f->first + o, h + (size_t)i * T * C, sizeof(float) * C);
+        if (f->mean_lastk) { /* the mean of the pooled means is the pool of the mean */
+            memset(f->mean_lastk + o, 0, sizeof(float) * C);
+            for (int l = L - f->last_k; l < L; l++) {
+                pool_mean(acc, encoder_block(&m->enc_t, l).out, x.pad, i, first, T, C);
+                for (int k = 0; k < C; k++)
+                    f->mean_lastk[o + k] += acc[k];
+            }
             for (int k = 0; k < C; k++)
-                o[k] += row[k];
-            n++;
+                f->mean_lastk[o + k] /= (float)f->last_k;
         }
-        for (int k = 0; k < C; k++)
-            o[k] /= n > 0 ? n : 1;
     }
+    if (acc != m->dpred) free(acc);
+}
+
+void model_features(Model *m, const ModelParams *p, const Batch *b, float *out) {
+    ModelFeatures f = {.mean_final = out};
+    model_features_multi(m, p, b, &f);
 }
 
 ModelTrace model_trace(const Model *m, const Batch *b) {

@@ -620,3 +620,36 @@ void h5_copy_attrs(hid_t dst, hid_t src, const char *const *skip) {
     hsize_t idx = 0;
     H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_attr, &c);
 }
+
+typedef struct {
+    char (*names)[64];
+    int max, n;
+} ListLinks;
+
+static herr_t list_link(hid_t loc, const char *name, const H5L_info_t *info, void *ctx) {
+    (void)loc, (void)info;
+    ListLinks *l = ctx;
+    if (l->n < l->max) snprintf(l->names[l->n], sizeof l->names[0], "%s", name);
+    l->n++;
+    return 0;
+}
+
+int h5_list(hid_t loc, const char *path, char (*names)[64], int max, char *err, size_t errlen) {
+    LOCKED;
+    ListLinks l = {names, max, 0};
+    hsize_t idx = 0;
+    if (H5Literate(loc, H5_INDEX_NAME, H5_ITER_INC, &idx, list_link, &l) < 0)
+        return fail(err, errlen, "%s: cannot list its objects", path);
+    return l.n;
+}
+
+int h5_dataset_class(hid_t loc, const char *name) {
+    LOCKED;
+    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) return -1;
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT); /* fails quietly on a group */
+    hid_t t = d >= 0 ? H5Dget_type(d) : -1;
+    int c = t >= 0 ? (int)H5Tget_class(t) : -1;
+    if (t >= 0) H5Tclose(t);
+    if (d >= 0) H5Dclose(d);
+    return c;
+}

@@ -1,5 +1,5 @@
-/* dist.c: the only file that talks to MPI: init, abort-on-fatal, allreduce, broadcast, and the
- * watchdog that ends a job whose collectives stop completing (docs/reliability.md §3). */
+/* dist.c: the only file that talks to MPI: init, abort-on-fatal, allreduce, broadcast, gather,
+ * and the watchdog that ends a job whose collectives stop completing (docs/reliability.md §4). */
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/dist.h"
 
@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -187,6 +188,34 @@ void dist_allgather_i64(int64_t mine, int64_t *all) {
     wd_enter("allgather");
     MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, MPI_COMM_WORLD));
     wd_leave();
+}
+
+void dist_gather_f32(const float *mine, size_t n, float *all) {
+    if (!g_dist.initialized || g_dist.world == 1) {
+        if (n && all != mine) memcpy(all, mine, n * sizeof(float));
+        return;
+    }
+    int64_t *counts = xalloc(sizeof(int64_t) * (size_t)g_dist.world, "gather counts");
+    dist_allgather_i64((int64_t)n, counts);
+    /* point to point in chunks: Gatherv's int counts and displacements would overflow */
+    if (g_dist.rank == 0) {
+        if (n) memcpy(all, mine, n * sizeof(float));
+        size_t at = n;
+        for (int r = 1; r < g_dist.world; r++) {
+            for (size_t off = 0; off < (size_t)counts[r]; off += chunk) {
+                size_t m = (size_t)counts[r] - off < chunk ? (size_t)counts[r] - off : chunk;
+                MPI_CHECK(MPI_Recv(all + at + off, (int)m, MPI_FLOAT, r, 0, MPI_COMM_WORLD,
+                                   MPI_STATUS_IGNORE));
+            }
+            at += (size_t)counts[r];
+        }
+    } else {
+        for (size_t off = 0; off < n; off += chunk) {
+            size_t m = n - off < chunk ? n - off : chunk;
+            MPI_CHECK(MPI_Send(mine + off, (int)m, MPI_FLOAT, 0, 0, MPI_COMM_WORLD));
+        }
+    }
+    free(counts);
 }
 
 void dist_barrier(void) {
