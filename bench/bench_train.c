@@ -38,7 +38,8 @@ static double step_flops_v2(const ModelConfig *c, int B, int T, double kept) {
     double dec = 0, in = C;
     for (int l = 0; l < d->layers; l++, in = D)
         dec += 2 * R * T * taps * (in / d->groups) * D;
-    dec += d->proj_hidden ? 2 * R * T * (D * d->proj_hidden + d->proj_hidden * C) : 2 * R * T * D * C;
+    dec +=
+        d->proj_hidden ? 2 * R * T * (D * d->proj_hidden + d->proj_hidden * C) : 2 * R * T * D * C;
     return 3 * enc_fwd(&c->enc, R, kept) + enc_fwd(&c->enc, B, T) + 3 * dec;
 }
 

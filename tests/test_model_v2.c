@@ -71,7 +71,6 @@ static void fill_batch(Batch *b, const TrainConfig *cfg, int B, int T) {
                 4 + (int32_t)(rng_uniform(key, (uint64_t)i * T + t) * (VOCAB - 5));
 }
 
-
 typedef struct {
     Model *m;
     ModelParams *ps, *pt;

@@ -85,7 +85,6 @@ static void fill_batch(Batch *b, const ModelConfig *mc, const TrainConfig *cfg, 
     }
 }
 
-
 static void test_accumulation(int modality) {
     const char *name = d2v_modality_names[modality];
     printf("-- accumulation (%s): one batch of 2B = two micro-batches of B\n", name);
