@@ -765,6 +765,46 @@ static void write_corrupt_chunks(const char *path, int n) {
     fclose(w);
 }
 
+/* Damage write_images' /label_names strings in place: how = 0 sets the size of the global heap's
+ * free-space object to 0 (HDF5 1.10 then loops for ever), 1 points string 0 at heap object 99
+ * (HDF5 reads outside its object table). */
+static void damage_strings(const char *path, int how) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), d = H5Dopen2(f, "label_names", 0);
+    haddr_t off = H5Dget_offset(d);
+    H5Dclose(d), H5Fclose(f);
+    FILE *io = fopen(path, "r+b");
+    fseek(io, 0, SEEK_END);
+    long n = ftell(io);
+    uint8_t *b = malloc((size_t)n);
+    rewind(io);
+    if (fread(b, 1, (size_t)n, io) != (size_t)n) return;
+    if (how == 1) {
+        b[off + 12] = 99, b[off + 13] = 0; /* (length 4, address 8, index 4) */
+    } else {
+        for (long i = 0; i + 16 < n; i++)
+            if (!memcmp(b + i, "GCOL", 4)) { /* objects: index 2, count 2, 4 reserved, size 8 */
+                uint64_t size = 0, p = 16;
+                for (int k = 7; k >= 0; k--)
+                    size = size << 8 | b[i + 8 + k];
+                while (p + 16 <= size) {
+                    uint64_t idx = b[i + p] | b[i + p + 1] << 8, os = 0;
+                    for (int k = 7; k >= 0; k--)
+                        os = os << 8 | b[i + p + 8 + k];
+                    if (idx == 0) {
+                        memset(b + i + p + 8, 0, 8);
+                        break;
+                    }
+                    p += 16 + (os + 7) / 8 * 8;
+                }
+                break;
+            }
+    }
+    rewind(io);
+    fwrite(b, 1, (size_t)n, io);
+    fclose(io);
+    free(b);
+}
+
 static void test_hostile(void) {
     printf("-- hostile files\n");
     H5Out o;
@@ -852,6 +892,14 @@ static void test_hostile(void) {
     h5out_commit(&o);
     CHECK(open_err(tmp("i32.h5"), -1, "'images' should hold integers of 1 byte"));
 
+    /* damaged string heaps: refused before HDF5 reads them (found by tests/fuzz) */
+    write_images(tmp("heap0.h5"), 5, 1);
+    damage_strings(tmp("heap0.h5"), 0);
+    CHECK(open_err(tmp("heap0.h5"), -1, "points into a damaged global heap"));
+    write_images(tmp("heap99.h5"), 5, 1);
+    damage_strings(tmp("heap99.h5"), 1);
+    CHECK(open_err(tmp("heap99.h5"), -1, "refers to heap object 99"));
+
     /* labels beyond the label names */
     write_images(tmp("lab.h5"), 5, 1);
     {
@@ -871,7 +919,7 @@ static void test_hostile(void) {
     for (int i = 0; i < 3; i++) {
         err[0] = 0;
         Loader *l = loader_create_err(&d, &c, 0, 1, bad[i], err, sizeof err);
-        char label[700];
+        char label[1200];
         snprintf(label, sizeof label, "cursor (%lld, %lld) refused: %s", (long long)bad[i].epoch,
                  (long long)bad[i].position, err);
         check_record(!l && strstr(err, tmp("img.h5")) && strstr(err, "outside an epoch"), label);

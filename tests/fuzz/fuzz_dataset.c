@@ -18,6 +18,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_path("input.h5");
     fuzz_write(path, data, size);
-    exercise_dataset(path);
+    exercise_dataset(path, 3);
     return 0;
 }

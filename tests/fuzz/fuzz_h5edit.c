@@ -289,6 +289,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (b == NBASES - 1) /* the checkpoint (a file of one kind read as the other: fuzz_dataset) */
         exercise_ckpt(path);
     else
-        exercise_dataset(path);
+        exercise_dataset(path, 1 + (int)(size & 1)); /* one loader variant per input */
     return 0;
 }

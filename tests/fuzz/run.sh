@@ -33,7 +33,9 @@ flags="-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=4194304 -close_fd_mask=3"
 # (leaks, UBSan, exits and unreproducible reports are d2v's). Also prints where.
 attribute() {
     awk '
-    function skip(l) { return l ~ /__interceptor_|__asan|__sanitizer|__ubsan|fuzzer::|libc\.so|\/libc|sysdeps\/|raise|abort|pthread_kill|in (malloc|calloc|realloc|free) |in (malloc|calloc|realloc)$/ }
+    # sanitizer, libFuzzer and libc frames (the runtime in the fuzz binary has no source lines,
+    # d2v code has)
+    function skip(l) { return l ~ /__interceptor_|__asan|__sanitizer|__ubsan|fuzzer::|libc\.so|\/libc|sysdeps\/|raise|abort|pthread_kill|\/fuzz_[a-z0-9]+\+0x[0-9a-f]+\)/ }
     function fn(l) { if (l !~ / in [^ ]+/) return ""; sub(/^.* in /, "", l); sub(/ .*/, "", l); return l }
     /ERROR: LeakSanitizer|runtime error:|fuzz target exited|out-of-memory \(used/ { who = "d2v"; what = $0; exit }
     /ERROR: (AddressSanitizer|libFuzzer)/ { if (!what) what = $0; crash = 1; next }
