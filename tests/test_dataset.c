@@ -828,6 +828,16 @@ static void test_hostile(void) {
     h5out_commit(&o);
     CHECK(open_err(tmp("ovf.h5"), -1, "shard_samples[0]"));
 
+    /* num_samples of INT64_MAX (found by tests/fuzz: num_samples + 1 overflowed) */
+    write_images(tmp("nmax.h5"), 5, 1);
+    {
+        hid_t f = H5Fopen(tmp("nmax.h5"), H5F_ACC_RDWR, H5P_DEFAULT);
+        H5Adelete(f, "num_samples");
+        h5_attr_i64(f, "num_samples", INT64_MAX);
+        H5Fclose(f);
+    }
+    CHECK(open_err(tmp("nmax.h5"), -1, "num_samples 9223372036854775807 is out of range"));
+
     /* int64 height 2^32 + 4: once truncated to 4 (and the data matched it) */
     write_images_h64(tmp("h64.h5"), 3, ((int64_t)1 << 32) + 4);
     CHECK(open_err(tmp("h64.h5"), -1, "'height' = 4294967300 is out of range"));

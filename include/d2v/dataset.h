@@ -36,6 +36,7 @@ typedef struct {
 } Dataset;
 
 /* What a dataset may declare (anything else is refused at open as damaged): */
+#define D2V_MAX_SAMPLES ((int64_t)1 << 48) // num_samples
 #define D2V_MAX_SHARDS 65536
 #define D2V_MAX_IMAGE_SIDE 65536      // height, width
 #define D2V_MAX_IMAGE_BYTES (1 << 28) // height x width x channels

@@ -37,7 +37,8 @@ static int read_root(hid_t f, const char *path, int *modality, char *kind, size_
         return -1;
     if ((*modality = modality_id(mod)) < 0)
         return ERR("%s: unknown modality '%s' (text, image or speech)", path, mod);
-    if (*n < 0) return ERR("%s: negative num_samples", path);
+    if (*n < 0 || *n > D2V_MAX_SAMPLES) /* (num_samples + 1 is computed: INT64_MAX overflowed) */
+        return ERR("%s: num_samples %lld is out of range [0, 2^48]", path, (long long)*n);
     return 0;
 }
 
