@@ -1128,8 +1128,10 @@ int bpe_read_h5(Bpe *b, hid_t file, const char *path, char *err, size_t errlen) 
     memset(b, 0, sizeof *b);
     char kind[64];
     if (h5_read_attr_str(file, path, "tokenizer", kind, sizeof kind, err, errlen) < 0) return -1;
+    char pr[32];
     if (strcmp(kind, "byte-bpe"))
-        return fail(err, errlen, "%s: tokenizer '%s' is not byte-bpe", path, kind);
+        return fail(err, errlen, "%s: tokenizer '%s' is not byte-bpe", path,
+                    str_printable(kind, pr, sizeof pr));
     int64_t vs, id[BPE_N_SPECIAL];
     if (h5_read_attr_i64(file, path, "vocab_size", &vs, err, errlen) < 0) return -1;
     for (int s = 0; s < BPE_N_SPECIAL; s++)

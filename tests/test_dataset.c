@@ -854,6 +854,16 @@ static void test_hostile(void) {
     CHECK(open_err(tmp("srneg.h5"), -1, "'sample_rate' = -16000"));
     write_speech_rate(tmp("srbig.h5"), (int64_t)1 << 40, 0);
     CHECK(open_err(tmp("srbig.h5"), -1, "'sample_rate'"));
+    /* a string attribute with control characters: still a one-line message (found by
+     * tests/fuzz: a sample_format holding a newline) */
+    write_speech_rate(tmp("fmtnl.h5"), 16000, 0);
+    {
+        hid_t f = H5Fopen(tmp("fmtnl.h5"), H5F_ACC_RDWR, H5P_DEFAULT);
+        H5Adelete(f, "sample_format");
+        h5_attr_str(f, "sample_format", "in\nt\03316");
+        H5Fclose(f);
+    }
+    CHECK(open_err(tmp("fmtnl.h5"), -1, "sample_format 'in?t?16'"));
     /* float32 audio: a NaN sample is refused when read, naming the utterance */
     write_speech_rate(tmp("nan.h5"), 16000, 1);
     CHECK(dataset_open(&d, tmp("nan.h5"), D2V_SPEECH, err, sizeof err) == 0);

@@ -31,6 +31,10 @@ void log0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /// Wall-clock seconds from a monotonic clock.
 double now_seconds(void);
 
+/// s for an error message: control bytes as '?', at most n - 1 bytes ("..." when cut), into
+/// buf. Strings read from a file go through it, so a message stays one line.
+const char *str_printable(const char *s, char *buf, size_t n);
+
 /// Parse an environment variable as a positive int; `fallback` if unset or invalid.
 int env_int(const char *name, int fallback);
 

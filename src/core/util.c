@@ -93,6 +93,15 @@ double now_seconds(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
+const char *str_printable(const char *s, char *buf, size_t n) {
+    size_t i = 0;
+    for (; s[i] && i + 1 < n; i++)
+        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    buf[i] = '\0';
+    if (s[i] && n > 4) memcpy(buf + n - 4, "...", 4);
+    return buf;
+}
+
 int env_int(const char *name, int fallback) {
     const char *s = getenv(name);
     if (!s || !*s) return fallback;

@@ -226,18 +226,20 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
         rc = CKPT_DAMAGED;
     else if (version != D2V_FORMAT_VERSION || strcmp(kind, "checkpoint"))
         rc = ERR("%s: not a d2v checkpoint of format %d", path, D2V_FORMAT_VERSION);
-    else if (strcmp(mod, d2v_modality_names[mc->modality]))
-        rc = ERR("%s: a %s checkpoint, this run trains %s", path, mod,
+    else if (strcmp(mod, d2v_modality_names[mc->modality])) {
+        char pr[32];
+        rc = ERR("%s: a %s checkpoint, this run trains %s", path, str_printable(mod, pr, sizeof pr),
                  d2v_modality_names[mc->modality]);
+    }
     if (!rc) { /* data2vec 1.0 or 2.0 (no attribute: written before v2, so v1) */
-        char mode[8] = "v1";
+        char mode[8] = "v1", pr[8];
         if (H5Aexists(f, "mode") > 0 &&
             h5_read_attr_str(f, path, "mode", mode, sizeof mode, err, errlen) < 0)
             rc = CKPT_DAMAGED;
         else if (strcmp(mode, mc->v2 ? "v2" : "v1"))
             rc = ERR("%s: a data2vec %s checkpoint (model.mode = \"%s\"), this run trains "
                      "model.mode = \"%s\"",
-                     path, mode, mode, mc->v2 ? "v2" : "v1");
+                     path, str_printable(mode, pr, sizeof pr), pr, mc->v2 ? "v2" : "v1");
     }
     /* the same tensors, in the same places, with the same shapes */
     ParamTable tab;
@@ -268,9 +270,10 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
             for (int j = 0; j < t[i].rank; j++)
                 snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", j ? "x" : "",
                          (long long)t[i].shape[j]);
+            char pr[64];
             rc = ERR("%s: tensor %d is %s %s, this model has %s %s (a checkpoint of another "
                      "config)",
-                     path, i, names[i], got, t[i].name, want);
+                     path, i, str_printable(names[i], pr, sizeof pr), got, t[i].name, want);
         }
     }
     h5_free_strings(names, nn);

@@ -35,8 +35,10 @@ static int read_root(hid_t f, const char *path, int *modality, char *kind, size_
         h5_read_attr_str(f, path, "kind", kind, kindlen, err, errlen) < 0 ||
         h5_read_attr_i64(f, path, "num_samples", n, err, errlen) < 0)
         return -1;
+    char pr[48];
     if ((*modality = modality_id(mod)) < 0)
-        return ERR("%s: unknown modality '%s' (text, image or speech)", path, mod);
+        return ERR("%s: unknown modality '%s' (text, image or speech)", path,
+                   str_printable(mod, pr, sizeof pr));
     if (*n < 0 || *n > D2V_MAX_SAMPLES) /* (num_samples + 1 is computed: INT64_MAX overflowed) */
         return ERR("%s: num_samples %lld is out of range [0, 2^48]", path, (long long)*n);
     return 0;
@@ -184,8 +186,10 @@ static int validate_shard(Dataset *d, DatasetShard *s, int first, int *labelled,
             h5_read_attr_str(s->file, s->path, "sample_format", fmt, sizeof fmt, err, errlen) < 0)
             return -1;
         int is_float = !strcmp(fmt, "float32");
+        char pr[32];
         if (!is_float && strcmp(fmt, "int16"))
-            return ERR("%s: sample_format '%s' (int16 or float32)", s->path, fmt);
+            return ERR("%s: sample_format '%s' (int16 or float32)", s->path,
+                       str_printable(fmt, pr, sizeof pr));
         if (first)
             d->sample_rate = sr, d->audio_float = is_float;
         else if (sr != d->sample_rate || is_float != d->audio_float)
@@ -246,7 +250,9 @@ static int open_shard(Dataset *d, DatasetShard *s, const char *path, int64_t wan
     char kind[16];
     if (read_root(s->file, path, &mod, kind, sizeof kind, &s->num_samples, err, errlen) < 0)
         return -1;
-    if (strcmp(kind, "shard")) return ERR("%s: kind '%s', expected a shard", path, kind);
+    char pr[32];
+    if (strcmp(kind, "shard"))
+        return ERR("%s: kind '%s', expected a shard", path, str_printable(kind, pr, sizeof pr));
     if (mod != d->modality)
         return ERR("%s: modality '%s', expected '%s'", path, d2v_modality_names[mod],
                    d2v_modality_names[d->modality]);
@@ -297,8 +303,13 @@ static int open_index(Dataset *d, hid_t f, const char *path, char *err, size_t e
         char sp[PATH_MAX];
         d->shards[i].first = total, d->shards[i].file = -1;
         d->n_shards = (int)i + 1;
-        if (!names[i][0])
-            rc = ERR("%s: shard %zu has an empty name", path, i);
+        char pr[64];
+        int ctl = 0; /* a path printed in every later message: one line */
+        for (const char *q = names[i]; *q; q++)
+            ctl |= (unsigned char)*q < 0x20 || *q == 0x7f;
+        if (!names[i][0] || ctl)
+            rc = ERR("%s: shard %zu's name '%s' is empty or holds control characters", path, i,
+                     str_printable(names[i], pr, sizeof pr));
         else if (snprintf(sp, sizeof sp, "%.*s%s", names[i][0] == '/' ? 0 : dir, path, names[i]) >=
                  (int)sizeof sp)
             rc = ERR("%s: shard path too long", path);
@@ -329,7 +340,8 @@ int dataset_open(Dataset *d, const char *path, int modality, char *err, size_t e
         d->n_shards = 1;
         if (rc == 0) rc = open_shard(d, &d->shards[0], path, d->num_samples, err, errlen);
     } else if (rc == 0) {
-        rc = ERR("%s: kind '%s' (shard or index)", path, kind);
+        char pr[32];
+        rc = ERR("%s: kind '%s' (shard or index)", path, str_printable(kind, pr, sizeof pr));
     }
     if (f >= 0) h5_close(f);
     int labelled = 0;

@@ -30,7 +30,7 @@ flags="-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=4194304 -close_fd_mask=3"
 
 # A report's culprit: "hdf5" when its first frame past the sanitizer, libFuzzer and libc is in
 # libhdf5 and no allocation or free stack of the memory involved starts outside it; else "d2v"
-# (leaks, UBSan, exits and unreproducible reports are d2v's). Also prints where.
+# (leaks, UBSan and exits are d2v's). Also prints where; "none" when the log holds no report.
 attribute() {
     awk '
     # sanitizer, libFuzzer and libc frames (the runtime in the fuzz binary has no source lines,
@@ -48,7 +48,8 @@ attribute() {
     /(allocated|freed) by thread/ { mem = 1; next }
     mem && /^    #[0-9]+ / { if (skip($0)) next
         if ($0 !~ /libhdf5/) byd2v = 1; mem = 0; next }
-    END { if (!who) who = top == "hdf5" && !byd2v ? "hdf5" : "d2v"
+    END { if (!who && !what) { print "none"; exit }
+          if (!who) who = top == "hdf5" && !byd2v ? "hdf5" : "d2v"
           sub(/^.*ERROR: /, "", what); sub(/ on (unknown )?address.*| after.*|: detected.*| \(malloc.*/, "", what)
           print who " " what (inh ? " in " inh : "") (caller ? " (from " caller ")" : "") }' "$1"
 }
@@ -96,6 +97,10 @@ for spec in $targets; do
         *) ASAN_OPTIONS=$asan_leaks "$bin" $flags "$art/$a" >"$art/$a.log" 2>&1 ;;
         esac
         verdict=$(attribute "$art/$a.log")
+        # not reproducible alone (HDF5's caches carry state from earlier inputs): the report
+        # the fuzzing itself printed
+        [ "$verdict" = none ] && cp "$log.part" "$art/$a.log" &&
+            verdict="$(attribute "$art/$a.log") (only after earlier inputs)"
         if [ "${verdict%% *}" = hdf5 ] && [ "$restarts" -lt 100 ]; then
             hdf5=$((hdf5 + 1)) restarts=$((restarts + 1))
             mv "$art/$a" "$fz/hdf5/$t-$a" && mv "$art/$a.log" "$fz/hdf5/$t-$a.log"
