@@ -46,8 +46,8 @@ static int png_ok(const char *path, unsigned *w, unsigned *h) {
     if (fread(sig, 1, 8, f) != 8 || png_sig_cmp(sig, 0, 8)) return fclose(f), 0;
     png_structp p = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, png_fail, png_warn);
     png_infop info = png_create_info_struct(p);
-    png_bytep *rows = NULL;
-    unsigned hh = 0;
+    png_bytep *volatile rows = NULL; /* set after setjmp, freed after a longjmp: volatile */
+    volatile unsigned hh = 0;
     if (setjmp(png_jmpbuf(p))) {
         for (unsigned i = 0; rows && i < hh; i++)
             free(rows[i]);
