@@ -152,7 +152,7 @@ with open(sys.argv[1], "r+b") as g:
 PY
 out=$("$train" "$@" --resume --run-dir "$dir/cut" 2>&1)
 rc=$?
-if [ $rc -eq 0 ] && echo "$out" | grep -q "fails its CRC32 check.*moved aside" &&
+if [ $rc -eq 0 ] && echo "$out" | grep -q "fails the CRC32 recorded in .*DONE.*moved aside" &&
     [ -d "$dir/cut/ckpt/step_00000006.damaged" ] && echo "$out" | grep -q "resuming from .*step_00000004"; then
     ok "damaged step 6: reported, moved aside, resumed from step 4"
 else

@@ -447,6 +447,64 @@ static void test_damage(void) {
         err[0] = 0;
         expect_damaged(what, read_ckpt(p, &mc, &r, &st, err, sizeof err), err, p, want);
     }
+    /* anywhere else in the file, HDF5's own metadata included: refused by the size and CRC32
+     * that DONE records, before HDF5 parses it (a copy in a step directory of its own) */
+    {
+        char d12[PATH_MAX + 64], m12[PATH_MAX + 64], done[PATH_MAX + 64], rec[128] = "";
+        write_ckpt(run, &mc, &w, 12, 0);
+        step_path(m12, sizeof m12, run, 12, "model.h5");
+        step_path(done, sizeof done, run, 12, "DONE");
+        FILE *df = fopen(done, "r");
+        size_t k = df ? fread(rec, 1, sizeof rec - 1, df) : 0;
+        if (df) fclose(df);
+        rec[k] = 0;
+        check_record(strstr(rec, "bytes ") && strstr(rec, "crc32 ") && strchr(rec, '\n'),
+                     "DONE records model.h5's size and CRC32");
+        check_record(read_ckpt(m12, &mc, &r, &st, err, sizeof err) == 0,
+                     "an intact checkpoint passes its whole-file check");
+        struct stat sb;
+        stat(m12, &sb);
+        int fd = open(m12, O_RDWR);
+        off_t offs[3] = {48, 600, sb.st_size - 5}; /* superblock, an object header, the end */
+        for (int i = 0; i < 3; i++) {
+            unsigned char b;
+            if (pread(fd, &b, 1, offs[i]) != 1) die("%s: cannot read", m12);
+            b ^= 0x10;
+            pwrite(fd, &b, 1, offs[i]);
+            snprintf(label, sizeof label, "1 flipped bit at byte %lld of %lld", (long long)offs[i],
+                     (long long)sb.st_size);
+            err[0] = 0;
+            expect_damaged(label, read_ckpt(m12, &mc, &r, &st, err, sizeof err), err, m12,
+                           "fails the CRC32 recorded in");
+            b ^= 0x10;
+            pwrite(fd, &b, 1, offs[i]);
+        }
+        close(fd);
+        truncate(m12, sb.st_size - 1);
+        err[0] = 0;
+        expect_damaged("one byte short", read_ckpt(m12, &mc, &r, &st, err, sizeof err), err, m12,
+                       "(truncated or damaged)");
+        err[0] = 0;
+        TrainConfig tc;
+        check_record(ckpt_read_config(m12, &tc, err, sizeof err) != 0 &&
+                         strstr(err, "(truncated or damaged)"),
+                     "ckpt_read_config refuses it too");
+        FILE *g = fopen(done, "w");
+        fputs("garbage\n", g);
+        fclose(g);
+        err[0] = 0;
+        expect_damaged("a DONE of garbage", read_ckpt(m12, &mc, &r, &st, err, sizeof err), err,
+                       done, "not a d2v checkpoint record");
+        step_path(d12, sizeof d12, run, 12, NULL);
+        snprintf(p, sizeof p, "%s/model.h5", run);
+        unlink(m12), unlink(done), rmdir(d12);
+        /* an empty DONE (written by d2v before the record) still loads */
+        write_ckpt(run, &mc, &w, 12, 0);
+        touch(done);
+        check_record(read_ckpt(m12, &mc, &r, &st, err, sizeof err) == 0,
+                     "an empty DONE (an older d2v's): not checked, loads");
+        unlink(m12), unlink(done), rmdir(d12);
+    }
     /* values no run reaches */
     struct {
         const char *attr, *want;

@@ -1,7 +1,7 @@
-/* ckpt.c: checkpoint write (atomic and fsynced, per-tensor CRC32s, then a DONE marker, with
- * retention), discovery of the newest complete one, and a read that verifies every tensor and
- * tells a damaged file (fall back to an older one) from one of another model (stop). See
- * docs/reliability.md. */
+/* ckpt.c: checkpoint write (atomic and fsynced, per-tensor CRC32s, then a DONE marker that
+ * records the file's size and CRC32, with retention), discovery of the newest complete one, and a
+ * read that verifies every tensor and tells a damaged file (fall back to an older one) from one of
+ * another model (stop). See docs/reliability.md. */
 #define _POSIX_C_SOURCE 200809L
 #include "d2v/ckpt.h"
 
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "d2v/h5io.h"
 #include "d2v/util.h"
@@ -103,6 +104,63 @@ static void retain(const char *run_dir, int keep_last, int64_t keep_every) {
         if (keep_every <= 0 || ups[i] % keep_every != 0) remove_checkpoint(run_dir, ups[i]);
 }
 
+#define ERR(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_OTHER)
+#define DAMAGED(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_DAMAGED)
+
+/* The size and CRC32 of a whole file; -1 (errno set) when it cannot be read. */
+static int file_crc(const char *path, long long *size, uint32_t *crc) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    enum { BUF = 1 << 20 };
+    unsigned char *buf = xalloc(BUF, "checksum buffer");
+    uLong c = crc32(0L, Z_NULL, 0);
+    long long n = 0;
+    size_t k;
+    while ((k = fread(buf, 1, BUF, f)) > 0)
+        c = crc32(c, buf, (uInt)k), n += (long long)k;
+    int bad = ferror(f);
+    fclose(f);
+    free(buf);
+    if (bad) return errno = EIO, -1;
+    *size = n, *crc = (uint32_t)c;
+    return 0;
+}
+
+/* DONE holds model.h5's size and CRC32, so a checkpoint damaged anywhere (HDF5's own metadata
+ * included, which the per-tensor checksums do not cover and HDF5 1.10 may crash on) is refused
+ * before HDF5 parses it (docs/reliability.md §1). Empty DONE files (older d2v) and a model.h5
+ * with no DONE beside it (copied elsewhere) are not checked here. */
+#define DONE_FORMAT "d2v checkpoint model.h5 bytes %lld crc32 %08x\n"
+
+static int check_done(const char *path, char *err, size_t errlen) {
+    char done[PATH_MAX + 16];
+    const char *slash = strrchr(path, '/');
+    int dl = slash ? (int)(slash - path) : 0;
+    if (strcmp(slash ? slash + 1 : path, "model.h5")) return 0;
+    if (snprintf(done, sizeof done, "%.*s%sDONE", dl, path, slash ? "/" : "") >= (int)sizeof done)
+        return 0;
+    FILE *f = fopen(done, "r");
+    if (!f) return 0;
+    char line[128] = "";
+    size_t k = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[k] = 0;
+    if (k == 0) return 0;
+    long long want_size = -1, size;
+    unsigned want_crc = 0;
+    uint32_t crc;
+    if (sscanf(line, "d2v checkpoint model.h5 bytes %lld crc32 %8x", &want_size, &want_crc) != 2)
+        return DAMAGED("%s: not a d2v checkpoint record (damaged?)", done);
+    if (file_crc(path, &size, &crc) != 0)
+        return DAMAGED("%s: cannot read (%s)", path, strerror(errno));
+    if (size != want_size)
+        return DAMAGED("%s: %lld bytes, %s records %lld (truncated or damaged)", path, size, done,
+                       want_size);
+    if (crc != want_crc)
+        return DAMAGED("%s: fails the CRC32 recorded in %s (the file is damaged)", path, done);
+    return 0;
+}
+
 static void sync_or_die(const char *path) {
     if (fsync_path(path) != 0) die("%s: cannot sync to disk (%s)", path, strerror(errno));
 }
@@ -146,9 +204,13 @@ void ckpt_write(const char *run_dir, const ModelConfig *mc, const char *config_t
     ptab_free(&t);
     h5out_commit(&o); /* fsyncs model.h5 and the step directory */
     /* DONE only once model.h5 is on disk, and DONE itself on disk before older ones go */
+    long long size;
+    uint32_t fcrc;
+    if (file_crc(path, &size, &fcrc) != 0)
+        die("%s: cannot read back (%s); the previous checkpoint is intact", path, strerror(errno));
     snprintf(path, sizeof path, "%s/DONE", dir);
     FILE *f = fopen(path, "w");
-    if (!f || fclose(f) != 0) {
+    if (!f || fprintf(f, DONE_FORMAT, size, (unsigned)fcrc) < 0 || fclose(f) != 0) {
         unlink(path);
         die("%s: cannot write (disk full?); the previous checkpoint is intact", path);
     }
@@ -165,9 +227,6 @@ int ckpt_find_latest(const char *run_dir, char *path, size_t pathlen) {
     if (snprintf(path, pathlen, "%s/model.h5", dir) >= (int)pathlen) return -1;
     return 0;
 }
-
-#define ERR(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_OTHER)
-#define DAMAGED(...) (snprintf(err, errlen, __VA_ARGS__), CKPT_DAMAGED)
 
 static int read_floats(hid_t f, const char *path, const char *name, float *dst, size_t np,
                        char *err, size_t errlen) {
@@ -215,6 +274,7 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
               float *adam_v, size_t np, TrainState *st, char *err, size_t errlen) {
     if (access(path, F_OK) != 0)
         return snprintf(err, errlen, "%s: %s", path, strerror(errno)), CKPT_MISSING;
+    if (check_done(path, err, errlen)) return CKPT_DAMAGED;
     hid_t f = h5_open_ro(path, err, errlen);
     if (f < 0) return CKPT_DAMAGED; /* it exists: truncated or overwritten */
     int rc = 0;
@@ -375,6 +435,7 @@ void ckpt_remove_stale(const char *run_dir) {
 }
 
 int ckpt_read_config(const char *path, TrainConfig *cfg, char *err, size_t errlen) {
+    if (check_done(path, err, errlen)) return -1;
     hid_t f = h5_open_ro(path, err, errlen);
     if (f < 0) return -1;
     size_t cap = 1 << 20;
