@@ -22,7 +22,11 @@ void image_embed_declare(ParamTable *t, ImageEmbedParams *p, const ImageEmbedCon
     ParamInit tok =
         c->init_beit ? PINIT(INIT_TRUNC_NORMAL, 0.02f, 0.02f) : PINIT(INIT_NORMAL, 0.02f, 0);
     ptab_add(t, &p->patch_w, "image.patch_w", SHAPE4(C, c->Cin, c->P, c->P), w, DECAY_YES, ema);
-    ptab_add(t, &p->patch_b, "image.patch_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, ema);
+    /* the conv bias: 0 in BEiT's _init_weights; fairseq v2 re-initialises only the weight, so
+     * it keeps PyTorch's Conv2d default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+    float bb = 1.0f / sqrtf((float)K);
+    ptab_add(t, &p->patch_b, "image.patch_b", SHAPE1(C),
+             c->init_beit ? PINIT_ZERO : PINIT(INIT_UNIFORM, -bb, bb), DECAY_1D, ema);
     if (c->cls) ptab_add(t, &p->cls, "image.cls", SHAPE1(C), tok, DECAY_1D, ema);
     /* the official recipe decays the mask token and the relative table (3-D and 2-D tensors
      * there), exempting only 1-D tensors, biases, pos_embed and cls_token */
