@@ -17,6 +17,7 @@
 #include "d2v/h5io.h"
 #include "d2v/kernels.h"
 #include "d2v/model.h"
+#include "d2v/probe.h"
 #include "d2v/util.h"
 
 static void usage(void) {
@@ -178,44 +179,6 @@ static Embedded embed(const char *path, const TrainConfig *cfg, const ModelConfi
     return e;
 }
 
-static double knn_accuracy(const Embedded *tr, const Embedded *te, int C, int k, int classes) {
-    enum { ROWS = 256 };
-    float *sim = xalloc(sizeof(float) * ROWS * tr->n, "similarities");
-    double *vote = xalloc(sizeof(double) * classes, "votes"); /* zero between rows */
-    int *top = xalloc(sizeof(int) * k, "neighbours");
-    int64_t correct = 0;
-    for (int64_t r0 = 0; r0 < te->n; r0 += ROWS) {
-        int rows = (int)(te->n - r0 < ROWS ? te->n - r0 : ROWS);
-        gemm_rowmajor(0, 1, rows, (int)tr->n, C, 1.0f, te->feat + (size_t)r0 * C, C, tr->feat, C,
-                      0.0f, sim, (int)tr->n, 0);
-        for (int r = 0; r < rows; r++) {
-            const float *s = sim + (size_t)r * tr->n;
-            int nk = 0; /* insertion into the k best */
-            for (int64_t j = 0; j < tr->n; j++) {
-                if (nk == k && s[j] <= s[top[k - 1]]) continue;
-                int pos = nk < k ? nk++ : k - 1;
-                while (pos > 0 && s[top[pos - 1]] < s[j])
-                    top[pos] = top[pos - 1], pos--;
-                top[pos] = (int)j;
-            }
-            /* only the neighbours' classes get votes (the others keep 0): the most votes, ties
-             * to the smallest class id */
-            for (int q = 0; q < nk; q++)
-                vote[tr->label[top[q]]] += exp(s[top[q]] / 0.07);
-            int best = nk ? tr->label[top[0]] : 0;
-            for (int q = 0; q < nk; q++) {
-                int y = tr->label[top[q]];
-                if (vote[y] > vote[best] || (vote[y] == vote[best] && y < best)) best = y;
-            }
-            for (int q = 0; q < nk; q++)
-                vote[tr->label[top[q]]] = 0;
-            correct += best == te->label[r0 + r];
-        }
-    }
-    free(sim), free(vote), free(top);
-    return (double)correct / te->n;
-}
-
 int main(int argc, char **argv) {
     const char *ckpt = NULL, *train = NULL, *test = NULL;
     int k = 20, batch = 50, teacher = 0, random_init = 0;
@@ -287,7 +250,9 @@ int main(int argc, char **argv) {
     int64_t classes = nclass < MAX_CLASSES ? (int64_t)nclass : MAX_CLASSES;
     for (int64_t i = 0; i < tr.n; i++)
         classes = tr.label[i] >= classes ? tr.label[i] + 1 : classes;
-    double acc = knn_accuracy(&tr, &te, mc.enc.C, k, (int)classes);
+    /* docs/evaluation.md: the kNN of d2v-probe (temperature 0.07) */
+    double acc = probe_knn(tr.feat, tr.label, tr.n, te.feat, te.label, te.n, mc.enc.C, (int)classes,
+                           k, 0.07);
     printf("kNN (k=%d) top-1 accuracy %.2f%%  (%s of %s; %lld train, %lld test, %.1f s)\n", k,
            100 * acc,
            random_init ? "random init"
