@@ -100,6 +100,9 @@ typedef struct Model Model;
 /// Allocate activations for batches of up to Bmax samples (text: T tokens; image: H x W;
 /// speech: up to Smax samples).
 Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax);
+/// The same for model_features / model_features_multi alone: the front-end and one encoder
+/// without training state (no student, head, targets or v2 clones). Training calls die.
+Model *model_create_features(const ModelConfig *c, int Bmax, int T_or_Smax);
 void model_destroy(Model *m);
 /// Forward both networks on a batch, build targets, the loss, and (train) accumulate the
 /// student's un-normalised parameter gradients into grads. seed/step key dropout and masks.

@@ -121,9 +121,27 @@ Model *model_create(const ModelConfig *c, int Bmax, int T_or_Smax) {
     return m;
 }
 
+Model *model_create_features(const ModelConfig *c, int Bmax, int T_or_Smax) {
+    Model *m = xalloc(sizeof *m, "model");
+    m->c = *c, m->Bmax = Bmax, m->ops = frontend_ops(c->modality), m->features_only = 1;
+    m->fe = m->ops->create(c, Bmax, T_or_Smax, &m->Tmax);
+    int E = c->v2 && m->ops->v2_context ? m->ops->v2_extra : 0;
+    encoder_init(&m->enc_t, &c->enc, Bmax, E + m->Tmax, 0);
+    size_t N = (size_t)Bmax * (E + m->Tmax);
+    if (model_final_norm(c)) /* mean_norm: normed rows, their mean and rstd */
+        m->gathered = xalloc(N * c->enc.C * 4, "normed features"),
+        m->tscratch = xalloc(2 * N * 4, "norm statistics");
+    return m;
+}
+
 void model_destroy(Model *m) {
     if (!m) return;
     m->ops->destroy(m->fe);
+    if (m->features_only) {
+        encoder_free(&m->enc_t);
+        free(m->gathered), free(m->tscratch), free(m);
+        return;
+    }
     if (m->v2) {
         v2_destroy(m);
         free(m);
@@ -157,6 +175,7 @@ static void scatter_rows(float *x, const float *rows, const uint8_t *sel, size_t
 
 void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelParams *g,
                       const Batch *b, uint64_t seed, uint64_t step, MicroResult *out) {
+    if (m->features_only) die("model: a model made for features cannot train");
     if (m->v2) {
         v2_micro_step(m, s, t, g, b, seed, step, out);
         return;
@@ -259,7 +278,7 @@ void model_features_multi(Model *m, const ModelParams *p, const Batch *b, const 
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x;
-    if (m->v2) { /* v2: the local features through the context (images: cls + LN) */
+    if (c->v2) { /* v2: the local features through the context (images: cls + LN) */
         x = m->ops->v2_local(m->fe, p, b, 0, dk);
         if (m->ops->v2_context) {
             x.x = m->ops->v2_context(m->fe, p, x.x, B, T, 0);

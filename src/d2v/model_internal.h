@@ -22,7 +22,8 @@ struct Model {
     double phase[PHASE_NUM];   // seconds per phase
     GradHook hook;             // gradient-ready callback (the trainer's bucketed allreduce)
     void *hook_ctx;
-    struct V2State *v2; // data2vec 2.0 state (model_v2.c), or NULL: v1
+    struct V2State *v2; // data2vec 2.0 state (model_v2.c), or NULL: v1 or features only
+    int features_only;  // model_create_features: fe, enc_t and the final-norm scratch
 };
 
 /* data2vec 2.0 (model_v2.c) */

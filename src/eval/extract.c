@@ -443,10 +443,10 @@ void extract_features(const ExtractConfig *c) {
     } else {
         setup_network(&j, &params, &teacher, &ps, &pt);
         if (j.d.modality == D2V_SPEECH) batch = 1; /* whole utterances, no cropping */
-        model = model_create(&j.mc, batch,
-                             j.d.modality == D2V_SPEECH ? j.cfg.speech_max_samples
-                             : j.d.modality == D2V_TEXT ? j.cfg.text_block
-                                                        : 0);
+        model = model_create_features(&j.mc, batch,
+                                      j.d.modality == D2V_SPEECH ? j.cfg.speech_max_samples
+                                      : j.d.modality == D2V_TEXT ? j.cfg.text_block
+                                                                 : 0);
     }
     ExtractConfig cb = *c;
     cb.batch = batch;

@@ -238,10 +238,10 @@ int main(int argc, char **argv) {
     if (teacher) check_finite_weights(ckpt, &mc, tch, "teacher");
     model_teacher_view(&pt, &ps, tch, &mc);
     if (cfg.modality == D2V_SPEECH) batch = 1; /* whole utterances, no cropping across a batch */
-    Model *model = model_create(&mc, batch,
-                                cfg.modality == D2V_SPEECH ? cfg.speech_max_samples
-                                : cfg.modality == D2V_TEXT ? cfg.text_block
-                                                           : 0);
+    Model *model = model_create_features(&mc, batch,
+                                         cfg.modality == D2V_SPEECH ? cfg.speech_max_samples
+                                         : cfg.modality == D2V_TEXT ? cfg.text_block
+                                                                    : 0);
     const ModelParams *p = teacher ? &pt : &ps;
     double t0 = now_seconds();
     Embedded tr = embed(train, &cfg, &mc, model, p, batch, &probe);
