@@ -22,7 +22,7 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ljpeg -lblis -lm -pth
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c src/eval/*.c))
+LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c src/eval/*.c src/export/*.c))
 # The element-wise row kernels, once per x86 ISA level (src/kernels/simd.h). -fno-trapping-math
 # lets GCC if-convert their selects into vector blends; NaN and Inf behave as before.
 SIMD_ISAS := base avx2 avx512
