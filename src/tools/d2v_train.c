@@ -13,22 +13,23 @@
 #include "d2v/util.h"
 
 static void usage(void) {
-    printf("usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--resume] "
-           "[--init-from CKPT] [--dump-step FILE [--dump-updates N]]\n"
-           "  CONFIG          libconfig file (see configs/); every key is validated\n"
-           "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
-           "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
-           "runs/NAME)\n"
-           "  --resume        continue from the newest complete checkpoint in the run directory\n"
-           "                  (a fresh start when there is none: safe for requeued jobs)\n"
-           "  --init-from CKPT  start from the student weights of a checkpoint or run directory\n"
-           "                  (e.g. d2v-import's; teacher = student, fresh AdamW and counters; the\n"
-           "                  architecture must match). With --resume, a checkpoint found wins.\n"
-           "  --dump-step F   after the first update, write everything needed to check it to F\n"
-           "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
-           "Launch with mpirun -n N; data.batch_size is the global batch (samples per update\n"
-           "over all ranks); threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
-           "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
+    printf(
+        "usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--resume] "
+        "[--init-from CKPT] [--dump-step FILE [--dump-updates N]]\n"
+        "  CONFIG          libconfig file (see configs/); every key is validated\n"
+        "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
+        "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
+        "runs/NAME)\n"
+        "  --resume        continue from the newest complete checkpoint in the run directory\n"
+        "                  (a fresh start when there is none: safe for requeued jobs)\n"
+        "  --init-from CKPT  start from the student weights of a checkpoint or run directory\n"
+        "                  (e.g. d2v-import's; teacher = student, fresh AdamW and counters; the\n"
+        "                  architecture must match). With --resume, a checkpoint found wins.\n"
+        "  --dump-step F   after the first update, write everything needed to check it to F\n"
+        "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
+        "Launch with mpirun -n N; data.batch_size is the global batch (samples per update\n"
+        "over all ranks); threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
+        "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
 }
 
 typedef struct {
