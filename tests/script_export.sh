@@ -110,6 +110,51 @@ case "$out" in
 *) bad "fairseq-names: $out" ;;
 esac
 
+# F16 and BF16 files (what transformers often saves) import exactly: re-exported as float32, every
+# value is the half-precision one widened
+for dt in F16 BF16; do
+    cp -r "$dir/hf-text-student" "$dir/h-$dt"
+    $py - "$dir/hf-text-student/model.safetensors" "$dir/h-$dt/model.safetensors" $dt <<'PY'
+import json, struct, sys
+import numpy as np
+raw = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", raw[:8])
+h = json.loads(raw[8:8 + n])
+meta = h.pop("__metadata__")
+out, blobs, at = {"__metadata__": meta}, [], 0
+for k, e in h.items():
+    x = np.frombuffer(raw[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]], "<f4")
+    b = x.astype("<f2").tobytes() if sys.argv[3] == "F16" else (x.view("<u4") >> 16).astype("<u2").tobytes()
+    out[k] = {"dtype": sys.argv[3], "shape": e["shape"], "data_offsets": [at, at + len(b)]}
+    blobs.append(b)
+    at += len(b)
+s = json.dumps(out).encode()
+s += b" " * (-len(s) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(s)) + s + b"".join(blobs))
+PY
+    "$bin/d2v-import" "$dir/h-$dt" --config "$dir/text/config.resolved.cfg" --out "$dir/imp-$dt" \
+        >/dev/null 2>&1 && "$bin/d2v-export" "$dir/imp-$dt" --out "$dir/hf-$dt" >/dev/null 2>&1
+    out=$($py - "$dir/hf-text-student/model.safetensors" "$dir/hf-$dt/model.safetensors" $dt <<'PY'
+import json, struct, sys
+import numpy as np
+def load(p):
+    raw = open(p, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    h = json.loads(raw[8:8 + n])
+    return {k: np.frombuffer(raw[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]], "<f4")
+            for k, e in h.items() if k != "__metadata__"}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+if sys.argv[3] == "F16":
+    want = {k: v.astype("<f2").astype("<f4") for k, v in a.items()}
+else:
+    want = {k: ((v.view("<u4") >> 16) << 16).view("<f4") for k, v in a.items()}
+bad = [k for k in a if not np.array_equal(want[k], b[k])]
+print("ok" if not bad and len(b) == len(a) else "differ: %s" % bad[:3])
+PY
+)
+    [ "$out" = ok ] && ok "$dt safetensors import exactly" || bad "$dt import: $out"
+done
+
 # refusals
 refused "a missing checkpoint" "$dir/nope: no such checkpoint" "$bin/d2v-export" "$dir/nope" --out "$dir/x1"
 mkdir "$dir/full" && echo keep >"$dir/full/keep"
