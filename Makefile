@@ -22,7 +22,7 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ljpeg -lblis -lm -pth
 SAN_asan := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(SAN_$(MODE))
 
-LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c src/eval/*.c))
+LIB_SRC := $(filter-out src/kernels/simd_impl.c,$(wildcard src/core/*.c src/kernels/*.c src/model/*.c src/dist/*.c src/d2v/*.c src/data/*.c src/train/*.c src/eval/*.c src/export/*.c))
 # The element-wise row kernels, once per x86 ISA level (src/kernels/simd.h). -fno-trapping-math
 # lets GCC if-convert their selects into vector blends; NaN and Inf behave as before.
 SIMD_ISAS := base avx2 avx512
@@ -74,9 +74,9 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 
-# PyTorch reference fixtures, regenerated from tests/ref/*.py with Debian's torch (step_ref.py
-# writes no fixture: tests/script_trainer_parity.sh runs it on d2v-train's step dumps).
-FIXTURES := $(patsubst tests/ref/%.py,build/fixtures/%.h5,$(filter-out tests/ref/step_ref.py,$(wildcard tests/ref/*_ref.py)))
+# PyTorch reference fixtures, regenerated from tests/ref/*.py with Debian's torch (step_ref.py and hf_ref.py
+# write none: tests/script_trainer_parity.sh and script_export.sh run them on d2v's outputs).
+FIXTURES := $(patsubst tests/ref/%.py,build/fixtures/%.h5,$(filter-out tests/ref/step_ref.py tests/ref/hf_ref.py,$(wildcard tests/ref/*_ref.py)))
 build/fixtures/%.h5: tests/ref/%.py tests/ref/d2vref.py
 	@mkdir -p $(dir $@)
 	$(PYTHON) $< $@

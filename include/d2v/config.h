@@ -114,6 +114,11 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
 /// The loader of one rank's micro-batches (speech: the shortest clip raised to one mask span).
 LoaderConfig train_config_to_loader(const TrainConfig *c, int micro_batch);
 AdamW train_config_to_optim(const TrainConfig *c);
+/// The first architecture key (the tensors' names and shapes, or what the network computes with
+/// them: sizes, norms, eps, front-end shapes; not optimiser, data or masking keys) on which a and
+/// b differ: 1 with its name in key and both values (config syntax) in va and vb; 0 when none.
+int train_config_arch_diff(const TrainConfig *a, const TrainConfig *b, char *key, size_t keylen,
+                           char *va, char *vb, size_t vlen);
 LrSchedule train_config_to_schedule(const TrainConfig *c);
 
 #endif

@@ -116,6 +116,12 @@ void trainer_init(Trainer *t, const TrainConfig *cfg, const TrainerOptions *o);
 /// Continue from the newest complete checkpoint under the run directory: 1 if one was read,
 /// 0 when there is none (a fresh start). Any rank count may resume any checkpoint.
 int trainer_resume(Trainer *t);
+/// --init-from: the student weights of another run's checkpoint (a model.h5 or a run directory's
+/// newest; d2v-import writes one), the teacher a copy of them, AdamW, the update count and the
+/// loader fresh. The checkpoint's architecture keys must equal this config's: a differing one is
+/// refused naming it (train_config_arch_diff), then every tensor's name and shape. Collective;
+/// dies with one line naming the file.
+void trainer_init_from(Trainer *t, const char *path);
 /// Rank 0 prints the run's banner and the resolved configuration.
 void trainer_banner(const Trainer *t);
 /// One optimizer update. Returns 0, or 1 when it was skipped as non-finite.

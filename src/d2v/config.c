@@ -778,3 +778,84 @@ LrSchedule train_config_to_schedule(const TrainConfig *c) {
     if (c->schedule == LR_TRI_STAGE && c->warmup_init == 0) s.warmup_init = 0.01 * c->lr;
     return s;
 }
+
+/* ---- architecture comparison (d2v-train --init-from, d2v-import) ---- */
+
+/* The keys that decide the parameter table's names and shapes or what the network computes
+ * with the same tensors; optimiser, data, masking and run keys may differ. */
+static const char *const arch_keys[] = {"modality",
+                                        "model.mode",
+                                        "model.layers",
+                                        "model.width",
+                                        "model.heads",
+                                        "model.ffn",
+                                        "model.pre_ln",
+                                        "model.k_bias",
+                                        "model.ln_eps",
+                                        "model.final_norm",
+                                        "model.final_norm_eps",
+                                        "model.head_layers",
+                                        "text.max_positions",
+                                        "text.ln_eps",
+                                        "image.height",
+                                        "image.width",
+                                        "image.channels",
+                                        "image.patch",
+                                        "image.cls",
+                                        "image.pos",
+                                        "speech.conv",
+                                        "speech.pos_layers",
+                                        "speech.pos_kernel",
+                                        "speech.pos_groups",
+                                        "speech.ln_eps",
+                                        NULL};
+
+static void key_value(const KeySpec *k, const TrainConfig *c, char *out, size_t n) {
+    const void *src = (const char *)c + k->offset;
+    switch (k->type) {
+    case T_INT:
+        snprintf(out, n, "%d", *(const int *)src);
+        break;
+    case T_BOOL:
+        snprintf(out, n, "%s", *(const int *)src ? "true" : "false");
+        break;
+    case T_FLOAT:
+        snprintf(out, n, "%.9g", *(const double *)src);
+        break;
+    case T_ENUM:
+        snprintf(out, n, "\"%s\"", k->names[*(const int *)src]);
+        break;
+    case T_CONV: {
+        size_t used = 0;
+        out[0] = 0;
+        for (int j = 0; j < c->speech_n_conv && used + 1 < n; j++)
+            used +=
+                (size_t)snprintf(out + used, n - used, "%s[%d, %d, %d]", j ? ", " : "",
+                                 c->speech_conv[j][0], c->speech_conv[j][1], c->speech_conv[j][2]);
+        break;
+    }
+    default:
+        snprintf(out, n, "?");
+    }
+}
+
+int train_config_arch_diff(const TrainConfig *a, const TrainConfig *b, char *key, size_t keylen,
+                           char *va, char *vb, size_t vlen) {
+    for (int i = 0; arch_keys[i]; i++) {
+        const KeySpec *k = find_key(arch_keys[i]);
+        if (!k) continue;
+        /* front-end keys of another modality do not matter */
+        if ((!strncmp(k->key, "text.", 5) && a->modality != D2V_TEXT) ||
+            (!strncmp(k->key, "image.", 6) && a->modality != D2V_IMAGE) ||
+            (!strncmp(k->key, "speech.", 7) && a->modality != D2V_SPEECH))
+            continue;
+        char x[256], y[256];
+        key_value(k, a, x, sizeof x), key_value(k, b, y, sizeof y);
+        if (strcmp(x, y)) {
+            snprintf(key, keylen, "%s", k->key);
+            snprintf(va, vlen, "%s", x), snprintf(vb, vlen, "%s", y);
+            return 1;
+        }
+    }
+    return 0;
+}

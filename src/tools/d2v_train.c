@@ -13,23 +13,27 @@
 #include "d2v/util.h"
 
 static void usage(void) {
-    printf("usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--resume] "
-           "[--dump-step FILE [--dump-updates N]]\n"
-           "  CONFIG          libconfig file (see configs/); every key is validated\n"
-           "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
-           "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
-           "runs/NAME)\n"
-           "  --resume        continue from the newest complete checkpoint in the run directory\n"
-           "                  (a fresh start when there is none: safe for requeued jobs)\n"
-           "  --dump-step F   after the first update, write everything needed to check it to F\n"
-           "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
-           "Launch with mpirun -n N; data.batch_size is the global batch (samples per update\n"
-           "over all ranks); threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
-           "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
+    printf(
+        "usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--resume] "
+        "[--init-from CKPT] [--dump-step FILE [--dump-updates N]]\n"
+        "  CONFIG          libconfig file (see configs/); every key is validated\n"
+        "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
+        "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
+        "runs/NAME)\n"
+        "  --resume        continue from the newest complete checkpoint in the run directory\n"
+        "                  (a fresh start when there is none: safe for requeued jobs)\n"
+        "  --init-from CKPT  start from the student weights of a checkpoint or run directory\n"
+        "                  (e.g. d2v-import's; teacher = student, fresh AdamW and counters; the\n"
+        "                  architecture must match). With --resume, a checkpoint found wins.\n"
+        "  --dump-step F   after the first update, write everything needed to check it to F\n"
+        "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
+        "Launch with mpirun -n N; data.batch_size is the global batch (samples per update\n"
+        "over all ranks); threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
+        "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
 }
 
 typedef struct {
-    const char *config, *run_dir, *dump;
+    const char *config, *run_dir, *dump, *init_from;
     const char *sets[64];
     int n_sets, dump_updates, resume;
     char default_run_dir[PATH_MAX];
@@ -47,6 +51,8 @@ static void parse_args(Args *a, int argc, char **argv) {
             a->sets[a->n_sets++] = argv[++i];
         } else if (!strcmp(argv[i], "--resume")) {
             a->resume = 1;
+        } else if (!strcmp(argv[i], "--init-from") && i + 1 < argc) {
+            a->init_from = argv[++i];
         } else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc) {
             a->run_dir = argv[++i];
         } else if (!strcmp(argv[i], "--dump-step") && i + 1 < argc) {
@@ -100,7 +106,8 @@ int main(int argc, char **argv) {
     trainer_init(
         &t, &cfg,
         &(TrainerOptions){.run_dir = a.run_dir, .dump = a.dump, .dump_updates = a.dump_updates});
-    if (a.resume) trainer_resume(&t);
+    int resumed = a.resume ? trainer_resume(&t) : 0;
+    if (a.init_from && !resumed) trainer_init_from(&t, a.init_from);
     trainer_banner(&t);
     signal(SIGUSR1, on_stop_signal), signal(SIGTERM, on_stop_signal);
     TrainMetrics m;

@@ -277,6 +277,35 @@ int trainer_resume(Trainer *t) {
     return 1;
 }
 
+void trainer_init_from(Trainer *t, const char *path) {
+    if (g_dist.rank == 0) {
+        char ck[PATH_MAX + 64], err[PATH_MAX + 1024], key[64], va[256], vb[256];
+        snprintf(ck, sizeof ck, "%s", path);
+        if (access(path, F_OK) != 0) die("%s: no such checkpoint or run directory", path);
+        struct stat sb;
+        if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode) &&
+            ckpt_find_latest(path, ck, sizeof ck) != 0)
+            die("%s: a directory with no complete checkpoint (ckpt/step_*/DONE)", path);
+        TrainConfig other;
+        if (ckpt_read_config(ck, &other, err, sizeof err)) die("%s", err);
+        if (train_config_arch_diff(&other, &t->cfg, key, sizeof key, va, vb, sizeof va))
+            die("%s: %s is %s in the checkpoint, %s in this config (--init-from needs the same "
+                "architecture)",
+                ck, key, va, vb);
+        float *m = xalloc(t->np * 4, "adam m"), *v = xalloc(t->np * 4, "adam v");
+        TrainState st;
+        /* the teacher arena is read and then replaced: the run starts as a fresh one would */
+        if (ckpt_read(ck, &t->mc, t->params, t->teacher, m, v, t->np, &st, err, sizeof err) < 0)
+            die("%s", err);
+        free(m), free(v);
+        memcpy(t->teacher, t->params, t->np * 4);
+        log0("--init-from %s: student weights of update %lld, teacher = student, AdamW and the "
+             "update count fresh\n",
+             ck, (long long)st.update);
+    }
+    dist_bcast_bytes(t->params, t->np * 4), dist_bcast_bytes(t->teacher, t->np * 4);
+}
+
 void trainer_banner(const Trainer *t) {
     if (g_dist.rank != 0) return;
     const TrainConfig *c = &t->cfg;
