@@ -39,7 +39,7 @@ BINS    := $(patsubst src/tools/d2v_%.c,$(BUILD)/bin/d2v-%,$(wildcard src/tools/
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all lib deps deps-test deps-demo deps-fuzz test test-asan fixtures bench faults fuzz fuzz-build demo data data-image data-speech data-text clean
+.PHONY: all lib deps deps-test deps-demo deps-fuzz test test-asan fixtures bench tta faults fuzz fuzz-build demo data data-image data-speech data-text clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 lib: $(LIB)
 
@@ -141,6 +141,13 @@ fuzz-build: $(FUZZ_BINS)
 fuzz: deps deps-fuzz
 	$(MAKE) fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+# Time to accuracy, data2vec 1.0 against 2.0 (bench/tta.sh): TTA_BUDGETS seconds each, about
+# 2 x their sum in all (default 60 120 240 480: 30 min).
+tta: deps deps-demo
+	$(MAKE) all
+	@[ -f data/fmnist-train.h5 ] || $(MAKE) data-image
+	bench/tta.sh $(BUILD) $(or $(TTA_OUT),runs/tta-$(shell date +%Y%m%d-%H%M%S))
 
 demo: deps deps-demo
 	$(MAKE) all
