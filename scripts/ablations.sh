@@ -32,9 +32,9 @@ probe=data/fmnist-train10k.h5
 if [ ! -f "$probe" ]; then
     tmp=$(mktemp -d)
     { printf '\0\0\10\3\0\0\47\20\0\0\0\34\0\0\0\34'; gzip -dc "$src/train-images-idx3-ubyte.gz" |
-        tail -c +17 | head -c $((10000 * 784)); } >"$tmp/img.idx"
+        tail -c +17 | head -c $((10000 * 784)) || :; } >"$tmp/img.idx" # head ends the pipe early
     { printf '\0\0\10\1\0\0\47\20'; gzip -dc "$src/train-labels-idx1-ubyte.gz" |
-        tail -c +9 | head -c 10000; } >"$tmp/lab.idx"
+        tail -c +9 | head -c 10000 || :; } >"$tmp/lab.idx"
     "$build/bin/d2v-prep-image" --idx-images "$tmp/img.idx" --idx-labels "$tmp/lab.idx" \
         --class-names "$names" -o "$probe"
     rm -rf "$tmp"
