@@ -50,13 +50,15 @@ for ((i = 0; i < n; i++)); do
 done
 # the table: the newest line per variant, in sweep order, against the untrained baseline and base
 table=$(jq -rs --arg sweep "$sweep" '
+    def pct: (. * 1000 | round) as $t | ($t | fabs) as $a
+        | "\(if $t < 0 then "-" else "" end)\($a / 10 | floor).\($a % 10)";
     (map(select(.sweep == $sweep)) | group_by(.variant) | map(max_by(.line))) as $r
     | ($r | map({key: .variant, value: .}) | from_entries) as $by
     | ($by.base.probe.mean_final.linear_top1 // null) as $b
     | "| variant | overrides | updates | linear top-1 | vs base | kNN top-1 |",
       "|---|---|---:|---:|---:|---:|",
       ($r | sort_by(.line)[] |
-        "| \(.variant) | \(if (.sets | length) > 0 then (.sets | map("`" + . + "`") | join(" ")) elif .variant == "untrained" then "(no pretraining)" else "(configs/ablations/image.cfg)" end) | \(.updates) | \(.probe.mean_final.linear_top1 * 1000 | round / 10)% | \(if $b == null or .variant == "base" then "" else ((.probe.mean_final.linear_top1 - $b) * 1000 | round / 10 | tostring) end) | \(.probe.mean_final.knn_top1 * 1000 | round / 10)% |")' \
+        "| \(.variant) | \(if (.sets | length) > 0 then (.sets | map("`" + . + "`") | join(" ")) elif .variant == "untrained" then "(no pretraining)" else "(configs/ablations/image.cfg)" end) | \(.updates) | \(.probe.mean_final.linear_top1 | pct)% | \(if $b == null or .variant == "base" then "" else (.probe.mean_final.linear_top1 - $b | pct) end) | \(.probe.mean_final.knn_top1 | pct)% |")' \
     "$results")
 echo "$table"
 doc=docs/ablations.md
@@ -64,7 +66,7 @@ if [ -f "$doc" ] && grep -q '^<!-- table -->' "$doc"; then
     {
         sed '/^<!-- table -->/q' "$doc"
         echo
-        echo "\`ABLATION_MINUTES=$minutes make ablations\` on $(nproc) cores ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)), $(date -u +%Y-%m-%d):"
+        echo "\`OMP_NUM_THREADS=$OMP_NUM_THREADS ABLATION_MINUTES=$minutes make ablations\` on $(nproc --all) cores ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)), $(date -u +%Y-%m-%d):"
         echo
         echo "$table"
         echo
