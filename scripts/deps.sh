@@ -6,7 +6,7 @@
 #   -fsanitize=fuzzer library, libfuzzer-14-dev the standalone one) and llvm-symbolizer (llvm)
 #   for the fuzz targets of tests/fuzz.
 set -eu
-pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev gnuplot-nox"
+pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev gnuplot-nox jq"
 case "${1:-}" in
 --test) pkgs="$pkgs python3-torch python3-h5py python3-numpy" ;;
 --demo) pkgs="$pkgs dataset-fashion-mnist" ;;

@@ -11,6 +11,8 @@
 #               teacher_before, one gradient element, a wrong teacher sharing rule, and the
 #               other Adam eps placement (optim.eps_mode) in the trajectory's optimiser chain.
 # Speech runs with optim.clip = 2 (its gradient norm is 4..8) so gradient clipping is exercised.
+# Images also run 3 updates with target.tensor = "attn" (the self-attention ablation), with a
+# reference forced to the FFN branch as its negative control.
 # Text runs twice: with the BPE's own ids (<pad> = 1) and with <pad> far from 1.
 # data2vec 2.0 (configs/text-v2-tiny.cfg, docs/algorithm.md §7.2) runs the reference's self-test
 # first, then the same checks (decoder input dropout off too) and its own negative controls: a
@@ -189,6 +191,24 @@ modality() {
     rm -f "$T"/neg-*.h5 "$T/$mod"_0*.h5
 }
 
+# attn_target DATA: target.tensor = "attn" (the self-attention branch before its residual, the
+# paper's §5.4 ablation) on image-tiny for 3 updates against the reference, and the negative
+# control: the reference building its targets from the FFN branch instead must fail.
+attn_target() {
+    log=$T/train-attn.log
+    $TRAIN configs/image-tiny.cfg --set data.train="$1" --set model.dropout=0 \
+        --set model.attn_dropout=0 --set model.drop_path=0 --set target.tensor=attn \
+        --set run.max_updates=3 --dump-step "$T/attn.h5" --dump-updates 3 \
+        --run-dir "$T/run-attn" >"$log" 2>&1 || {
+        bad "image attn target: d2v-train exit $?"; tail -n 5 "$log" | sed 's/^/     /'; return; }
+    $PY $REF "$T"/attn_0*.h5 >"$T/step-attn.log" 2>&1 &&
+        ok "image, target.tensor = attn: step_ref on 3 updates: $(tail -n 1 "$T/step-attn.log")" ||
+        { bad "image, target.tensor = attn: step_ref"; grep FAIL "$T/step-attn.log" | head -n 5; }
+    expect_fail "image attn targets built from the FFN branch instead" "targets|teacher layers" \
+        --target-tensor ffn "$T/attn_0000.h5"
+    rm -f "$T"/attn_0*.h5
+}
+
 # present MOD PATH...: 0 when every path is there (tools under $build/bin executable); each one
 # that is not counts as a failure, since that modality's checks cannot run.
 present() {
@@ -214,6 +234,7 @@ if present image "$build/bin/d2v-prep-image" "$FX/fmnist-t500-images-idx3.gz" \
         --idx-labels "$FX/fmnist-t500-labels-idx1.gz" -o "$T/fm.h5" >"$T/prep-image.log" 2>&1; then
         ok "image: $(tail -n 1 "$T/prep-image.log")"
         modality image "$T/fm.h5" --set image.pos=relative # BEiT relative bias (configs: image-small/base)
+        attn_target "$T/fm.h5"
     else
         bad "image: d2v-prep-image failed"; tail -n 3 "$T/prep-image.log"
     fi

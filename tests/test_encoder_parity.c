@@ -70,7 +70,7 @@ static int compare(const char *group, const char *label, const float *got, const
 typedef struct {
     EncoderConfig cfg;
     int B, T;
-    float *x, *attn_bias, *R, *out, *ffn_out, *block_out, *dx, *d_attn_bias;
+    float *x, *attn_bias, *R, *out, *ffn_out, *block_out, *attn_out, *dx, *d_attn_bias;
     uint8_t *key_pad;
     float *params, *grads; /* arenas laid out by encoder_params_layout */
     size_t nparams;
@@ -96,6 +96,7 @@ static void load_case(Case *k, const Fixture *fx) {
     k->dx = fx_load_f32(fx, "dx", 3, btc);
     k->ffn_out = fx_load_f32(fx, "ffn_out", 4, lbtc);
     k->block_out = fx_load_f32(fx, "block_out", 4, lbtc);
+    k->attn_out = fx_load_f32(fx, "attn_out", 4, lbtc);
     k->attn_bias = fx_load_f32(fx, "attn_bias", 3, htt);
     k->d_attn_bias = fx_load_f32(fx, "d_attn_bias", 3, htt);
     k->key_pad = fx_load_u8(fx, "key_pad", 2, bt);
@@ -121,7 +122,7 @@ static void load_case(Case *k, const Fixture *fx) {
 
 static void free_case(Case *k) {
     free(k->x), free(k->attn_bias), free(k->R), free(k->out), free(k->ffn_out);
-    free(k->block_out), free(k->dx), free(k->d_attn_bias), free(k->key_pad);
+    free(k->block_out), free(k->attn_out), free(k->dx), free(k->d_attn_bias), free(k->key_pad);
     free(k->params), free(k->grads);
 }
 
@@ -156,6 +157,21 @@ static int compare_forward(const Encoder *e, const Case *k, const char *group, c
     }
     snprintf(label, sizeof label, "%s out", tag);
     ok &= compare(group, label, encoder_output(e), k->out, NC, OUT_TOL, quiet);
+    return ok;
+}
+
+/* The self-attention branches (target.tensor = "attn") of every block, which an encoder keeps
+ * under cfg.keep_attn_out; returns 1 if all within tolerance. */
+static int compare_attn(const Encoder *e, const Case *k, const char *group, const char *tag,
+                        int quiet) {
+    size_t NC = (size_t)k->B * k->T * k->cfg.C;
+    char label[96];
+    int ok = 1;
+    for (int l = 0; l < k->cfg.L; l++) {
+        snprintf(label, sizeof label, "%s block %d attn_out", tag, l);
+        ok &= compare(group, label, encoder_block(e, l).attn_out, k->attn_out + l * NC, NC, OUT_TOL,
+                      quiet);
+    }
     return ok;
 }
 
@@ -212,6 +228,38 @@ static void test_group(hid_t file, const char *path, const char *name, int want_
     encoder_forward(&t, &k.p, k.x, &r);
     compare_forward(&t, &k, name, "fwd-only", 0);
     encoder_free(&t);
+
+    /* target.tensor = "attn": a forward-only encoder that keeps every block's attention branch
+     * (after the layer scale), and a training one with the same flag. Negative controls: the
+     * branch without its layer scale (pre-LN), and one out-projection weight nudged. */
+    EncoderConfig ac = k.cfg;
+    ac.keep_attn_out = 1;
+    Encoder ta, tr;
+    encoder_init(&ta, &ac, k.B, k.T, 0);
+    encoder_init(&tr, &ac, k.B, k.T, 1);
+    encoder_forward(&ta, &k.p, k.x, &r);
+    encoder_forward(&tr, &k.p, k.x, &r);
+    compare_attn(&ta, &k, name, "fwd-only keep_attn_out", 0);
+    compare_attn(&tr, &k, name, "cached keep_attn_out", 0);
+    CHECK(compare_forward(&ta, &k, name, "keep_attn_out", 1)); /* the other targets unchanged */
+    if (k.cfg.layer_scale_init > 0) {
+        int raw_ok = 1;
+        for (int l = 0; l < k.cfg.L; l++)
+            raw_ok &= compare(name, "attproj", encoder_block(&ta, l).attproj, k.attn_out + l * NC,
+                              NC, OUT_TOL, 1);
+        printf("     negative control (attention branch without gamma1): %s\n",
+               raw_ok ? "MATCH (bad)" : "differs");
+        CHECK(!raw_ok);
+    }
+    float pw = k.p.proj_w[0];
+    k.p.proj_w[0] += 1e-2f;
+    encoder_forward(&ta, &k.p, k.x, &r);
+    int nudged_ok = compare_attn(&ta, &k, name, "perturbed", 1);
+    printf("     negative control (proj_w[0][0][0] += 1e-2): attn_out %s\n",
+           nudged_ok ? "MATCH (bad)" : "differs");
+    CHECK(!nudged_ok);
+    k.p.proj_w[0] = pw;
+    encoder_free(&ta), encoder_free(&tr);
 
     /* Negative controls: one fc1 weight nudged by 1e-2 in the first, then the last block, must
      * make the comparison fail (the test can see a wrong weight). */

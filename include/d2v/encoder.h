@@ -22,6 +22,8 @@ typedef struct {
     int init_beit;          // 1: BEiT's trunc_normal_ + fix_init_weight; 0: init_bert_params
     int store_attention;    // 1: keep the (B, NH, T, T) probabilities for the backward; 0:
                             //   recompute them per head there (docs/performance.md)
+    int keep_attn_out;      // 1: the forward-only mode also keeps every block's attn_out
+                            //   (target.tensor = "attn", the paper's §5.4 ablation)
 } EncoderConfig;
 
 #define ENCODER_NUM_PARAMS 14
@@ -80,6 +82,8 @@ typedef struct {
     float *ffn_out;                   // (N, C) branch of the last residual: gamma2 * ffn (= ffn)
     float *res2;                      // (N, C) second residual sum
     float *out;                       // (N, C) block output: ln2 (post-LN) or res2 (pre-LN)
+    float *attn_out;                  // (N, C) branch of the first residual: gamma1 * attproj
+                                      //   (= attproj without layer scale), before dropout
 } BlockActs;
 
 typedef struct {
@@ -91,7 +95,7 @@ typedef struct {
     size_t grad_count;
     float *att_scratch; // per-thread T x T buffers for attention
     size_t att_scratch_count;
-    size_t field_offset[16], field_stride[16], field_size[16];
+    size_t field_offset[17], field_stride[17], field_size[17]; // per activation field (encoder.c)
     uint8_t *dropped; // (L) blocks skipped by layerdrop in the last forward
     int B, T;         // shape of the last forward
 } Encoder;
@@ -105,7 +109,8 @@ double encoder_act_mib(const Encoder *e);
 
 /// Run the L blocks on x (B, T, C).
 void encoder_forward(Encoder *e, const EncoderParams *p, const float *x, const EncoderRun *run);
-/// Views of layer l's activations for the last forward (only ffn_out/out valid without caches).
+/// Views of layer l's activations for the last forward (only ffn_out/out, and attn_out under
+/// keep_attn_out, valid without caches).
 BlockActs encoder_block(const Encoder *e, int l);
 /// Final output (B, T, C) of the last forward.
 const float *encoder_output(const Encoder *e);

@@ -39,6 +39,7 @@ typedef struct ModelConfig {
     /* targets (docs/algorithm.md §1.3, §4.2) */
     int top_k;             // K blocks averaged
     int target_ffn;        // 1: FFN branch before the last residual; 0: end of block (vision)
+    int target_attn;       // 1: self-attention branch before its residual (ablation; not v2)
     int target_norm;       // TARGET_NORM_* per layer
     int target_final_norm; // LN over C after averaging (vision)
     float target_eps;

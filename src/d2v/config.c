@@ -31,7 +31,7 @@ typedef struct {
 
 static const char *const modality_names[] = {"text", "image", "speech", NULL};
 static const char *const pos_names[] = {"none", "learned", "sincos", "relative", NULL};
-static const char *const tensor_names[] = {"end", "ffn", NULL};
+static const char *const tensor_names[] = {"end", "ffn", "attn", NULL};
 static const char *const norm_names[] = {"none", "instance", "layer", NULL};
 static const char *const init_names[] = {"fairseq", "beit", "mae", NULL};
 static const char *const schedule_names[] = {"cosine", "tri_stage", "linear", "constant", NULL};
@@ -396,8 +396,10 @@ static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
                     "token (image.pos = \"sincos\", image.cls = true)");
     if (c->target_tensor != 1)
         return errf(err, n,
-                    "config: target.tensor = \"end\" is a data2vec 1.0 (vision) target; "
-                    "model.mode = \"v2\" regresses the FFN outputs (target.tensor = \"ffn\")");
+                    "config: target.tensor = \"%s\" is a data2vec 1.0 target (vision's, or an "
+                    "ablation); model.mode = \"v2\" regresses the FFN outputs (target.tensor = "
+                    "\"ffn\")",
+                    tensor_names[c->target_tensor]);
     if (c->dec_kernel % 2 == 0)
         return errf(err, n, "config: decoder.kernel %d must be odd (same padding)", c->dec_kernel);
     int D = c->dec_dim > 0 ? c->dec_dim : c->width;
@@ -678,6 +680,8 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                            /* vision averages the whole model, head included */
                            .ema = c->ema_frontend ? EMA_AVERAGE : EMA_SHARED};
     m->top_k = c->target_top_k, m->target_ffn = c->target_tensor == 1;
+    m->target_attn = c->target_tensor == 2; /* the self-attention ablation (paper §5.4) */
+    m->enc.keep_attn_out = m->target_attn;  /* the teacher keeps every block's branch */
     m->target_norm = c->target_layer_norm, m->target_final_norm = c->target_final_norm;
     m->target_eps = (float)c->target_eps;
     m->loss_beta = (float)c->loss_beta, m->loss_scale = (float)c->loss_scale;

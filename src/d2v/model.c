@@ -206,7 +206,7 @@ void model_micro_step(Model *m, const ModelParams *s, const ModelParams *t, Mode
     encoder_forward(&m->enc_t, &t->enc, xt.x, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);
-        m->layers[k] = c->target_ffn ? a.ffn_out : a.out;
+        m->layers[k] = c->target_attn ? a.attn_out : c->target_ffn ? a.ffn_out : a.out;
     }
     int M = targets_build(m->targets, m->layers, c->top_k, B, T, C, c->target_norm,
                           c->target_final_norm, c->target_eps, m->sel, m->tscratch);

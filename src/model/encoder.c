@@ -100,6 +100,7 @@ enum {
     A_FFN,
     A_FFN_OUT,
     A_RES2,
+    A_ATT_OUT,
     A_NUM
 };
 enum { G_OUT, G_IN, G_A, G_B, G_C, G_QKV, G_F1, G_F2, G_NUM };
@@ -117,14 +118,30 @@ void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int 
     size_t N = (size_t)Bmax * Tmax, C = cfg->C, F = cfg->F, L = cfg->L;
     int ls = cfg->layer_scale_init > 0;
     size_t att = cfg->store_attention && keep_caches ? (size_t)Bmax * cfg->NH * Tmax * Tmax : 0;
-    size_t size[A_NUM] = {N * C, N, N, 3 * N * C, att,   N * C, N * C,          N * C,
-                          N * C, N, N, N * F,     N * F, N * C, ls ? N * C : 0, N * C};
-    /* Without caches every field is one shared layer of scratch, except the two per-block
-     * outputs the teacher targets are built from. */
+    size_t size[A_NUM] = {N * C,
+                          N,
+                          N,
+                          3 * N * C,
+                          att,
+                          N * C,
+                          N * C,
+                          N * C,
+                          N * C,
+                          N,
+                          N,
+                          N * F,
+                          N * F,
+                          N * C,
+                          ls ? N * C : 0,
+                          N * C,
+                          ls && cfg->keep_attn_out ? N * C : 0};
+    /* Without caches every field is one shared layer of scratch, except the per-block outputs
+     * the teacher targets are built from (the attention branch only when it is the target). */
     int kept_out = cfg->pre_ln ? A_RES2 : A_LN2, kept_ffn = ls ? A_FFN_OUT : A_FFN;
+    int kept_att = !cfg->keep_attn_out ? -1 : ls ? A_ATT_OUT : A_ATTPROJ;
     size_t off = 0;
     for (int f = 0; f < A_NUM; f++) {
-        int per_layer = keep_caches || f == kept_out || f == kept_ffn;
+        int per_layer = keep_caches || f == kept_out || f == kept_ffn || f == kept_att;
         e->field_size[f] = size[f];
         e->field_stride[f] = per_layer ? size[f] : 0;
         e->field_offset[f] = off;
@@ -162,8 +179,9 @@ BlockActs encoder_block(const Encoder *e, int l) {
     BlockActs a = {f[A_LN1],      f[A_LN1_MEAN], f[A_LN1_RSTD], f[A_QKV], f[A_ATT],
                    f[A_ATTY],     f[A_ATTPROJ],  f[A_RES1],     f[A_LN2], f[A_LN2_MEAN],
                    f[A_LN2_RSTD], f[A_FCH],      f[A_FCG],      f[A_FFN], f[A_FFN],
-                   f[A_RES2],     NULL};
+                   f[A_RES2],     NULL,          f[A_ATTPROJ]};
     if (e->field_size[A_FFN_OUT]) a.ffn_out = f[A_FFN_OUT];
+    if (e->field_size[A_ATT_OUT]) a.attn_out = f[A_ATT_OUT];
     if (!e->field_size[A_ATT]) a.att = NULL; /* recomputed in the backward */
     a.out = e->cfg.pre_ln ? a.res2 : a.ln2;
     return a;
@@ -224,6 +242,12 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
           attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
                             c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
     TIMED(PROF_LINEAR, linear_forward(a.attproj, a.atty, w.proj_w, w.proj_b, N, C, C));
+    if (a.attn_out != a.attproj) { /* keep_attn_out with layer scale: BEiT's gamma_1 */
+#pragma omp parallel for
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < C; i++)
+                a.attn_out[(size_t)n * C + i] = w.gamma1[i] * a.attproj[(size_t)n * C + i];
+    }
     TIMED(PROF_RESIDUAL, branch_add_forward(a.res1, in, a.attproj, w.gamma1, B, T, C, pd, pp,
                                             drop_key(r, SITE(l, SITE_BR1))));
     if (c->pre_ln) {
@@ -275,6 +299,7 @@ void encoder_forward(Encoder *e, const EncoderParams *p, const float *x, const E
         if (e->dropped[l]) {
             TIMED(PROF_MEMORY, memcpy(a.out, in, n * sizeof(float)));
             TIMED(PROF_MEMORY, memset(a.ffn_out, 0, n * sizeof(float)));
+            if (e->cfg.keep_attn_out) TIMED(PROF_MEMORY, memset(a.attn_out, 0, n * sizeof(float)));
         } else {
             block_forward(e, a, layer_params(p, &e->cfg, l), in, r, l);
         }

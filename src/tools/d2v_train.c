@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "d2v/config.h"
+#include "d2v/dataset.h"
 #include "d2v/dist.h"
 #include "d2v/h5io.h"
 #include "d2v/trainer.h"
@@ -16,6 +17,7 @@ static void usage(void) {
     printf(
         "usage: d2v-train CONFIG [--set key=value ...] [--run-dir DIR] [--resume] "
         "[--init-from CKPT] [--dump-step FILE [--dump-updates N]]\n"
+        "                 [--check-config [--ranks N]]\n"
         "  CONFIG          libconfig file (see configs/); every key is validated\n"
         "  --set k=v       override one key, e.g. --set optim.lr=1e-4 (repeatable)\n"
         "  --run-dir DIR   where config.resolved.cfg, metrics.jsonl and ckpt/ go (default "
@@ -27,6 +29,9 @@ static void usage(void) {
         "                  architecture must match). With --resume, a checkpoint found wins.\n"
         "  --dump-step F   after the first update, write everything needed to check it to F\n"
         "  --dump-updates N  dump the first N updates: F with _0000, _0001, ... before .h5\n"
+        "  --check-config  only read and validate the configuration (for --ranks N ranks, default\n"
+        "                  the launch's) and open data.train, print one line and exit: 0 when\n"
+        "                  it would start, 1 with the error (sweep submission uses it)\n"
         "Launch with mpirun -n N; data.batch_size is the global batch (samples per update\n"
         "over all ranks); threads per rank from OMP_NUM_THREADS / BLIS_NUM_THREADS.\n"
         "SIGUSR1 or SIGTERM, or a file RUN_DIR/stop, ends the run after a checkpoint.\n");
@@ -35,7 +40,7 @@ static void usage(void) {
 typedef struct {
     const char *config, *run_dir, *dump, *init_from;
     const char *sets[64];
-    int n_sets, dump_updates, resume;
+    int n_sets, dump_updates, resume, check, ranks;
     char default_run_dir[PATH_MAX];
 } Args;
 
@@ -53,6 +58,11 @@ static void parse_args(Args *a, int argc, char **argv) {
             a->resume = 1;
         } else if (!strcmp(argv[i], "--init-from") && i + 1 < argc) {
             a->init_from = argv[++i];
+        } else if (!strcmp(argv[i], "--check-config")) {
+            a->check = 1;
+        } else if (!strcmp(argv[i], "--ranks") && i + 1 < argc) {
+            a->ranks = atoi(argv[++i]);
+            if (a->ranks < 1) die("--ranks needs a positive count");
         } else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc) {
             a->run_dir = argv[++i];
         } else if (!strcmp(argv[i], "--dump-step") && i + 1 < argc) {
@@ -85,8 +95,20 @@ static void configure(TrainConfig *c, const Args *a) {
         ok = train_config_load(c, a->config, err, sizeof err) == 0;
         for (int i = 0; ok && i < a->n_sets; i++)
             ok = train_config_set(c, a->sets[i], err, sizeof err) == 0;
-        if (ok) ok = train_config_validate(c, g_dist.world, err, sizeof err) == 0;
+        int ranks = a->ranks > 0 ? a->ranks : g_dist.world;
+        if (ok) ok = train_config_validate(c, ranks, err, sizeof err) == 0;
         if (!ok) die("%s", err);
+        if (a->check) { /* a dry run: the dataset must open too, as trainer_init will open it */
+            Dataset d;
+            if (dataset_open(&d, c->train_path, c->modality, err, sizeof err) < 0) die("%s", err);
+            printf("config ok: %s with %d --set, %d rank(s), data.train %s (%lld samples)\n",
+                   a->config, a->n_sets, ranks, c->train_path, (long long)d.num_samples);
+            dataset_close(&d);
+        }
+    }
+    if (a->check) {
+        dist_finalize();
+        exit(0);
     }
     dist_bcast_bytes(c, sizeof *c);
 }

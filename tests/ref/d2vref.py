@@ -84,16 +84,22 @@ class Block(nn.Module):
         return self.fc2(F.gelu(self.fc1(h)))  # exact (erf) GELU; fc1 output is contiguous
 
     def forward(self, x, key_pad, bias):
-        """Returns (block output, FFN branch before the last residual)."""
+        """Returns (block output, FFN branch before the last residual); the self-attention
+        branch before its residual (target.tensor = "attn") is left in self.attn_branch."""
         if self.pre_ln:  # BEiT
             a = self.attn(self.ln1(x), key_pad, bias)
-            x = x + (self.gamma1 * a if self.layer_scale else a)
+            if self.layer_scale:
+                a = self.gamma1 * a
+            self.attn_branch = a
+            x = x + a
             f = self.ffn(self.ln2(x))
             if self.layer_scale:
                 f = self.gamma2 * f
             return x + f, f
         # post-LN, fairseq TransformerSentenceEncoderLayer
-        x = self.ln1(x + self.attn(x, key_pad, bias))
+        a = self.attn(x, key_pad, bias)
+        self.attn_branch = a
+        x = self.ln1(x + a)
         f = self.ffn(x)
         return self.ln2(x + f), f
 
@@ -114,11 +120,14 @@ class Encoder(nn.Module):
             [Block(C, NH, Fw, eps, pre_ln, layer_scale, k_bias) for _ in range(L)])
 
     def forward(self, x, key_pad, bias):
+        """Returns (output, FFN branches, block outputs), each stacked over blocks; the
+        attention branches (target.tensor = "attn") are left in self.attn_outs."""
         ffn_outs, block_outs = [], []
         for blk in self.blocks:
             x, f = blk(x, key_pad, bias)
             ffn_outs.append(f)
             block_outs.append(x)
+        self.attn_outs = torch.stack([blk.attn_branch for blk in self.blocks])
         return x, torch.stack(ffn_outs), torch.stack(block_outs)
 
     def layer_params(self, name):

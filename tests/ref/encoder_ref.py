@@ -1,6 +1,8 @@
 # encoder_ref.py: PyTorch reference for the d2v encoder stack (post-LN and pre-LN + layer scale): outputs and gradients to HDF5.
 """Writes one HDF5 file with two groups, "post_ln" and "pre_ln". Each holds the inputs, the
-parameters (stacked over layers, named as in EncoderParams), per-block outputs, and the
+parameters (stacked over layers, named as in EncoderParams), per-block outputs (the block, its
+FFN branch and its self-attention branch before the residual: target.tensor "end", "ffn" and
+"attn"), and the
 gradients of loss = sum(out * R) with respect to x, the attention bias and every parameter.
 
 The model (tests/ref/d2vref.py: Linear / LayerNorm / softmax / exact GELU) is written out
@@ -39,7 +41,8 @@ def run(model, x, key_pad, bias, R):
     bias = bias.clone().requires_grad_(True)
     out, ffn_out, block_out = model(x, key_pad, bias)
     (out * R).sum().backward()
-    return out.detach(), ffn_out.detach(), block_out.detach(), x.grad, bias.grad
+    return (out.detach(), ffn_out.detach(), block_out.detach(), model.attn_outs.detach(), x.grad,
+            bias.grad)
 
 
 def make_case(L, C, NH, Fw, B, T, eps, pre_ln, layer_scale, seed):
@@ -53,15 +56,16 @@ def make_case(L, C, NH, Fw, B, T, eps, pre_ln, layer_scale, seed):
     key_pad = torch.zeros(B, T, dtype=torch.bool)
     key_pad[1, T - 2:] = True  # sample 1: last two positions are padding keys
 
-    out, ffn_out, block_out, dx, dbias = run(model, x, key_pad, bias, R)
+    out, ffn_out, block_out, attn_out, dx, dbias = run(model, x, key_pad, bias, R)
     grads = {n: model.named_tensor(n, grad=True).clone() for n in names}
     params = {n: model.named_tensor(n).clone() for n in names}
 
     # Float64 cross-check of the float32 gradients (and outputs).
     m64 = Encoder(L, C, NH, Fw, eps, pre_ln, layer_scale).double()
     m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
-    o64, f64, b64, dx64, db64 = run(m64, x.double(), key_pad, bias.double(), R.double())
+    o64, f64, b64, a64, dx64, db64 = run(m64, x.double(), key_pad, bias.double(), R.double())
     checks = [("out", out, o64), ("ffn_out", ffn_out, f64), ("block_out", block_out, b64),
+              ("attn_out", attn_out, a64),
               ("dx", dx, dx64), ("d_attn_bias", dbias, db64)]
     checks += [("grad_" + n, grads[n], m64.named_tensor(n, grad=True)) for n in names]
     tag = "pre_ln" if pre_ln else "post_ln"
@@ -72,7 +76,8 @@ def make_case(L, C, NH, Fw, B, T, eps, pre_ln, layer_scale, seed):
                      f"{err:.3e} > 1e-4 (torch GELU backward bug?)")
 
     ds = {"x": x, "key_pad": key_pad.to(torch.uint8), "attn_bias": bias, "R": R, "out": out,
-          "ffn_out": ffn_out, "block_out": block_out, "dx": dx, "d_attn_bias": dbias}
+          "ffn_out": ffn_out, "block_out": block_out, "attn_out": attn_out, "dx": dx,
+          "d_attn_bias": dbias}
     ds.update(params)
     ds.update({"grad_" + n: g for n, g in grads.items()})
     attrs = {"L": L, "C": C, "NH": NH, "F": Fw, "B": B, "T": T, "eps": eps,

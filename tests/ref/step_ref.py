@@ -16,7 +16,8 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             also drives the speech encoder-input dropout of wav2vec2's extract_features,
             attn_dropout, act_dropout, drop_path, layerdrop, text.dropout); d2v's keyed masks
             are not replayed, so a dump with dropout on is refused.
-  targets   mean of the top-K blocks' FFN branch ("ffn") or block output ("end"), each
+  targets   mean of the top-K blocks' FFN branch ("ffn"), block output ("end") or self-attention
+            branch before its residual ("attn", the paper's §5.4 ablation), each
             instance-normalised over time or layer-normalised over C (no affine), then an
             optional final LN over C; rows at the loss positions.
   student   masked input -> encoder -> rows at the loss positions -> final LN (optional) ->
@@ -320,6 +321,7 @@ class RefModel:
         self.C, self.L = C, L
         self.top_k = c["target.top_k"]
         self.target_ffn = c["target.tensor"] == "ffn"
+        self.target_tensor = TARGET_TENSOR or c["target.tensor"]
         self.target_norm = c["target.layer_norm"]
         self.target_final = c["target.final_norm"]
         self.target_eps = c["target.eps"]
@@ -520,7 +522,8 @@ class RefModel:
         # teacher targets (docs/algorithm.md §1.3)
         with torch.no_grad():
             _, ffn_t, end_t = self.enc_t(x_t, pad_t, bias_t)
-            layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
+            layers = {"ffn": ffn_t, "end": end_t,
+                      "attn": self.enc_t.attn_outs}[self.target_tensor][self.L - self.top_k:]
             y = sum(self.norm_layer(a) for a in layers) / self.top_k
             if self.target_final:
                 y = F.layer_norm(y, (self.C,), eps=self.target_eps)
@@ -560,6 +563,7 @@ V2_FAULTS = ("clones-1", "repeat-tile", "kept-shift", "teacher-masked", "cls-wei
              "cls-sample-size", "cls-in-norm", "no-final-ln")
 V2_FAULTS_TEXT = V2_FAULTS[:4]
 V2_FAULT = None  # --v2-fault: one deliberate error in the v2 step (negative controls only)
+TARGET_TENSOR = None  # --target-tensor: v1 targets from another tensor (negative controls only)
 # fairseq's make_targets calls F.instance_norm / F.layer_norm with their default eps
 V2_TARGET_EPS = 1e-5
 
@@ -1793,6 +1797,9 @@ def main():
                     "the cls loss v2.cls_loss without the masked count per row, cls-sample-size "
                     "by the micro-batch's whole masked count (fairseq), cls-in-norm keeps the cls "
                     "row in the targets' instance norm, no-final-ln leaves out their final LN")
+    ap.add_argument("--target-tensor", choices=("end", "ffn", "attn"), default=None,
+                    help="v1: build the targets from this tensor instead of the configuration's "
+                    "target.tensor (a wrong one on purpose, for negative controls)")
     ap.add_argument("--trajectory", action="store_true")
     ap.add_argument("--traj-rtol", type=float, default=1e-4)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -1806,8 +1813,8 @@ def main():
     ap.add_argument("--verbose", action="store_true", help="per-tensor gradient lines for every "
                     "dump (default: the first one)")
     a = ap.parse_args()
-    global EPS_MODE, V2_FAULT
-    EPS_MODE, V2_FAULT = a.eps_mode, a.v2_fault
+    global EPS_MODE, V2_FAULT, TARGET_TENSOR
+    EPS_MODE, V2_FAULT, TARGET_TENSOR = a.eps_mode, a.v2_fault, a.target_tensor
     if not a.dumps and not a.self_test:
         ap.error("no dump files")
     torch.set_num_threads(1)
