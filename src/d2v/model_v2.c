@@ -336,8 +336,9 @@ double model_masked_pct(const Model *m) {
 ModelTrace v2_trace(const Model *m, const Batch *b) {
     V2State *v = m->v2;
     int R = m->B * v->M, T = v->T, C = m->c.enc.C;
-    if (!v->trace_noise)
-        v->trace_noise = xalloc(sizeof(float) * (size_t)R * T * C, "v2 noise for dumps");
+    if (!v->trace_noise) /* room for the largest batch: speech batches vary in length */
+        v->trace_noise =
+            xalloc(sizeof(float) * (size_t)m->Bmax * v->M * v->Tmax * C, "v2 noise for dumps");
     for (size_t i = 0; i < (size_t)R * T; i++) /* the noise: the decoder input's masked slots */
         if (v->masks[i])
             memcpy(v->trace_noise + i * C, v->dec_in + i * C, sizeof(float) * C);
@@ -348,7 +349,7 @@ ModelTrace v2_trace(const Model *m, const Batch *b) {
         for (int k = 0; k < m->c.top_k; k++) {
             if (!v->trace_layers[k])
                 v->trace_layers[k] =
-                    xalloc(sizeof(float) * (size_t)m->Bmax * T * C, "v2 layers for dumps");
+                    xalloc(sizeof(float) * (size_t)m->Bmax * v->Tmax * C, "v2 layers for dumps");
             for (int b2 = 0; b2 < m->B; b2++)
                 memcpy(v->trace_layers[k] + (size_t)b2 * T * C,
                        m->layers[k] + ((size_t)b2 * (v->E + T) + v->E) * C,
