@@ -32,7 +32,7 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
             fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
-data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text and images): the dump
+data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text, images, speech): the dump
 adds v2_masks (B*M, T) and v2_noise (B*M, T, C), so again nothing random is replayed. The
 student's front-end runs on the unmasked batch (the local features); row r = b*M + m gathers its
 kept positions (ascending) of sample b, runs the encoder, is scattered back over the noise at the
@@ -52,8 +52,15 @@ sample's targets, L2 times scale, weighted v2.cls_loss times the masked tokens p
 after the division by the masked count it is v2.cls_loss times its mean over rows, whatever the
 split into ranks and micro-batches (fairseq's per-GPU sample_size is not; cls_predictions /
 cls_targets are checked too); teacher_layer_* may hold the cls row or not.
---v2-fault clones-1 / repeat-tile / kept-shift / teacher-masked (text and images) and cls-weight /
-cls-sample-size / cls-in-norm / no-final-ln (images) make one deliberate error each (negative
+Speech (§7.3): the local features are the conv extractor, its LN and projection; each clone zeroes
+its masked frames, the positional convs run over the whole zero-filled sequence, the kept frames
+get features + positions, then the context LN; ALiBi (speech.alibi: slope_h x clamp_min(
+speech.alibi_scale_h, 0) x -|p_i - p_j|, p the kept frames' true positions) on every block. The
+teacher runs the unmasked local features through its own positional convs, LN and ALiBi scale
+(all averaged, with the blocks); the extractor and projection are the student's.
+--v2-fault clones-1 / repeat-tile / kept-shift / teacher-masked (text, images, speech),
+cls-weight / cls-sample-size / cls-in-norm / no-final-ln (images) and pos-unmasked /
+pos-after-gather / alibi-unmasked-pos (speech) make one deliberate error each (negative
 controls).
 --self-test checks these pieces without a dump: gather and scatter by hand, the image context and
 the cls loss by hand, the vectorised step against a row-by-row loop (text and images),
