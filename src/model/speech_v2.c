@@ -27,6 +27,7 @@ void speech_v2_context_init(SpeechContextV2 *s, const SpeechEmbedConfig *c, int 
                             int Tkmax) {
     memset(s, 0, sizeof *s);
     s->cfg = *c, s->Rmax = Rmax, s->Tmax = Tmax, s->Tkmax = Tkmax;
+    size_t before = xalloc_total();
     size_t N = (size_t)Rmax * Tmax, NC = N * c->C, K = (size_t)Rmax * Tkmax;
     s->zin = xalloc(NC * sizeof(float), "speech v2 zero-filled features");
     for (int j = 0; j < c->pos_layers; j++) {
@@ -48,6 +49,9 @@ void speech_v2_context_init(SpeechContextV2 *s, const SpeechEmbedConfig *c, int 
             "speech v2 pos im2col");
     for (int i = 0; i < 3; i++)
         s->dbuf[i] = xalloc(NC * sizeof(float), "speech v2 scratch");
+    /* the positional convs run over every clone's whole sequence: R x T, not R x Tk */
+    log0("speech v2 context arena (%d clone rows x %d frames, %d kept): %.1f MiB\n", Rmax, Tmax,
+         Tkmax, (xalloc_total() - before) / 1048576.0);
 }
 
 void speech_v2_context_free(SpeechContextV2 *s) {
