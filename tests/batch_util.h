@@ -10,6 +10,7 @@ static inline Batch half_of(const Batch *b, int first, int B) {
     h.B = B, h.ids = b->ids + first;
     if (b->tokens) h.tokens = b->tokens + (size_t)first * b->T;
     if (b->images) h.images = b->images + (size_t)first * b->H * b->W * b->C;
+    if (b->audio) h.audio = b->audio + (size_t)first * b->S;
     return h;
 }
 

@@ -23,6 +23,11 @@
 # averaging the decoder too, the cls loss without its masked-count weight or with fairseq's
 # whole-batch one, the cls row inside
 # the targets' instance norm and the targets' final LN left out as further negative controls.
+# Speech, data2vec 2.0 (configs/speech-v2-tiny.cfg, docs/algorithm.md §7.3) on the speech dataset:
+# the same, with a teacher on the student's positional convs / context LN / ALiBi scale (spec:
+# averaged), one averaging the extractor and decoder too, and the positional convs over the
+# unmasked clone or over the gathered kept frames only, and ALiBi over the gathered order, as
+# further negative controls.
 # A modality whose prep tool or fixtures are missing fails (one FAIL line per missing file).
 set -u
 build=${1:-build/release}
@@ -144,6 +149,8 @@ modality() {
     speech) sharing=share-all what="teacher with the student's encoder LN (spec: EMA'd)" ;;
     image-v2) sharing=share-all
         what="teacher with the student's front-end (spec: its own EMA copy)" ;;
+    speech-v2) sharing=share-all
+        what="teacher with the student's positional convs, context LN and ALiBi scale (spec: EMA'd)" ;;
     *-v2) sharing=ema-all what="teacher averaging the front-end and decoder (spec: encoder only)"
         why=teacher_after ;; # the v2 teacher never runs them: only the EMA shows the rule
     esac
@@ -165,6 +172,16 @@ modality() {
         ;;
     esac
     case $mod in
+    speech-v2)
+        expect_fail "$mod sharing rule on update $((UPDATES - 1)): teacher averaging the extractor and decoder too (spec: never)" \
+            "teacher_after" --sharing ema-all "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
+        expect_fail "$mod positional convs over the unmasked clone (spec: masked frames zeroed)" \
+            "predictions" --v2-fault pos-unmasked "$first"
+        expect_fail "$mod positional convs over the gathered kept frames (spec: the whole sequence)" \
+            "predictions" --v2-fault pos-after-gather "$first"
+        expect_fail "$mod ALiBi over the gathered order 0..Tk-1 (spec: the kept frames' positions)" \
+            "predictions" --v2-fault alibi-unmasked-pos "$first"
+        ;;
     image-v2)
         expect_fail "$mod sharing rule on update $((UPDATES - 1)): teacher averaging the decoder too (spec: never)" \
             "teacher_after" --sharing ema-all "$T/neg-s_$(printf %04d $((UPDATES - 1))).h5"
@@ -306,6 +323,12 @@ if present speech "$build/bin/d2v-prep-speech" "$FX/speech"; then
     then
         ok "speech: $(tail -n 1 "$T/prep-speech.log")"
         modality speech "$T/speech.h5" --set optim.clip=2.0
+        # data2vec 2.0 on the same utterances (docs/algorithm.md §7.3): variable-length batches
+        # (each cropped to its shortest), ALiBi, the zero-filled positional context
+        echo "-- speech, data2vec 2.0"
+        if present speech-v2 configs/speech-v2-tiny.cfg; then
+            modality speech-v2 "$T/speech.h5" --set decoder.input_dropout=0
+        fi
     else
         bad "speech: d2v-prep-speech failed"; tail -n 3 "$T/prep-speech.log"
     fi

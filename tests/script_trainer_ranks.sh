@@ -1,7 +1,8 @@
 #!/bin/sh
 # script_trainer_ranks.sh: data.batch_size is the global batch, so one config describes one
 # experiment on any allocation: 1 rank, 2 ranks and 1 rank in 2 micro-batches of the same 16
-# samples give the same trajectory (to summation order); the bucketed allreduce gives the same
+# samples give the same trajectory (to summation order), data2vec 2.0 text and speech included;
+# the bucketed allreduce gives the same
 # bits as the blocking one; a batch the ranks cannot divide is an error naming the key.
 set -u
 build=${1:-build/release}
@@ -69,6 +70,24 @@ timeout 300 mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREAD
     "$build/bin/d2v-train" configs/text-v2-tiny.cfg $v2set --run-dir "$dir/v2two" >/dev/null 2>&1
 msg=$(compare "$dir/v2one" "$dir/v2two") && ok "v2 text, batch 8 with 4 clones: 2 ranks == 1 rank: $msg" ||
     bad "v2 text on 2 ranks != on 1 rank: $msg"
+# data2vec 2.0 (speech): 4 clones of 1-D block masks, ALiBi, dropout on. Every crop is
+# speech_max_samples long (utterances shorter than speech_min_samples = the same are skipped),
+# so a rank's batch has the frames the whole batch has: each loader crops its own slice to its
+# shortest, which would otherwise differ between 1 and 2 ranks.
+"$build/bin/d2v-prep-speech" --tree tests/fixtures/speech -o "$dir/speech.h5" >/dev/null 2>&1
+v2set="--set data.train=$dir/speech.h5 --set run.max_updates=8 --set run.log_every=1
+    --set data.speech_max_samples=4800 --set data.speech_min_samples=4800"
+"$build/bin/d2v-train" configs/speech-v2-tiny.cfg $v2set --run-dir "$dir/v2sone" >/dev/null 2>&1
+timeout 300 mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x BLIS_NUM_THREADS=1 \
+    "$build/bin/d2v-train" configs/speech-v2-tiny.cfg $v2set --run-dir "$dir/v2stwo" >/dev/null 2>&1
+msg=$(compare "$dir/v2sone" "$dir/v2stwo") &&
+    ok "v2 speech, batch 8 with 4 clones: 2 ranks == 1 rank: $msg" ||
+    bad "v2 speech on 2 ranks != on 1 rank: $msg"
+"$build/bin/d2v-train" configs/speech-v2-tiny.cfg $v2set --set data.micro_batch=4 \
+    --run-dir "$dir/v2smicro" >/dev/null 2>&1
+msg=$(compare "$dir/v2sone" "$dir/v2smicro") &&
+    ok "v2 speech: 2 micro-batches of 4 == one pass of 8: $msg" ||
+    bad "v2 speech micro-batches != one pass: $msg"
 out=$(timeout 120 mpirun --oversubscribe -np 3 "$build/bin/d2v-train" "$@" --run-dir "$dir/three" 2>&1)
 rc=$?
 n=$(echo "$out" | grep -c "data.batch_size 16 .* is not a multiple of the 3 ranks")

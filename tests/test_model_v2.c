@@ -1,5 +1,6 @@
 /* test_model_v2.c: the data2vec 2.0 micro-step (docs/algorithm.md §7.2) through the model API:
- * masked counts, finite differences of the summed loss through decoder, encoder and gather, a
+ * masked counts, finite differences of the summed loss through decoder, encoder and gather (speech:
+ * also the zero-filled positional context and the ALiBi scale), a
  * batch of 2B equal to its halves, the v2 configuration errors, and checkpoints refusing the
  * other mode. Run from the repository root (reads configs/). */
 #define _POSIX_C_SOURCE 200809L
@@ -25,12 +26,12 @@ static int v2_model_of(ModelConfig *mc, TrainConfig *cfg, const char *path, int 
                        const char *const *extra) {
     char err[1024];
     const char *off[] = {"model.dropout=0", "model.attn_dropout=0", "text.dropout=0",
-                         "decoder.input_dropout=0"};
+                         "decoder.input_dropout=0", "model.layerdrop=0"};
     train_config_defaults(cfg);
     if (train_config_load(cfg, path, err, sizeof err) ||
         train_config_set(cfg, "data.train=unused.h5", err, sizeof err))
         return check_record(0, err), -1;
-    for (int i = 0; !dropout && i < 4; i++)
+    for (int i = 0; !dropout && i < 5; i++)
         if (train_config_set(cfg, off[i], err, sizeof err)) return check_record(0, err), -1;
     for (int i = 0; extra && extra[i]; i++)
         if (train_config_set(cfg, extra[i], err, sizeof err)) return check_record(0, err), -1;
@@ -55,6 +56,13 @@ static void fill_batch(Batch *b, const TrainConfig *cfg, int B, int T) {
     uint64_t key = rng_key(42, 0, 0, 0);
     for (int i = 0; i < B; i++)
         b->ids[i] = 300 + 11 * i;
+    if (cfg->modality == D2V_SPEECH) { /* T samples of unit-variance noise per utterance */
+        b->S = T;
+        b->audio = xalloc(4 * (size_t)B * T, "audio");
+        for (size_t i = 0; i < (size_t)B * T; i++)
+            b->audio[i] = rng_normal(key, i);
+        return;
+    }
     if (cfg->modality == D2V_IMAGE) {
         b->H = cfg->image_height, b->W = cfg->image_width, b->C = cfg->image_channels;
         size_t n = (size_t)B * b->H * b->W * b->C;
@@ -89,10 +97,12 @@ static void test_step(const char *path) {
     ModelConfig mc;
     TrainConfig cfg;
     if (v2_model_of(&mc, &cfg, path, 0, NULL)) return;
-    int image = cfg.modality == D2V_IMAGE, M = mc.v2c.clones;
+    int image = cfg.modality == D2V_IMAGE, speech = cfg.modality == D2V_SPEECH, M = mc.v2c.clones;
     int T = image ? (cfg.image_height / cfg.image_patch) * (cfg.image_width / cfg.image_patch)
                   : cfg.text_block,
         B = 3;
+    int S = 2000; /* speech: samples per utterance; T becomes its frames */
+    if (speech) T = speech_num_frames(&mc.speech, S);
     size_t np = model_params_layout(NULL, NULL, &mc);
     float *params = xalloc(np * 4, "params"), *teacher = xalloc(np * 4, "teacher"),
           *grads = xalloc(np * 4, "grads");
@@ -105,13 +115,14 @@ static void test_step(const char *path) {
             teacher[i] = params[i] * (1.0f + 0.1f * (rng_uniform(key, np + i) - 0.5f));
     model_teacher_view(&pt, &ps, teacher, &mc);
     model_params_layout(&pg, grads, &mc);
-    Model *m = model_create(&mc, 2 * B, image ? 0 : T);
+    Model *m = model_create(&mc, 2 * B, image ? 0 : speech ? S : T);
     Batch b;
-    fill_batch(&b, &cfg, B, T);
+    fill_batch(&b, &cfg, B, speech ? S : T);
     MicroResult r = {0, 0, NULL, NULL};
     model_micro_step(m, &ps, &pt, &pg, &b, 1, 5, &r);
     /* fairseq: len_keep = int(T (1 - p)) for random (text) and inverse block (image) masks */
     int n = T - (int)(T * (1 - cfg.v2_mask_prob));
+    if (speech) n = (int)(T * cfg.v2_mask_prob); /* 1-D blocks: exactly int(T R) masked */
     char label[256];
     snprintf(label, sizeof label, "%d samples x %d clones x %d masked of %d = %lld loss rows", B, M,
              n, T, (long long)r.masked);
@@ -133,7 +144,13 @@ static void test_step(const char *path) {
     ParamInfo table[128];
     int nt = model_param_table(table, 128, &mc), checked = 0;
     for (int i = 0; i < nt; i++) {
-        if (!image && strncmp(table[i].name, "enc.", 4) && strncmp(table[i].name, "dec.", 4))
+        /* speech: the teacher's positional convs, context LN and ALiBi scale are its own
+         * (averaged), so the student's carry the whole gradient; the extractor is shared */
+        int own = speech && (!strncmp(table[i].name, "speech.pos_", 11) ||
+                             !strncmp(table[i].name, "speech.enc_ln", 13) ||
+                             !strcmp(table[i].name, "speech.alibi_scale"));
+        if (!image && !own && strncmp(table[i].name, "enc.", 4) &&
+            strncmp(table[i].name, "dec.", 4))
             continue;
         fd_tensor(table[i].name, loss_of, &c, params + table[i].offset, grads + table[i].offset,
                   table[i].count, 24, 0);
@@ -155,9 +172,21 @@ static void test_step(const char *path) {
     } else {
         check_record(0, "dec.proj_w in the parameter table");
     }
+    /* speech: the ALiBi scale's gradient (summed over blocks, rows and logits) 10% off */
+    for (int i = 0; speech && i < nt; i++)
+        if (!strcmp(table[i].name, "speech.alibi_scale")) {
+            const ParamSpec *a = &table[i];
+            float *bad = xalloc(a->count * 4, "bad grad");
+            for (size_t j = 0; j < a->count; j++)
+                bad[j] = 1.1f * grads[a->offset + j];
+            check_record(
+                !fd_tensor("control", loss_of, &c, params + a->offset, bad, a->count, 24, 1),
+                "negative control: speech.alibi_scale's gradient 10% off is rejected");
+            free(bad);
+        }
     /* a batch of 2B equals its two halves: masks, noise and dropout keyed on sample ids */
     Batch b2;
-    fill_batch(&b2, &cfg, 2 * B, T);
+    fill_batch(&b2, &cfg, 2 * B, speech ? S : T);
     float *g_full = xalloc(np * 4, "g full"), *g_halves = xalloc(np * 4, "g halves");
     ModelParams pf, ph;
     model_params_layout(&pf, g_full, &mc), model_params_layout(&ph, g_halves, &mc);
@@ -177,14 +206,16 @@ static void test_step(const char *path) {
     check_record(worst <= 1e-5 * gmax && gmax > 0, label);
     model_destroy(m);
     free(b.ids), free(b.tokens), free(b.images), free(b2.ids), free(b2.tokens), free(b2.images);
+    free(b.audio), free(b2.audio);
     free(params), free(teacher), free(grads), free(g_full), free(g_halves);
 }
 
-static void expect_config_error(const char *what, const char *const *sets, const char *want) {
+static void expect_config_error_of(const char *path, const char *what, const char *const *sets,
+                                   const char *want) {
     TrainConfig cfg;
     char err[1024] = "";
     train_config_defaults(&cfg);
-    int rc = train_config_load(&cfg, "configs/text-v2-tiny.cfg", err, sizeof err);
+    int rc = train_config_load(&cfg, path, err, sizeof err);
     for (int i = 0; !rc && sets[i]; i++)
         rc = train_config_set(&cfg, sets[i], err, sizeof err);
     if (!rc) rc = train_config_validate(&cfg, 1, err, sizeof err);
@@ -193,7 +224,17 @@ static void expect_config_error(const char *what, const char *const *sets, const
     check_record(rc != 0 && strstr(err, want) != NULL, label);
 }
 
+static void expect_config_error(const char *what, const char *const *sets, const char *want) {
+    expect_config_error_of("configs/text-v2-tiny.cfg", what, sets, want);
+}
+
 static void test_config(void) {
+    expect_config_error_of("configs/speech-v2-tiny.cfg", "speech v2 with its own EMA extractor",
+                           (const char *const[]){"data.train=x.h5", "ema.frontend=true", NULL},
+                           "ema.frontend");
+    expect_config_error("speech.alibi on text",
+                        (const char *const[]){"data.train=x.h5", "speech.alibi=true", NULL},
+                        "speech.alibi");
     printf("-- v2 configuration errors\n");
     expect_config_error("a v1 target tensor",
                         (const char *const[]){"data.train=x.h5", "target.tensor=\"end\"", NULL},
@@ -244,6 +285,7 @@ int main(void) {
     h5io_init();
     test_step("configs/text-v2-tiny.cfg");
     test_step("configs/image-v2-tiny.cfg");
+    test_step("configs/speech-v2-tiny.cfg");
     test_config();
     test_ckpt_mode();
     return check_summary();

@@ -33,6 +33,7 @@ typedef struct {
     int speech_n_conv, speech_conv[CFG_MAX_CONV][3]; // (dim, kernel, stride) per layer
     int speech_pos_layers, speech_pos_kernel, speech_pos_groups;
     double speech_ln_eps;
+    int speech_alibi; // v2: ALiBi attention biases with a learned scale per head
     /* masking */
     double mask_text_prob, mask_text_leave, mask_text_random;
     int mask_text_span, mask_text_loss_all;

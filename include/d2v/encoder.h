@@ -65,6 +65,10 @@ typedef struct {
      * first), so their allreduce can start while earlier blocks run; NULL: none */
     void (*block_done)(void *ctx, int layer);
     void *block_ctx;
+    /* ALiBi (data2vec 2.0 audio): every block's logits gain -alibi[h] |pos_i - pos_j| */
+    const float *alibi;       // (NH) per-head slope x learned scale, or NULL: none
+    const int32_t *alibi_pos; // (B, T) each row's true positions (kept frames), NULL: 0..T-1
+    float *dalibi;            // backward: (NH) += dLoss/d alibi over blocks and rows, or NULL
 } EncoderRun;
 
 /// Per-layer views of one block's activations (N = B*T).
@@ -97,6 +101,7 @@ typedef struct {
     size_t att_scratch_count;
     size_t field_offset[17], field_stride[17], field_size[17]; // per activation field (encoder.c)
     uint8_t *dropped; // (L) blocks skipped by layerdrop in the last forward
+    double *alibi_dm; // (Bmax, NH) one block's ALiBi slope gradients per row
     int B, T;         // shape of the last forward
 } Encoder;
 

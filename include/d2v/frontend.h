@@ -21,6 +21,8 @@ typedef struct {
     const uint8_t *pad; // (B, T) 1 = padding key, or NULL
     const float *bias;  // (NH, T, T) additive attention bias, or NULL
     float *dbias;       // its gradient buffer (student only), or NULL
+    const float *alibi; // (NH) ALiBi slope x learned scale per head (v2 speech), or NULL
+    float *dalibi;      // its gradient buffer (student only), zeroed by the forward, or NULL
 } FrontOut;
 
 /// One named array of the last batch, for --dump-step (docs/dump-step.md).
@@ -71,6 +73,18 @@ typedef struct {
     void (*v2_context_backward)(void *fe, struct ModelParams *g, const struct ModelParams *p,
                                 const float *dout, float *dx);
     int v2_extra; // tokens v2_context prepends (the cls token)
+    /// data2vec 2.0 with a relative positional encoder (speech, docs/algorithm.md §7.3), in
+    /// place of the gather and v2_context: each clone's context from the full local features x
+    /// (B, T, C) and its kept positions keep (B M, Tk), the positions computed over the whole
+    /// zero-filled sequence; .x (B M, Tk, C), .alibi for the encoder. student 0 (teacher,
+    /// features): keep NULL, M = 1, Tk = T, the unmasked sequence, no dropout.
+    FrontOut (*v2_context_full)(void *fe, const struct ModelParams *p, const float *x,
+                                const int32_t *keep, int B, int M, int T, int Tk, int student,
+                                DropKey dk);
+    /// dout (B M, Tk, C) and the encoder's dalibi -> parameter gradients into g and
+    /// dx (B, T, C) += the local features' gradient.
+    void (*v2_context_full_backward)(void *fe, struct ModelParams *g, const struct ModelParams *p,
+                                     const float *dout, float *dx);
 } FrontendOps;
 
 /// The front-end of a modality (D2V_TEXT, D2V_IMAGE, D2V_SPEECH).

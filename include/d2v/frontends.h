@@ -147,6 +147,9 @@ typedef struct {
     int pos_layers, pos_k, pos_groups; // 5, 19, 16: convolutional positional encoder
     float ln_eps;                      // 1e-5 everywhere
     float dropout;                     // after the encoder LN, student only (model.dropout, 0.1)
+    int v2;          // data2vec 2.0 (docs/algorithm.md §7.3): no mask embedding, the teacher
+                     //   averages the positional convs
+    int alibi_heads; // v2: > 0 adds ALiBi biases with a learned scale per head (speech.alibi)
 } SpeechEmbedConfig;
 
 /// Parameter tensors: per conv layer i weight (dim_i, dim_{i-1}, k_i) + LN (dim_i) x2; feature
@@ -159,6 +162,7 @@ typedef struct {
     float *mask_emb;
     float *pos_w[SPEECH_MAX_CONV], *pos_b[SPEECH_MAX_CONV];
     float *enc_ln_w, *enc_ln_b;
+    float *alibi_scale; // v2 with ALiBi: (heads) learned scale of each head's slope (init 1)
 } SpeechEmbedParams;
 
 /// speech.enc_ln_* are always averaged; `ema` applies to the rest.
@@ -224,5 +228,46 @@ void speech_context_forward(SpeechContext *s, const SpeechEmbedParams *p, const 
 /// Accumulates into parameter gradients and dfeatures (B, T, C); train and k as in the forward.
 void speech_context_backward(SpeechContext *s, SpeechEmbedParams *g, const SpeechEmbedParams *p,
                              const float *dout, float *dfeatures, int train, DropKey k);
+
+/* ---- speech, data2vec 2.0 (docs/algorithm.md §7.3, fairseq AudioEncoder with remove_masked) -- */
+
+typedef struct {
+    SpeechEmbedConfig cfg;
+    int Rmax, Tmax, Tkmax;
+    int B, M, R, T, Tk, train;
+    const int32_t *keep;             // (R, Tk) the last forward's kept frames (caller-owned)
+    DropKey k;                       // the last forward's dropout key (per row)
+    float *zin;                      // (R, T, C) each clone's features, masked frames zeroed
+    float *pos_out[SPEECH_MAX_CONV]; // (R, T, C) per positional layer: conv output (LN input)
+    float *pos_ln[SPEECH_MAX_CONV];  //   LN output (GELU input)
+    float *pos_act[SPEECH_MAX_CONV]; //   GELU output
+    float *pos_mean[SPEECH_MAX_CONV], *pos_rstd[SPEECH_MAX_CONV]; // (R, T)
+    float *sum;               // (R, Tk, C) kept features + positions at the kept frames
+    float *ln_mean, *ln_rstd; // (R, Tk)
+    float *out;               // (R, Tk, C) encoder LN -> dropout: the student's input
+    float *cols;              // im2col scratch
+    float *dbuf[3];           // (R, T, C) backward scratch
+    float *dsum;              // (R, Tk, C)
+} SpeechContextV2;
+
+/// The student's context for R = B M clones of T frames keeping Tk each: zin = the features
+/// with the masked frames zeroed (encoder_zero_mask), pos = the positional conv stack over
+/// the whole zin, then per kept frame x + pos, the encoder layer norm and dropout (the
+/// context encoder's, keyed per row by k.sample_ids). keep (R, Tk): ascending kept frames of
+/// row r = b M + m. Sized for Rmax rows of up to Tmax frames keeping up to Tkmax.
+void speech_v2_context_init(SpeechContextV2 *s, const SpeechEmbedConfig *c, int Rmax, int Tmax,
+                            int Tkmax);
+void speech_v2_context_free(SpeechContextV2 *s);
+const float *speech_v2_context_forward(SpeechContextV2 *s, const SpeechEmbedParams *p,
+                                       const float *features, const int32_t *keep, int B, int M,
+                                       int T, int Tk, int train, DropKey k);
+/// dout (R, Tk, C) -> parameter gradients and dfeatures (B, T, C) += (the clones of a sample
+/// summed in clone order).
+void speech_v2_context_backward(SpeechContextV2 *s, SpeechEmbedParams *g,
+                                const SpeechEmbedParams *p, const float *dout, float *dfeatures);
+
+/// ALiBi slopes of `heads` heads (fairseq get_alibi's get_slopes: 2^(-8 (i+1) / n) for a power
+/// of two n, else those of the power below plus every other one of twice that).
+void alibi_slopes(float *out, int heads);
 
 #endif

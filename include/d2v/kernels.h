@@ -120,6 +120,24 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
                         const float *qkv, const float *att, const uint8_t *key_pad,
                         const float *bias, int B, int T, int C, int NH, float p_drop, DropKey k);
 
+/// ALiBi (data2vec 2.0 audio, fairseq get_alibi_bias / masked_alibi): logit (b, h, i, j) gains
+/// -m[h] |pos[b, i] - pos[b, j]|, pos (B, T) each row's true positions (a clone's kept frames),
+/// NULL for 0..T-1. The backward writes dm_bh[b NH + h] = sum over i, j of dLoss/dlogit times
+/// -|pos_i - pos_j| (NULL: not needed); the caller sums it over rows in order.
+typedef struct {
+    const float *m;     // (NH) slope x learned scale, per head
+    const int32_t *pos; // (B, T) or NULL
+    double *dm_bh;      // (B, NH) backward output, or NULL
+} AttnAlibi;
+/// attention_forward / attention_backward with ALiBi (al NULL: exactly those).
+void attention_forward_ex(float *out, float *att, float *scratch, const float *qkv,
+                          const uint8_t *key_pad, const float *bias, const AttnAlibi *al, int B,
+                          int T, int C, int NH, float p_drop, DropKey k);
+void attention_backward_ex(float *dqkv, float *dbias, float *scratch, const float *dout,
+                           const float *qkv, const float *att, const uint8_t *key_pad,
+                           const float *bias, const AttnAlibi *al, int B, int T, int C, int NH,
+                           float p_drop, DropKey k);
+
 /* ---- Convolution and embedding --------------------------------------------------------------- */
 
 /// 1-D convolution, channels last. inp (B, L, Cin), out (B, Lout, Cout) with

@@ -89,6 +89,7 @@ static const KeySpec schema[] = {
     {"speech.pos_kernel", T_INT, F(speech_pos_kernel), 1, 1023, NULL, "19"},
     {"speech.pos_groups", T_INT, F(speech_pos_groups), 1, 4096, NULL, "16"},
     {"speech.ln_eps", T_FLOAT, F(speech_ln_eps), 1e-12, 1e-2, NULL, "1e-5"},
+    {"speech.alibi", T_BOOL, F(speech_alibi), 0, 1, NULL, "false"},
     {"mask.text_prob", T_FLOAT, F(mask_text_prob), 0, 1, NULL, "0.35"},
     {"mask.text_span", T_INT, F(mask_text_span), 1, 64, NULL, "4"},
     {"mask.text_leave_unmasked", T_FLOAT, F(mask_text_leave), 0, 1, NULL, "0"},
@@ -386,10 +387,13 @@ static void build_defaults(void) {
 
 /* model.mode = "v2": what data2vec 2.0 needs, and whether the student fits in memory. */
 static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
-    if (c->modality == D2V_SPEECH)
+    if (c->modality == D2V_SPEECH && c->ema_frontend)
         return errf(err, n,
-                    "config: model.mode = \"v2\" is implemented for text and images so far, not "
-                    "speech (docs/algorithm.md §7)");
+                    "config: ema.frontend = true: data2vec 2.0 speech feeds the teacher the "
+                    "student's local features (fairseq ema_local_encoder false; "
+                    "docs/algorithm.md §7.3)");
+    if (c->modality != D2V_SPEECH && c->speech_alibi)
+        return errf(err, n, "config: speech.alibi is a speech key");
     if (c->modality == D2V_IMAGE && (c->image_pos != IMAGE_POS_SINCOS || !c->image_cls))
         return errf(err, n,
                     "config: model.mode = \"v2\" images use fixed sin-cos positions and a cls "
@@ -419,6 +423,11 @@ static int validate_v2(const TrainConfig *c, int ranks, char *err, size_t n) {
     int T = c->modality == D2V_IMAGE
                 ? (c->image_height / c->image_patch) * (c->image_width / c->image_patch) + 1
                 : c->text_block;
+    if (c->modality == D2V_SPEECH) /* frames of the longest crop */
+        for (int i = 0, L = T = c->speech_max_samples; i < c->speech_n_conv; i++)
+            T = L = L < c->speech_conv[i][1]
+                        ? 0
+                        : (L - c->speech_conv[i][1]) / c->speech_conv[i][2] + 1;
     double kept = T - floor(T * c->v2_mask_prob), tokens = (double)sp.micro * c->v2_clones * kept;
     double bytes = tokens * c->layers * (10.0 * c->width + 2.0 * c->ffn) * 4;
     double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
@@ -656,7 +665,9 @@ void train_config_to_model(ModelConfig *m, const TrainConfig *c, const Dataset *
                                .pos_groups = c->speech_pos_groups,
                                .ln_eps = (float)c->speech_ln_eps,
                                /* wav2vec2: the encoder's dropout on its input too */
-                               .dropout = (float)c->dropout};
+                               .dropout = (float)c->dropout,
+                               .v2 = c->mode == 1,
+                               .alibi_heads = c->mode == 1 && c->speech_alibi ? c->heads : 0};
         for (int i = 0; i < s.n_conv; i++)
             s.conv_dim[i] = c->speech_conv[i][0], s.conv_k[i] = c->speech_conv[i][1],
             s.conv_s[i] = c->speech_conv[i][2];

@@ -278,7 +278,10 @@ void model_features_multi(Model *m, const ModelParams *p, const Batch *b, const 
     DropKey dk = {0, 0, 0, b->ids};
     int T = m->T = m->ops->begin(m->fe, p, b);
     FrontOut x;
-    if (c->v2) { /* v2: the local features through the context (images: cls + LN) */
+    if (c->v2 && m->ops->v2_context_full) { /* speech: x + pos(x), LN, ALiBi */
+        x = m->ops->v2_local(m->fe, p, b, 1, dk);
+        x = m->ops->v2_context_full(m->fe, p, x.x, NULL, B, 1, T, T, 0, dk);
+    } else if (c->v2) { /* v2: the local features through the context (images: cls + LN) */
         x = m->ops->v2_local(m->fe, p, b, 0, dk);
         if (m->ops->v2_context) {
             x.x = m->ops->v2_context(m->fe, p, x.x, B, T, 0);
@@ -287,7 +290,12 @@ void model_features_multi(Model *m, const ModelParams *p, const Batch *b, const 
     } else {
         x = m->ops->forward(m->fe, p, b, 0, dk);
     }
-    EncoderRun r = {.B = B, .T = T, .key_pad = x.pad, .attn_bias = x.bias, .sample_ids = b->ids};
+    EncoderRun r = {.B = B,
+                    .T = T,
+                    .key_pad = x.pad,
+                    .attn_bias = x.bias,
+                    .sample_ids = b->ids,
+                    .alibi = x.alibi};
     encoder_forward(&m->enc_t, &p->enc, x.x, &r);
     const float *h = encoder_output(&m->enc_t);
     size_t N = (size_t)B * T;

@@ -163,14 +163,22 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
             die("v2: mask row %d keeps the wrong count", r);
     }
     /* 3. the student on each clone's kept tokens */
+    const float *xin;
+    FrontOut xc = {0};
+    DropKey dkr = {seed, step, 0, v->row_ids}; /* the clones' own dropout keys */
+    if (m->ops->v2_context_full) { /* speech: positions over the zero-filled sequence first */
+        xc = m->ops->v2_context_full(m->fe, s, x.x, v->keep, B, M, T, Tk, 1, dkr);
+        xin = xc.x;
+    } else {
 #pragma omp parallel for
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < Tk; j++) {
-            size_t src = (size_t)(r / M) * T + v->keep[(size_t)r * Tk + j];
-            memcpy(v->xs + ((size_t)r * Tk + j) * C, x.x + src * C, sizeof(float) * C);
-            if (x.pad) v->pad[(size_t)r * Tk + j] = x.pad[src];
-        }
-    const float *xin = E ? m->ops->v2_context(m->fe, s, v->xs, R, Tk, 1) : v->xs;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < Tk; j++) {
+                size_t src = (size_t)(r / M) * T + v->keep[(size_t)r * Tk + j];
+                memcpy(v->xs + ((size_t)r * Tk + j) * C, x.x + src * C, sizeof(float) * C);
+                if (x.pad) v->pad[(size_t)r * Tk + j] = x.pad[src];
+            }
+        xin = E ? m->ops->v2_context(m->fe, s, v->xs, R, Tk, 1) : v->xs;
+    }
     EncoderRun rs = {.B = R,
                      .T = E + Tk,
                      .key_pad = x.pad && !E ? v->pad : NULL, /* padding keys stay masked */
@@ -179,7 +187,11 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
                      .step = step,
                      .sample_ids = v->row_ids,
                      .block_done = m->hook ? block_done_v2 : NULL,
-                     .block_ctx = m};
+                     .block_ctx = m,
+                     /* ALiBi at the kept frames' true distances (fairseq masked_alibi) */
+                     .alibi = xc.alibi,
+                     .alibi_pos = xc.alibi ? v->keep : NULL,
+                     .dalibi = xc.dalibi};
     encoder_forward(&m->enc_s, &s->enc, xin, &rs);
     const float *h = encoder_output(&m->enc_s);
     /* 4. decoder input: the encoder output at the kept slots, noise at the masked ones */
@@ -205,13 +217,20 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     /* 5. the teacher once per sample: on the student's local features (text, speech) or its
      * own EMA front-end (images), through its own context */
     const float *xt = c->ema_frontend ? m->ops->v2_local(m->fe, t, b, 0, dk).x : x.x;
-    if (E) xt = m->ops->v2_context(m->fe, t, xt, B, T, 0);
+    FrontOut xct = {0};
+    if (m->ops->v2_context_full) {
+        xct = m->ops->v2_context_full(m->fe, t, xt, NULL, B, 1, T, T, 0, dk);
+        xt = xct.x;
+    } else if (E) {
+        xt = m->ops->v2_context(m->fe, t, xt, B, T, 0);
+    }
     EncoderRun rt = {.B = B,
                      .T = E + T,
                      .key_pad = E ? NULL : x.pad,
                      .seed = seed,
                      .step = step,
-                     .sample_ids = b->ids};
+                     .sample_ids = b->ids,
+                     .alibi = xct.alibi};
     encoder_forward(&m->enc_t, &t->enc, xt, &rt);
     for (int k = 0; k < c->top_k; k++) {
         BlockActs a = encoder_block(&m->enc_t, c->enc.L - c->top_k + k);
@@ -289,10 +308,13 @@ void v2_micro_step(Model *m, const ModelParams *s, const ModelParams *t, ModelPa
     float *dxin = E ? v->dxin : v->dxs;
     memset(dxin, 0, sizeof(float) * (size_t)R * (E + Tk) * C);
     encoder_backward(&m->enc_s, &g->enc, dxin, NULL, &s->enc, xin, &rs, v->dh);
-    if (E) m->ops->v2_context_backward(m->fe, g, s, dxin, v->dxs);
     memset(v->dlocal, 0, sizeof(float) * (size_t)B * T * C);
-#pragma omp parallel for /* one sample per thread, its clones in order: deterministic sums */
-    for (int bb = 0; bb < B; bb++)
+    if (m->ops->v2_context_full) /* the context's own scatter back into the local features */
+        m->ops->v2_context_full_backward(m->fe, g, s, v->dxs, v->dlocal);
+    if (E) m->ops->v2_context_backward(m->fe, g, s, dxin, v->dxs);
+    int gather = !m->ops->v2_context_full; /* else the context scattered its own gradient */
+#pragma omp parallel for if (gather) /* one sample per thread, clones in order: deterministic */
+    for (int bb = 0; bb < (gather ? B : 0); bb++)
         for (int mm = 0; mm < M; mm++) {
             int r = bb * M + mm;
             for (int j = 0; j < Tk; j++) {
@@ -314,8 +336,9 @@ double model_masked_pct(const Model *m) {
 ModelTrace v2_trace(const Model *m, const Batch *b) {
     V2State *v = m->v2;
     int R = m->B * v->M, T = v->T, C = m->c.enc.C;
-    if (!v->trace_noise)
-        v->trace_noise = xalloc(sizeof(float) * (size_t)R * T * C, "v2 noise for dumps");
+    if (!v->trace_noise) /* room for the largest batch: speech batches vary in length */
+        v->trace_noise =
+            xalloc(sizeof(float) * (size_t)m->Bmax * v->M * v->Tmax * C, "v2 noise for dumps");
     for (size_t i = 0; i < (size_t)R * T; i++) /* the noise: the decoder input's masked slots */
         if (v->masks[i])
             memcpy(v->trace_noise + i * C, v->dec_in + i * C, sizeof(float) * C);
@@ -326,7 +349,7 @@ ModelTrace v2_trace(const Model *m, const Batch *b) {
         for (int k = 0; k < m->c.top_k; k++) {
             if (!v->trace_layers[k])
                 v->trace_layers[k] =
-                    xalloc(sizeof(float) * (size_t)m->Bmax * T * C, "v2 layers for dumps");
+                    xalloc(sizeof(float) * (size_t)m->Bmax * v->Tmax * C, "v2 layers for dumps");
             for (int b2 = 0; b2 < m->B; b2++)
                 memcpy(v->trace_layers[k] + (size_t)b2 * T * C,
                        m->layers[k] + ((size_t)b2 * (v->E + T) + v->E) * C,

@@ -1,8 +1,9 @@
 /* attention.c: multi-head scaled-dot-product self-attention with key padding mask, additive
- * per-head bias and counter-based attention dropout. One (sample, head) pair per OpenMP task,
- * each running single-threaded strided BLIS GEMMs straight on the (B, T, 3C) qkv layout. With
- * att == NULL the probabilities are never stored: the backward recomputes them in a per-thread
- * T x T tile, bit-identical to the forward's (docs/performance.md, "attention"). */
+ * per-head bias, ALiBi distance biases (data2vec 2.0 audio) and counter-based attention dropout.
+ * One (sample, head) pair per OpenMP task, each running single-threaded strided BLIS GEMMs straight
+ * on the (B, T, 3C) qkv layout. With att == NULL the probabilities are never stored: the backward
+ * recomputes them in a per-thread T x T tile, bit-identical to the forward's (docs/performance.md,
+ * "attention"). */
 #include <math.h>
 #include <omp.h>
 
@@ -19,10 +20,19 @@ static void drop_probs(float *pd, const float *p, int b, int h, int T, float p_d
     simd_ops()->dropout_fwd(pd, p, key, (size_t)h * T * T, (size_t)T * T, p_drop, scale);
 }
 
-/* s = softmax(scale Q K^T + bias, padding keys -inf) for head h of sample b (T x T). The one
- * routine both passes use, so a recomputed tile equals the forward's bit for bit. */
-static void head_probs(float *s, const float *qkv, const uint8_t *key_pad, const float *bias, int b,
-                       int h, int T, int C, int NH) {
+/* ALiBi's distance of query i and key j in row b: |pos_i - pos_j| (positions 0..T-1 when the
+ * row has none of its own). */
+static inline float alibi_dist(const AttnAlibi *al, int b, int T, int i, int j) {
+    if (!al->pos) return (float)(i > j ? i - j : j - i);
+    const int32_t *p = al->pos + (size_t)b * T;
+    return (float)(p[i] > p[j] ? p[i] - p[j] : p[j] - p[i]);
+}
+
+/* s = softmax(scale Q K^T + bias - m_h |pos_i - pos_j|, padding keys -inf) for head h of sample
+ * b (T x T). The one routine both passes use, so a recomputed tile equals the forward's bit for
+ * bit. */
+static void head_probs(float *s, const float *qkv, const uint8_t *key_pad, const float *bias,
+                       const AttnAlibi *al, int b, int h, int T, int C, int NH) {
     int hs = C / NH;
     size_t C3 = 3 * (size_t)C;
     const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs, *kk = q + C;
@@ -34,6 +44,9 @@ static void head_probs(float *s, const float *qkv, const uint8_t *key_pad, const
         if (bh)
             for (int j = 0; j < T; j++)
                 row[j] += bh[(size_t)i * T + j];
+        if (al)
+            for (int j = 0; j < T; j++)
+                row[j] -= al->m[h] * alibi_dist(al, b, T, i, j);
         if (pad)
             for (int j = 0; j < T; j++)
                 if (pad[j]) row[j] = -INFINITY;
@@ -42,12 +55,12 @@ static void head_probs(float *s, const float *qkv, const uint8_t *key_pad, const
 }
 
 static void head_forward(float *out, float *s, float *pd, const float *qkv, const uint8_t *key_pad,
-                         const float *bias, int b, int h, int T, int C, int NH, float p_drop,
-                         DropKey k) {
+                         const float *bias, const AttnAlibi *al, int b, int h, int T, int C, int NH,
+                         float p_drop, DropKey k) {
     int hs = C / NH;
     size_t C3 = 3 * (size_t)C;
     const float *v = qkv + (size_t)b * T * C3 + (size_t)h * hs + 2 * C;
-    head_probs(s, qkv, key_pad, bias, b, h, T, C, NH);
+    head_probs(s, qkv, key_pad, bias, al, b, h, T, C, NH);
     const float *p = s;
     if (p_drop > 0) {
         drop_probs(pd, s, b, h, T, p_drop, k);
@@ -57,21 +70,28 @@ static void head_forward(float *out, float *s, float *pd, const float *qkv, cons
                   out + (size_t)b * T * C + (size_t)h * hs, C, 1);
 }
 
-void attention_forward(float *out, float *att, float *scratch, const float *qkv,
-                       const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
-                       float p_drop, DropKey k) {
+void attention_forward_ex(float *out, float *att, float *scratch, const float *qkv,
+                          const uint8_t *key_pad, const float *bias, const AttnAlibi *al, int B,
+                          int T, int C, int NH, float p_drop, DropKey k) {
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
             float *s = att ? att + ((size_t)b * NH + h) * T * T : pd + (size_t)T * T;
-            head_forward(out, s, pd, qkv, key_pad, bias, b, h, T, C, NH, p_drop, k);
+            head_forward(out, s, pd, qkv, key_pad, bias, al, b, h, T, C, NH, p_drop, k);
         }
 }
 
+void attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                       const uint8_t *key_pad, const float *bias, int B, int T, int C, int NH,
+                       float p_drop, DropKey k) {
+    attention_forward_ex(out, att, scratch, qkv, key_pad, bias, NULL, B, T, C, NH, p_drop, k);
+}
+
 static void head_backward(float *dqkv, float *dbias, float *pd, const float *dout, const float *qkv,
-                          const float *att, const uint8_t *key_pad, const float *bias, int b, int h,
-                          int T, int C, int NH, float p_drop, DropKey k) {
+                          const float *att, const uint8_t *key_pad, const float *bias,
+                          const AttnAlibi *al, int b, int h, int T, int C, int NH, float p_drop,
+                          DropKey k) {
     int hs = C / NH;
     size_t C3 = 3 * (size_t)C;
     size_t qoff = (size_t)b * T * C3 + (size_t)h * hs;
@@ -79,7 +99,7 @@ static void head_backward(float *dqkv, float *dbias, float *pd, const float *dou
     float *dq = dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C;
     float *dp = pd + (size_t)T * T, *tile = dp + (size_t)T * T;
     const float *p = att ? att + ((size_t)b * NH + h) * T * T : tile;
-    if (!att) head_probs(tile, qkv, key_pad, bias, b, h, T, C, NH);
+    if (!att) head_probs(tile, qkv, key_pad, bias, al, b, h, T, C, NH);
     const float *dy = dout + (size_t)b * T * C + (size_t)h * hs;
     float scale = 1.0f / sqrtf((float)hs);
     const float *pused = p;
@@ -97,20 +117,28 @@ static void head_backward(float *dqkv, float *dbias, float *pd, const float *dou
         for (size_t i = 0; i < (size_t)T * T; i++)
             db[i] += dp[i];
     }
+    if (al && al->dm_bh) { /* d logit / d m_h = -|pos_i - pos_j|: one sum per (sample, head) */
+        double acc = 0;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < T; j++)
+                acc -= (double)dp[(size_t)i * T + j] * alibi_dist(al, b, T, i, j);
+        al->dm_bh[(size_t)b * NH + h] = acc;
+    }
     gemm_rowmajor(0, 0, T, hs, T, scale, dp, T, kk, (int)C3, 1.0f, dq, (int)C3, 1); /* dQ */
     gemm_rowmajor(1, 0, T, hs, T, scale, dp, T, q, (int)C3, 1.0f, dk, (int)C3, 1);  /* dK */
 }
 
-void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
-                        const float *qkv, const float *att, const uint8_t *key_pad,
-                        const float *bias, int B, int T, int C, int NH, float p_drop, DropKey k) {
+void attention_backward_ex(float *dqkv, float *dbias, float *scratch, const float *dout,
+                           const float *qkv, const float *att, const uint8_t *key_pad,
+                           const float *bias, const AttnAlibi *al, int B, int T, int C, int NH,
+                           float p_drop, DropKey k) {
     if (dbias) {
         /* Heads in parallel, samples in sequence: each dbias[h] has a single writer. */
 #pragma omp parallel for schedule(dynamic)
         for (int h = 0; h < NH; h++) {
             float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
             for (int b = 0; b < B; b++)
-                head_backward(dqkv, dbias, pd, dout, qkv, att, key_pad, bias, b, h, T, C, NH,
+                head_backward(dqkv, dbias, pd, dout, qkv, att, key_pad, bias, al, b, h, T, C, NH,
                               p_drop, k);
         }
         return;
@@ -119,6 +147,14 @@ void attention_backward(float *dqkv, float *dbias, float *scratch, const float *
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             float *pd = scratch + (size_t)omp_get_thread_num() * 3 * T * T;
-            head_backward(dqkv, NULL, pd, dout, qkv, att, key_pad, bias, b, h, T, C, NH, p_drop, k);
+            head_backward(dqkv, NULL, pd, dout, qkv, att, key_pad, bias, al, b, h, T, C, NH, p_drop,
+                          k);
         }
+}
+
+void attention_backward(float *dqkv, float *dbias, float *scratch, const float *dout,
+                        const float *qkv, const float *att, const uint8_t *key_pad,
+                        const float *bias, int B, int T, int C, int NH, float p_drop, DropKey k) {
+    attention_backward_ex(dqkv, dbias, scratch, dout, qkv, att, key_pad, bias, NULL, B, T, C, NH,
+                          p_drop, k);
 }

@@ -156,6 +156,7 @@ void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int 
     e->att_scratch_count = attention_scratch_size(Tmax);
     e->att_scratch = xalloc(e->att_scratch_count * sizeof(float), "attention scratch");
     e->dropped = xalloc(L, "layerdrop flags");
+    e->alibi_dm = xalloc(sizeof(double) * (size_t)Bmax * cfg->NH, "ALiBi slope gradients");
     log0("encoder %s arena (B=%d, T=%d): activations %.1f MiB, backward scratch %.1f MiB, "
          "attention scratch %.1f MiB\n",
          keep_caches ? "training" : "forward-only", Bmax, Tmax, e->act_count * 4 / 1048576.0,
@@ -164,6 +165,7 @@ void encoder_init(Encoder *e, const EncoderConfig *cfg, int Bmax, int Tmax, int 
 
 void encoder_free(Encoder *e) {
     free(e->act_memory), free(e->grad_memory), free(e->att_scratch), free(e->dropped);
+    free(e->alibi_dm), e->alibi_dm = NULL;
     e->act_memory = e->grad_memory = e->att_scratch = NULL;
     e->dropped = NULL;
 }
@@ -238,9 +240,11 @@ static void block_forward(const Encoder *e, BlockActs a, LayerParams w, const fl
     } else {
         TIMED(PROF_LINEAR, linear_forward(a.qkv, in, w.qkv_w, w.qkv_b, N, C, 3 * C));
     }
+    AttnAlibi al = {r->alibi, r->alibi_pos, NULL};
     TIMED(PROF_ATTENTION,
-          attention_forward(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias, B, T, C,
-                            c->NH, r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
+          attention_forward_ex(a.atty, a.att, e->att_scratch, a.qkv, r->key_pad, r->attn_bias,
+                               r->alibi ? &al : NULL, B, T, C, c->NH,
+                               r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
     TIMED(PROF_LINEAR, linear_forward(a.attproj, a.atty, w.proj_w, w.proj_b, N, C, C));
     if (a.attn_out != a.attproj) { /* keep_attn_out with layer scale: BEiT's gamma_1 */
 #pragma omp parallel for
@@ -389,10 +393,18 @@ static void block_backward(const Encoder *e, BlockActs a, LayerParams w, LayerGr
     TIMED(PROF_LINEAR,
           linear_backward(g[G_B], dw.proj_w, dw.proj_b, g[G_C], a.atty, w.proj_w, N, C, C));
     TIMED(PROF_MEMORY, zero(g[G_QKV], 3 * NC));
+    AttnAlibi al = {r->alibi, r->alibi_pos, r->dalibi ? e->alibi_dm : NULL};
     TIMED(PROF_ATTENTION,
-          attention_backward(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att, r->key_pad,
-                             r->attn_bias, B, T, C, c->NH, r->train ? c->attn_dropout : 0,
-                             drop_key(r, SITE(l, SITE_ATT))));
+          attention_backward_ex(g[G_QKV], dattn_bias, e->att_scratch, g[G_B], a.qkv, a.att,
+                                r->key_pad, r->attn_bias, r->alibi ? &al : NULL, B, T, C, c->NH,
+                                r->train ? c->attn_dropout : 0, drop_key(r, SITE(l, SITE_ATT))));
+    if (r->alibi && r->dalibi) /* rows in order: the same sum on any thread count */
+        for (int h = 0; h < c->NH; h++) {
+            double acc = 0;
+            for (int b = 0; b < B; b++)
+                acc += e->alibi_dm[(size_t)b * c->NH + h];
+            r->dalibi[h] += (float)acc;
+        }
     if (c->pre_ln) {
         TIMED(PROF_MEMORY, zero(g[G_A], NC));
         TIMED(PROF_LINEAR,

@@ -95,7 +95,7 @@ static FrontOut forward(void *fe, const ModelParams *p, const Batch *b, int stud
     image_embed_forward(e, &p->image, b->images, student ? f->mask : NULL, b->B);
     float *bias = student ? f->bias_s : f->bias_t; /* one per network: its own table */
     if (bias) image_rel_bias_forward(e, bias, &p->image);
-    return (FrontOut){e->out, NULL, bias, student ? f->dbias : NULL};
+    return (FrontOut){e->out, NULL, bias, student ? f->dbias : NULL, NULL, NULL};
 }
 
 static void backward(void *fe, ModelParams *g, const ModelParams *s, const float *dx, DropKey dk) {
@@ -113,7 +113,7 @@ static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, int stu
     ImageFront *f = fe;
     ImageEmbed *e = student ? &f->s : &f->t;
     image_embed_forward(e, &p->image, b->images, NULL, b->B);
-    return (FrontOut){e->out, NULL, NULL, NULL};
+    return (FrontOut){e->out, NULL, NULL, NULL, NULL, NULL};
 }
 
 static const float *v2_context(void *fe, const ModelParams *p, const float *x, int R, int Tk,
@@ -170,4 +170,6 @@ const FrontendOps frontend_image = {"image",
                                     v2_local,
                                     v2_context,
                                     v2_context_backward,
-                                    1};
+                                    1,
+                                    NULL,
+                                    NULL};

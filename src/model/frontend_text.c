@@ -63,7 +63,8 @@ static FrontOut forward(void *fe, const ModelParams *p, const Batch *b, int stud
     TextEmbed *e = student ? &f->s : &f->t;
     dk.site = RNG_SITE_TEXT_EMBED;
     text_embed_forward(e, &p->text, student ? f->tokens_in : b->tokens, b->B, f->T, student, dk);
-    return (FrontOut){e->out, e->pad, NULL, NULL}; /* each network's padding from its own ids */
+    return (FrontOut){e->out, e->pad, NULL,
+                      NULL,   NULL,   NULL}; /* each network's padding from its own ids */
 }
 
 static void backward(void *fe, ModelParams *g, const ModelParams *s, const float *dx, DropKey dk) {
@@ -82,7 +83,7 @@ static FrontOut v2_local(void *fe, const ModelParams *p, const Batch *b, int stu
     /* the student's input is the unmasked text: the dumps' student_tokens say so */
     if (student) memcpy(f->tokens_in, b->tokens, sizeof(int32_t) * (size_t)b->B * f->T);
     text_embed_forward(e, &p->text, b->tokens, b->B, f->T, student, dk);
-    return (FrontOut){e->out, e->pad, NULL, NULL};
+    return (FrontOut){e->out, e->pad, NULL, NULL, NULL, NULL};
 }
 
 static int trace(const void *fe, const Batch *b, TraceArray *out) {
@@ -92,5 +93,6 @@ static int trace(const void *fe, const Batch *b, TraceArray *out) {
     return 2;
 }
 
-const FrontendOps frontend_text = {"text",   declare, create, destroy,  begin, mask, forward,
-                                   backward, NULL,    trace,  v2_local, NULL,  NULL, 0};
+const FrontendOps frontend_text = {"text",  declare,  create, destroy, begin,    mask,
+                                   forward, backward, NULL,   trace,   v2_local, NULL,
+                                   NULL,    0,        NULL,   NULL};

@@ -51,21 +51,30 @@ void speech_embed_declare(ParamTable *t, SpeechEmbedParams *p, const SpeechEmbed
     ptab_add(t, &p->proj_w, "speech.proj_w", SHAPE2(C, D), PINIT(INIT_UNIFORM, -a, a), DECAY_YES,
              ema);
     ptab_add(t, &p->proj_b, "speech.proj_b", SHAPE1(C), PINIT(INIT_UNIFORM, -a, a), DECAY_1D, ema);
-    ptab_add(t, &p->mask_emb, "speech.mask_emb", SHAPE1(C), PINIT(INIT_UNIFORM, 0, 1), DECAY_1D,
-             ema);
+    if (!c->v2) /* data2vec 2.0's student never sees masked frames: no mask embedding */
+        ptab_add(t, &p->mask_emb, "speech.mask_emb", SHAPE1(C), PINIT(INIT_UNIFORM, 0, 1), DECAY_1D,
+                 ema);
+    /* v2: the teacher is the whole model but the local encoder and decoder (fairseq
+     * make_target_model with ema_local_encoder false), so it averages the positional convs */
+    int pos_ema = c->v2 ? EMA_AVERAGE : ema;
     for (int j = 0; j < c->pos_layers; j++) {
         int64_t fan_in = (C / c->pos_groups) * c->pos_k;
         float b = 1.0f / sqrtf((float)fan_in);
         snprintf(name, sizeof name, "speech.pos_w.%d", j);
         ptab_add(t, &p->pos_w[j], name, SHAPE3(C, C / c->pos_groups, c->pos_k),
-                 PINIT(INIT_UNIFORM, -b, b), DECAY_YES, ema);
+                 PINIT(INIT_UNIFORM, -b, b), DECAY_YES, pos_ema);
         snprintf(name, sizeof name, "speech.pos_b.%d", j);
-        ptab_add(t, &p->pos_b[j], name, SHAPE1(C), PINIT(INIT_UNIFORM, -b, b), DECAY_1D, ema);
+        ptab_add(t, &p->pos_b[j], name, SHAPE1(C), PINIT(INIT_UNIFORM, -b, b), DECAY_1D, pos_ema);
     }
     /* v1 audio: the teacher averages the encoder's input layer norm even when it shares the
      * rest of the front-end (docs/algorithm.md §4.1) */
     ptab_add(t, &p->enc_ln_w, "speech.enc_ln_w", SHAPE1(C), PINIT_ONE, DECAY_1D, EMA_AVERAGE);
     ptab_add(t, &p->enc_ln_b, "speech.enc_ln_b", SHAPE1(C), PINIT_ZERO, DECAY_1D, EMA_AVERAGE);
+    /* v2 ALiBi: fairseq's alibi_scale (learned_alibi_scale_per_head), init alibi_scale = 1,
+     * exempt from decay, averaged by the teacher */
+    if (c->v2 && c->alibi_heads > 0)
+        ptab_add(t, &p->alibi_scale, "speech.alibi_scale", SHAPE1(c->alibi_heads), PINIT_ONE,
+                 DECAY_1D, EMA_AVERAGE);
 }
 
 static void declare_shared(ParamTable *t, void *p, const void *c) {

@@ -33,7 +33,7 @@ from docs/algorithm.md (§1, §4, §5) with torch doing the maths and the autogr
             fairseq's Adam written out here (sqrt(v) + eps, step lr*sqrt(bc2)/bc1,
             fairseq/optim/adam.py). LR schedule and EMA decay tau(n) from their formulas.
 
-data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text and images): the dump
+data2vec 2.0 (root attribute mode = "v2", docs/algorithm.md §7.2; text, images, speech): the dump
 adds v2_masks (B*M, T) and v2_noise (B*M, T, C), so again nothing random is replayed. The
 student's front-end runs on the unmasked batch (the local features); row r = b*M + m gathers its
 kept positions (ascending) of sample b, runs the encoder, is scattered back over the noise at the
@@ -53,8 +53,15 @@ sample's targets, L2 times scale, weighted v2.cls_loss times the masked tokens p
 after the division by the masked count it is v2.cls_loss times its mean over rows, whatever the
 split into ranks and micro-batches (fairseq's per-GPU sample_size is not; cls_predictions /
 cls_targets are checked too); teacher_layer_* may hold the cls row or not.
---v2-fault clones-1 / repeat-tile / kept-shift / teacher-masked (text and images) and cls-weight /
-cls-sample-size / cls-in-norm / no-final-ln (images) make one deliberate error each (negative
+Speech (§7.3): the local features are the conv extractor, its LN and projection; each clone zeroes
+its masked frames, the positional convs run over the whole zero-filled sequence, the kept frames
+get features + positions, then the context LN; ALiBi (speech.alibi: slope_h x clamp_min(
+speech.alibi_scale_h, 0) x -|p_i - p_j|, p the kept frames' true positions) on every block. The
+teacher runs the unmasked local features through its own positional convs, LN and ALiBi scale
+(all averaged, with the blocks); the extractor and projection are the student's.
+--v2-fault clones-1 / repeat-tile / kept-shift / teacher-masked (text, images, speech),
+cls-weight / cls-sample-size / cls-in-norm / no-final-ln (images) and pos-unmasked /
+pos-after-gather / alibi-unmasked-pos (speech) make one deliberate error each (negative
 controls).
 --self-test checks these pieces without a dump: gather and scatter by hand, the image context and
 the cls loss by hand, the vectorised step against a row-by-row loop (text and images),
@@ -106,7 +113,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed, sincos_2d
+from d2vref import Encoder, ImageEmbed, SpeechEmbed, TextEmbed, conv_out_len, sincos_2d
 from decoder_ref import ConvDecoder, keep_mask
 
 # Tolerances (fp32 C against the fp32 reference; errors are relative to the tensor's max |value|).
@@ -560,8 +567,13 @@ class RefModel:
 # the first four apply to text and images, the rest to images (the cls loss and the targets'
 # extra token and final LN)
 V2_FAULTS = ("clones-1", "repeat-tile", "kept-shift", "teacher-masked", "cls-weight",
-             "cls-sample-size", "cls-in-norm", "no-final-ln")
+             "cls-sample-size", "cls-in-norm", "no-final-ln", "pos-unmasked", "pos-after-gather",
+             "alibi-unmasked-pos")
 V2_FAULTS_TEXT = V2_FAULTS[:4]
+V2_FAULTS_IMAGE = V2_FAULTS[:8]
+# speech (docs/algorithm.md §7.3): the positional convs over the clone's unmasked sequence instead
+# of the zero-filled one; over the gathered kept frames only; ALiBi distances of the gathered
+# sequence (0..Tk-1) instead of the kept frames' true positions
 V2_FAULT = None  # --v2-fault: one deliberate error in the v2 step (negative controls only)
 TARGET_TENSOR = None  # --target-tensor: v1 targets from another tensor (negative controls only)
 # fairseq's make_targets calls F.instance_norm / F.layer_norm with their default eps
@@ -643,6 +655,59 @@ class ImageEmbedV2(nn.Module):
         return self.ln(x)
 
 
+class SpeechEmbedV2(SpeechEmbed):
+    """data2vec 2.0's speech input (docs/algorithm.md §7.3, fairseq AudioEncoder): the local
+    features are the conv extractor, its LN and projection (SpeechEmbed.features); no mask
+    embedding. The context of a clone: its features with the masked frames zeroed run through the
+    positional convs over the whole sequence, the result is added to the kept frames' features,
+    then the encoder (context) layer norm. ALiBi: slope_h x clamp_min(alibi_scale_h, 0) x
+    -|pos_i - pos_j| on every block's logits, pos the frames' true positions."""
+
+    def __init__(self, conv, C, pos_layers, pos_k, pos_groups, eps, heads, alibi):
+        super().__init__(conv, C, pos_layers, pos_k, pos_groups, eps)
+        self.mask_emb.requires_grad_(False)  # not a v2 tensor: left out of named_c
+        self.heads, self.alibi_on = heads, alibi
+        if alibi:
+            self.alibi_scale = nn.Parameter(torch.ones(heads))
+            self.register_buffer("slopes", torch.tensor(alibi_slopes(heads), dtype=torch.float32))
+
+    def named_c(self):
+        d = super().named_c()
+        d.pop("mask_emb", None)
+        if self.alibi_on:
+            d["alibi_scale"] = self.alibi_scale
+        return d
+
+    def pos(self, x):
+        """(R, T, C) -> the positional conv stack's output (R, T, C)."""
+        h = x.transpose(1, 2)
+        for conv, ln in zip(self.pos_convs, self.pos_lns):
+            h = conv(h)
+            if self.pos_k % 2 == 0:  # SamePad
+                h = h[:, :, :-1]
+            h = self.ln_gelu(ln, h)
+        return h.transpose(1, 2)
+
+    def bias(self, pos):
+        """pos (R, n) long positions -> (R, NH, n, n) ALiBi biases, or None."""
+        if not self.alibi_on:
+            return None
+        d = -(pos[:, None, :, None] - pos[:, None, None, :]).abs().to(self.slopes.dtype)
+        return self.slopes.to(d.dtype)[None, :, None, None] * d * \
+            self.alibi_scale.clamp_min(0)[None, :, None, None]
+
+
+def alibi_slopes(n):
+    """fairseq get_alibi's get_slopes, written from its formula."""
+    def pow2(k):
+        start = 2 ** (-(2 ** -(math.log2(k) - 3)))
+        return [start * start ** i for i in range(k)]
+    if math.log2(n).is_integer():
+        return pow2(n)
+    p = 2 ** math.floor(math.log2(n))
+    return pow2(p) + pow2(2 * p)[0::2][:n - p]
+
+
 def cls_loss_sum(cls_pred, y, row_sample, scale):
     """The cls regression before its weight (docs/algorithm.md §7.2 "Images", fairseq
     data2vec2.py cls_loss): row r's cls output against the mean over patches of its sample's
@@ -665,9 +730,9 @@ class RefModelV2(RefModel):
     weighted v2.cls_loss times the masked tokens per row. The decoder is student-only."""
 
     def __init__(self, dump, dtype, sharing="spec"):
-        if dump.modality not in ("text", "image"):
+        if dump.modality not in ("text", "image", "speech"):
             raise InputError(f"{dump.path}: a v2 {dump.modality} dump: the v2 reference does "
-                             "text and images so far")
+                             "text, images and speech")
         c = dump.cfg
         self.clones = c["v2.clones"]
         self.notes = []
@@ -695,6 +760,11 @@ class RefModelV2(RefModel):
         if self.modality == "text":
             return super().build_frontend(dump, shapes)
         c = self.cfg
+        if self.modality == "speech":
+            conv = [tuple(x) for x in c["speech.conv"]]
+            return SpeechEmbedV2(conv, self.C, c["speech.pos_layers"], c["speech.pos_kernel"],
+                                 c["speech.pos_groups"], c["speech.ln_eps"], c["model.heads"],
+                                 bool(c.get("speech.alibi", False)))
         if c["image.pos"] not in ("sincos", "none"):
             raise InputError(f"{dump.path}: image.pos = {c['image.pos']!r} in a v2 dump: data2vec "
                              "2.0 images use the fixed sin-cos table (§7.2)")
@@ -755,6 +825,11 @@ class RefModelV2(RefModel):
             names |= fe_names | {n for n in self.student if n.startswith("dec.")}
         elif sharing == "spec" and self.ema_frontend:
             names |= fe_names
+        elif sharing == "spec" and self.modality == "speech":
+            # fairseq make_target_model without the local encoder and project_features: the
+            # positional convs, the context LN and alibi_scale are averaged (§7.3)
+            names |= {n for n in fe_names if n.startswith(("speech.pos_", "speech.enc_ln_",
+                                                           "speech.alibi_scale"))}
         return names
 
     def inputs(self, dump):
@@ -766,6 +841,10 @@ class RefModelV2(RefModel):
             if "batch_images" not in dump.d:
                 raise InputError(f"{dump.path}: an image v2 dump without batch_images")
             x["img"] = torch.from_numpy(dump["batch_images"]).to(self.dtype)
+        elif self.modality == "speech":
+            if "batch_audio" not in dump.d:
+                raise InputError(f"{dump.path}: a speech v2 dump without batch_audio")
+            x["wav"] = torch.from_numpy(dump["batch_audio"]).to(self.dtype)
         else:
             x["bt"] = torch.from_numpy(dump["batch_tokens"].astype(np.int64))
         return x
@@ -781,6 +860,8 @@ class RefModelV2(RefModel):
     def forward_loss(self, x):
         masks, noise = x["masks"], x["noise"]
         image = self.modality == "image"
+        if self.modality == "speech":
+            return self.forward_loss_speech(x)
         if image:
             local = self.fe.local(x["img"])  # step 1: patch embedding + sin-cos (B, Np, C)
             pad = None
@@ -843,6 +924,57 @@ class RefModelV2(RefModel):
                        cls_targets=cls_tgt)
         out.update(sum=loss_sum, mean=loss_sum / n)
         return out
+
+
+    def forward_loss_speech(self, x):
+        """Speech (docs/algorithm.md §7.3, fairseq contextualized_features with remove_masked):
+        the student's clones zero their masked frames, run the positional convs over the whole
+        sequence, keep the kept frames of features + positions, layer-norm them and encode them
+        with ALiBi at the kept frames' true distances; the teacher runs the unmasked local
+        features through its own (EMA) positional convs, LN and ALiBi scale."""
+        masks, noise = x["masks"], x["noise"]
+        local = self.fe.features(x["wav"])  # step 1: the local features (B, T, C)
+        B, T, _ = local.shape
+        R, M = masks.shape[0], self.clones
+        if masks.shape != (B * M, T) or noise.shape != (B * M, T, self.C):
+            raise InputError(f"v2_masks {tuple(masks.shape)} / v2_noise {tuple(noise.shape)} for "
+                             f"B {B}, v2.clones {M}, T {T}, C {self.C}")
+        ids_keep = kept_indices(masks)
+        if V2_FAULT == "kept-shift":
+            ids_keep = shift_one_kept(ids_keep, masks)
+        Mr = M - 1 if V2_FAULT == "clones-1" and M > 1 else M
+        row_sample = torch.clamp(torch.arange(R) // Mr, max=B - 1)
+        rows = torch.arange(R)[:, None].expand_as(ids_keep)
+        kept = torch.zeros(R, T, dtype=torch.bool)
+        kept[rows, ids_keep] = True  # the (possibly faulted) kept set decides what is zeroed
+        xr = local[row_sample]
+        if V2_FAULT == "pos-after-gather":
+            xs = gather_kept(local, ids_keep, row_sample)
+            xs = xs + self.fe.pos(xs)
+        else:
+            zin = xr if V2_FAULT == "pos-unmasked" else xr * kept.unsqueeze(-1).to(xr.dtype)
+            pos = self.fe.pos(zin)
+            xs = gather_kept(local, ids_keep, row_sample) + pos[rows, ids_keep]
+        xs = self.fe.enc_ln(xs)
+        apos = (torch.arange(ids_keep.shape[1])[None].expand_as(ids_keep)
+                if V2_FAULT == "alibi-unmasked-pos" else ids_keep)
+        h, _, _ = self.enc(xs, None, self.fe.bias(apos))
+        pred_all = self.dec(scatter_decoder_input(h, ids_keep, noise), None, None, 0.0)
+        with torch.no_grad():
+            x_t = local.detach()
+            if V2_FAULT == "teacher-masked":
+                x_t = x_t * (~masks[::M]).unsqueeze(-1).to(x_t.dtype)
+            x_t = self.fe_t.enc_ln(x_t + self.fe_t.pos(x_t))
+            _, ffn_t, end_t = self.enc_t(x_t, None, self.fe_t.bias(torch.arange(T)[None]))
+            layers = (ffn_t if self.target_ffn else end_t)[self.L - self.top_k:]
+            y = self.targets(layers)
+            y_rows = y.repeat(M, 1, 1) if V2_FAULT == "repeat-tile" else y[row_sample]
+            y_sel = y_rows[masks]
+        pred = pred_all[masks]
+        n = int(masks.sum())
+        loss_sum = ((pred - y_sel) ** 2).sum() * self.scale
+        return {"M": n, "y": y_sel, "pred": pred, "layers": layers, "sum": loss_sum,
+                "mean": loss_sum / n}
 
 
 def make_model(dump, dtype, sharing="spec"):
@@ -1277,7 +1409,7 @@ def self_test_image(rep, decoder_fixture):
               "self-test image teacher never averages the decoder")
 
     # (5) every fault changes the step
-    fault_checks(rep, model, dump, teacher, V2_FAULTS, "image")
+    fault_checks(rep, model, dump, teacher, V2_FAULTS_IMAGE, "image")
 
     # (6) the 2-D decoder through the table against decoder_ref's fixture
     if decoder_fixture is None:
@@ -1521,6 +1653,10 @@ def check_batch_v2(rep, dump, tag):
     if dump.modality == "image":  # T = the patch grid (the cls token is never masked)
         B = dump["batch_images"].shape[0]
         T = (c["image.height"] // c["image.patch"]) * (c["image.width"] // c["image.patch"])
+    elif dump.modality == "speech":  # T = the conv extractor's frames of the crop
+        B, T = dump["batch_audio"].shape
+        for _, k, st in c["speech.conv"]:
+            T = conv_out_len(T, k, st)
     else:
         bt = dump["batch_tokens"]
         B, T = bt.shape
@@ -1533,8 +1669,11 @@ def check_batch_v2(rep, dump, tag):
     # text, images: exactly int(T (1 - R)) kept, fairseq's Python arithmetic on the decimal R
     # (§3.4; images: int(L p) cells with p = 1 - R)
     want = int(T * (1 - c["v2.mask_prob"]))
-    unit = "patches" if dump.modality == "image" else "tokens"
-    rep.check(np.all(kept == want), f"{tag} every clone keeps int(T (1 - {c['v2.mask_prob']})) = "
+    if dump.modality == "speech":  # 1-D blocks: exactly int(T R) masked (§3.4)
+        want = T - int(T * c["v2.mask_prob"])
+    unit = {"image": "patches", "speech": "frames"}.get(dump.modality, "tokens")
+    rep.check(np.all(kept == want), f"{tag} every clone keeps the exact count "
+                                    f"(R {c['v2.mask_prob']}) = "
                                     f"{want} of {T} {unit}: "
                                     f"kept counts {sorted(set(kept.tolist()))}")
     sel = dump["loss_positions"].astype(bool)
