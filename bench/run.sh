@@ -70,8 +70,8 @@ if grep -q avx512f /proc/cpuinfo; then
             ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2
     done
 fi
-echo "== data2vec 2.0 against 1.0, small configs, 1 rank x 2 threads (text and images so far)"
-for v in text image; do
+echo "== data2vec 2.0 against 1.0, small configs, 1 rank x 2 threads"
+for v in text image speech; do
     for cfg in configs/$v-small.cfg configs/$v-v2-small.cfg; do
         OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 "$build/bench/bench_train" "$cfg" 2>&1 |
             grep "s/update" | sed 's/^/    /'
