@@ -155,6 +155,58 @@ PY
     [ "$out" = ok ] && ok "$dt safetensors import exactly" || bad "$dt import: $out"
 done
 
+# an older or task-model HF file: integer buffers (relative_position_index as I64, what earlier
+# transformers saved), no mask token (use_mask_token false): imported, the buffer skipped and the
+# mask token freshly initialised; every other tensor re-exports exactly
+cp -r "$dir/hf-image-rel-student" "$dir/h-old"
+$py - "$dir/hf-image-rel-student" "$dir/h-old" <<'PY'
+import json, struct, sys
+import numpy as np
+src, dst = sys.argv[1:3]
+raw = open(src + "/model.safetensors", "rb").read()
+(n,) = struct.unpack("<Q", raw[:8])
+h = json.loads(raw[8:8 + n])
+meta = h.pop("__metadata__")
+out, blobs, at = {"__metadata__": meta}, [], 0
+def put(k, dtype, shape, b):
+    global at
+    out[k] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + len(b)]}
+    blobs.append(b)
+    at += len(b)
+for k, e in h.items():
+    if k != "embeddings.mask_token":
+        put(k, e["dtype"], e["shape"], raw[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]])
+put("encoder.relative_position_bias.relative_position_index", "I64", [17, 17], np.arange(289, dtype="<i8").tobytes())
+s = json.dumps(out).encode()
+s += b" " * (-len(s) % 8)
+open(dst + "/model.safetensors", "wb").write(struct.pack("<Q", len(s)) + s + b"".join(blobs))
+c = json.load(open(src + "/config.json"))
+c["use_mask_token"] = False
+json.dump(c, open(dst + "/config.json", "w"), indent=2)
+PY
+"$bin/d2v-import" "$dir/h-old" --config "$dir/image-rel/config.resolved.cfg" --out "$dir/imp-old" \
+    >"$dir/import-old.log" 2>&1 && "$bin/d2v-export" "$dir/imp-old" --out "$dir/hf-old" >/dev/null 2>&1
+out=$($py - "$dir/hf-image-rel-student/model.safetensors" "$dir/hf-old/model.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(p):
+    raw = open(p, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    h = json.loads(raw[8:8 + n])
+    return {k: np.frombuffer(raw[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]], "<f4")
+            for k, e in h.items() if k != "__metadata__"}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in a if k != "embeddings.mask_token" and not np.array_equal(a[k], b[k])]
+print("ok" if not bad and set(a) == set(b) else "differ: %s" % bad[:3])
+PY
+)
+if [ "$out" = ok ] && grep -q "^initialised: embeddings.mask_token (not in the HF file" "$dir/import-old.log" &&
+    grep -q "^ignored: encoder.relative_position_bias.relative_position_index" "$dir/import-old.log"; then
+    ok "an HF file with an I64 buffer and no mask token imports (buffer ignored, mask token fresh, the rest exact)"
+else
+    bad "old-style HF file: $out $(cat "$dir/import-old.log")"
+fi
+
 # refusals
 refused "a missing checkpoint" "$dir/nope: no such checkpoint" "$bin/d2v-export" "$dir/nope" --out "$dir/x1"
 mkdir "$dir/full" && echo keep >"$dir/full/keep"
@@ -207,6 +259,13 @@ refused "an HF config of another modality" "config.json: model_type is \"data2ve
 rm "$dir/lie/model.safetensors"
 refused "a directory without model.safetensors" "lie/model.safetensors: no such file" \
     "$bin/d2v-import" "$dir/lie" --config "$dir/text/config.resolved.cfg" --out "$dir/y6"
+refused "layer-scaled HF weights into a config without layer scale" \
+    "hf-image-student/model.safetensors: tensor encoder.layer.0.lambda_1 is part of HF's encoder" \
+    "$bin/d2v-import" "$dir/hf-image-student" --config "$dir/image/config.resolved.cfg" \
+    --set model.layer_scale=0 --out "$dir/y7"
+refused "a non-square image model" "a non-square image model (image.height 28, image.width 56)" \
+    "$bin/d2v-import" "$dir/hf-image-student" --config "$dir/image/config.resolved.cfg" \
+    --set image.width=56 --out "$dir/y8"
 refused "--init-from a checkpoint of another architecture" "model.ffn is 64 in the checkpoint, 128 in this config" \
     "$bin/d2v-train" configs/text-tiny.cfg --set data.train="$dir/text.h5" --set model.ffn=128 \
     --init-from "$dir/imp-text" --run-dir "$dir/z1"

@@ -20,7 +20,9 @@ typedef struct {
     int rank;
     int64_t shape[4];
     size_t count;
-    float *data; // st_read: owned (F16 and BF16 converted to float32)
+    char dtype[8]; // st_read: the file's dtype ("F32", "I64", ...)
+    float *data;   // st_read: owned, every float dtype converted to float32; NULL for integer
+                   // and boolean tensors (HF's index buffers), which are checked but not read
 } StTensor;
 
 /// Write n float32 tensors to path in the given order, with __metadata__ {"format": "pt"} (as
@@ -28,8 +30,8 @@ typedef struct {
 /// Under a temporary name, fsynced, then renamed. 0, or -1 with one line naming the file.
 int st_write(const char *path, const StTensor *t, int n, char *err, size_t errlen);
 /// Read and check a whole file: header length within the file, a JSON object, every entry's
-/// dtype (F32, F16, BF16), shape and data_offsets consistent, in the buffer, not overlapping and
-/// covering it without holes. 0 with *out (n tensors, free with st_free), or -1 with one line
+/// dtype (one of the format's), shape and data_offsets consistent, in the buffer, not overlapping
+/// and covering it without holes. 0 with *out (n tensors, free with st_free), or -1 with one line
 /// naming the file and the tensor.
 int st_read(const char *path, StTensor **out, int *n, char *err, size_t errlen);
 void st_free(StTensor *t, int n);
@@ -44,8 +46,10 @@ typedef struct {
     int rank;
     int64_t shape[4];
     size_t count;
-    float *src; // into the bound view; NULL: zeros with no d2v counterpart (HF text's
-                // token_type_embeddings), which an import requires to be zero
+    float *src;   // into the bound view; NULL: zeros with no d2v counterpart (HF text's
+                  // token_type_embeddings), which an import requires to be zero
+    int optional; // an import may lack it (HF's use_mask_token / mask_time_prob switch it off):
+                  // the d2v tensor then keeps its fresh initialisation
 } ExportEntry;
 
 typedef struct {

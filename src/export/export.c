@@ -210,6 +210,9 @@ static void write_preprocessor(const char *dir, const Loaded *l) {
                                json_object_new_string("BeitImageProcessor"));
         json_object_object_add(o, "do_resize", json_object_new_boolean(1));
         json_object_object_add(o, "size", size);
+        /* PIL's filter codes: 2 bilinear, 3 bicubic, as data.interpolation resized the crops */
+        json_object_object_add(
+            o, "resample", json_object_new_int(c->interpolation == LOADER_INTERP_BICUBIC ? 3 : 2));
         json_object_object_add(o, "do_center_crop", json_object_new_boolean(0));
         json_object_object_add(o, "do_rescale", json_object_new_boolean(1));
         json_object_object_add(o, "rescale_factor", json_object_new_double(1.0 / 255));
@@ -288,6 +291,28 @@ static const char *strip_prefix(const char *name) {
     for (int i = 0; pre[i]; i++)
         if (!strncmp(name, pre[i], strlen(pre[i]))) return name + strlen(pre[i]);
     return name;
+}
+
+/* Whether an HF tensor d2v does not hold takes part in the base model's last_hidden_state: the
+ * embeddings, the encoder, the final layernorm and the audio front-end, but not their index
+ * buffers (position_ids, token_type_ids, relative_position_index: integers, or derived from the
+ * config), nor the pooler and the task heads (classifier, lm_head, decode_head, ...), which
+ * fine-tuning trains from scratch. */
+static int hf_forward_tensor(const char *name, int is_float) {
+    static const char *const part[] = {
+        "embeddings.", "encoder.",          "feature_extractor.", "feature_projection.",
+        "layernorm.",  "masked_spec_embed", "adapter.",           NULL};
+    static const char *const buffer[] = {"position_ids", "token_type_ids",
+                                         "relative_position_index", NULL};
+    const char *s = strip_prefix(name);
+    if (!is_float) return 0;
+    for (int i = 0; buffer[i]; i++) {
+        size_t ls = strlen(s), lb = strlen(buffer[i]);
+        if (ls >= lb && !strcmp(s + ls - lb, buffer[i])) return 0;
+    }
+    for (int i = 0; part[i]; i++)
+        if (!strncmp(s, part[i], strlen(part[i]))) return 1;
+    return 0;
 }
 
 static void shape_text(char *out, size_t n, int rank, const int64_t *s) {
@@ -369,8 +394,16 @@ void import_run(const ImportJob *j) {
         int k = 0;
         while (k < n && strcmp(strip_prefix(t[k].name), e->name))
             k++;
+        if (k == n && e->optional) { /* switched off in HF's config: d2v's fresh value stays */
+            printf("initialised: %s (not in the HF file; run.seed %lld)\n", e->name,
+                   (long long)l.cfg.seed);
+            continue;
+        }
         if (k == n) die("%s: no tensor %s (the d2v config's model has it)", path, e->name);
         used[k] = 1;
+        if (!t[k].data)
+            die("%s: tensor %s is %s, a floating-point tensor is needed", path, e->name,
+                t[k].dtype);
         int same = t[k].rank == e->rank;
         for (int d = 0; same && d < e->rank; d++)
             same = t[k].shape[d] == e->shape[d];
@@ -404,6 +437,12 @@ void import_run(const ImportJob *j) {
     for (int i = 0; i < p.n_left; i++)
         printf("initialised: %s (no HF counterpart; run.seed %lld)\n", p.left_out[i],
                (long long)l.cfg.seed);
+    for (int k = 0; k < n; k++)
+        if (!used[k] && hf_forward_tensor(t[k].name, t[k].data != NULL))
+            die("%s: tensor %s is part of HF's encoder but has no place in the d2v config's model "
+                "(a layer scale, a per-block relative bias, a conv bias, ... the config lacks): "
+                "importing without it would compute something else",
+                path, str_printable(t[k].name, pr, sizeof pr));
     for (int k = 0; k < n; k++)
         if (!used[k])
             printf("ignored: %s (no d2v counterpart)\n", str_printable(t[k].name, pr, sizeof pr));

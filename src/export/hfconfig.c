@@ -32,6 +32,14 @@ int export_supported(const TrainConfig *cfg, const ModelConfig *mc, int format, 
             return FAIL("image.pos = \"sincos\": BEiT's layout has learned absolute positions "
                         "or the shared relative bias, not fixed sin-cos ones");
         if (e->k_bias) return FAIL("model.k_bias = true: BEiT's key projection has no bias");
+        /* transformers' BEiT code (since the MiDaS 3.1 change) reshapes the relative-bias table
+         * as (2 Ww - 1, 2 Wh - 1) before resampling it to (2 Wh - 1, 2 Ww - 1), and its
+         * interpolate_pos_encoding assumes a square grid of learned positions: a non-square
+         * model would load and compute something else, or fail */
+        if (format == EXPORT_HF && mc->image.H != mc->image.W)
+            return FAIL("a non-square image model (image.height %d, image.width %d): HF's "
+                        "Data2VecVision resamples its positions as if the patch grid were square",
+                        mc->image.H, mc->image.W);
         if (format == EXPORT_HF && mc->head.final_norm &&
             fabs(cfg->final_norm_eps - cfg->ln_eps) > 1e-12 * cfg->ln_eps)
             return FAIL("model.final_norm_eps %g differs from model.ln_eps %g: HF uses one "
@@ -117,12 +125,7 @@ static json_object *config_object(const TrainConfig *cfg, const ModelConfig *mc,
         SET("attention_probs_dropout_prob", jdouble(cfg->attn_dropout));
     } else if (mc->modality == D2V_IMAGE) {
         const ImageEmbedConfig *im = &mc->image;
-        if (im->H == im->W) {
-            SET("image_size", json_object_new_int(im->H));
-        } else {
-            int hw[2] = {im->H, im->W};
-            SET("image_size", jint_array(hw, 2, 1));
-        }
+        SET("image_size", json_object_new_int(im->H)); /* square: export_supported */
         SET("patch_size", json_object_new_int(im->P));
         SET("num_channels", json_object_new_int(im->Cin));
         SET("use_mask_token", json_object_new_boolean(1));

@@ -192,6 +192,7 @@ static void plan_speech(ExportPlan *p, const ModelConfig *mc, const ModelParams 
          C, D);
     ADD1(hf ? "feature_projection.projection.bias" : "post_extract_proj.bias", v->speech.proj_b, C);
     ADD1(hf ? "masked_spec_embed" : "mask_emb", v->speech.mask_emb, C);
+    p->e[p->n - 1].optional = 1; /* HF drops it when mask_time_prob = mask_feature_prob = 0 */
     for (int j = 0; j < s->pos_layers; j++) {
         /* data2vec's deep positional conv has no weight norm (HF Data2VecAudioPositionalConvLayer,
          * fairseq's pos_conv_depth > 1 branch): plain weight and bias */
@@ -258,6 +259,7 @@ static void plan_image(ExportPlan *p, const ModelConfig *mc, const ModelParams *
     int hf = fmt == EXPORT_HF;
     ADD3(hf ? "embeddings.cls_token" : "cls_token", v->image.cls, 1, 1, C);
     ADD3(hf ? "embeddings.mask_token" : "mask_token", v->image.mask_token, 1, 1, C);
+    p->e[p->n - 1].optional = 1; /* pretraining only; HF's use_mask_token defaults to false */
     ADD4(hf ? "embeddings.patch_embeddings.projection.weight" : "patch_embed.proj.weight",
          v->image.patch_w, C, im->Cin, im->P, im->P);
     ADD1(hf ? "embeddings.patch_embeddings.projection.bias" : "patch_embed.proj.bias",

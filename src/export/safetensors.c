@@ -111,6 +111,18 @@ typedef struct {
     int idx;
 } Range;
 
+/* The format's dtypes: floats are read (widened or narrowed to float32); integer and boolean
+ * tensors are HF's buffers (position_ids, relative_position_index in older checkpoints), checked
+ * for their byte ranges and left unread. */
+static const struct {
+    const char *name;
+    int size;
+    char kind; // 'f' float, 'b' bfloat16, 'i' integer or boolean
+} st_dtypes[] = {{"F64", 8, 'f'},  {"F32", 4, 'f'}, {"F16", 2, 'f'}, {"BF16", 2, 'b'},
+                 {"I64", 8, 'i'},  {"I32", 4, 'i'}, {"I16", 2, 'i'}, {"I8", 1, 'i'},
+                 {"U64", 8, 'i'},  {"U32", 4, 'i'}, {"U16", 2, 'i'}, {"U8", 1, 'i'},
+                 {"BOOL", 1, 'i'}, {NULL, 0, 0}};
+
 static int cmp_range(const void *a, const void *b) {
     const Range *x = a, *y = b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
@@ -160,6 +172,7 @@ int st_read(const char *path, StTensor **out, int *nout, char *err, size_t errle
     StTensor *t = calloc((size_t)cap + 1, sizeof *t);
     Range *r = calloc((size_t)cap + 1, sizeof *r);
     int *esz = calloc((size_t)cap + 1, sizeof *esz);
+    char *kind = calloc((size_t)cap + 1, 1);
     char pr[140];
     json_object_object_foreach(h, key, val) {
         if (rc) break;
@@ -183,14 +196,19 @@ int st_read(const char *path, StTensor **out, int *nout, char *err, size_t errle
             break;
         }
         const char *ds = json_object_get_string(dt);
-        int es = !strcmp(ds, "F32") ? 4 : !strcmp(ds, "F16") ? 2 : !strcmp(ds, "BF16") ? -2 : 0;
-        if (!es) {
-            rc = FAIL("%s: tensor %s has dtype %s (F32, F16 and BF16 are read)", path, nm,
+        int di = 0;
+        while (st_dtypes[di].name && strcmp(st_dtypes[di].name, ds))
+            di++;
+        if (!st_dtypes[di].name) {
+            rc = FAIL("%s: tensor %s has dtype %s, not one of the format's", path, nm,
                       str_printable(ds, pr, 32));
             break;
         }
+        int es = st_dtypes[di].kind == 'b' ? -2 : st_dtypes[di].size;
         StTensor *x = &t[n];
         snprintf(x->name, sizeof x->name, "%s", key);
+        snprintf(x->dtype, sizeof x->dtype, "%s", ds);
+        kind[n] = st_dtypes[di].kind;
         x->rank = (int)json_object_array_length(sh);
         if (x->rank > 4) {
             rc = FAIL("%s: tensor %s has %d dimensions (4 at most here)", path, nm, x->rank);
@@ -245,6 +263,7 @@ int st_read(const char *path, StTensor **out, int *nout, char *err, size_t errle
     }
     for (int i = 0; i < n && !rc; i++) {
         StTensor *x = &t[i];
+        if (kind[i] == 'i') continue; /* an integer buffer: checked above, its values unread */
         int bytes = esz[i] < 0 ? 2 : esz[i];
         size_t nb = x->count * (size_t)bytes;
         unsigned char *raw = xalloc(nb ? nb : 1, "safetensors tensor");
@@ -256,7 +275,14 @@ int st_read(const char *path, StTensor **out, int *nout, char *err, size_t errle
             rc = FAIL("%s: tensor %s: cannot read its %zu bytes (truncated?)", path,
                       str_printable(x->name, pr, sizeof pr), nb);
         for (size_t k = 0; !rc && k < x->count; k++) {
-            if (bytes == 4) {
+            if (bytes == 8) {
+                uint64_t u = 0;
+                for (int b = 0; b < 8; b++)
+                    u |= (uint64_t)raw[8 * k + b] << (8 * b);
+                double dv;
+                memcpy(&dv, &u, 8);
+                x->data[k] = (float)dv;
+            } else if (bytes == 4) {
                 uint32_t u = (uint32_t)raw[4 * k] | (uint32_t)raw[4 * k + 1] << 8 |
                              (uint32_t)raw[4 * k + 2] << 16 | (uint32_t)raw[4 * k + 3] << 24;
                 memcpy(&x->data[k], &u, 4);
@@ -273,7 +299,7 @@ int st_read(const char *path, StTensor **out, int *nout, char *err, size_t errle
         free(raw);
     }
     fclose(f);
-    free(r), free(esz);
+    free(r), free(esz), free(kind);
     if (rc) {
         st_free(t, n);
         return -1;

@@ -1,12 +1,15 @@
 # hf_ref.py: HF transformers' Data2Vec{Text,Vision,Audio}Model as PyTorch module trees with HF's
 # module and parameter names, loading d2v-export's safetensors, checked against d2v's features.
-"""Written from the architecture of modeling_data2vec_{text,vision,audio}.py (RoBERTa's, BEiT's and
-wav2vec2's modules under data2vec's names) without the transformers package (Debian 12 has none),
-run by tests/script_export.sh:
+"""Written from modeling_data2vec_{text,vision,audio}.py and configuration_data2vec_*.py (RoBERTa's,
+BEiT's and wav2vec2's modules under data2vec's names; the transformers versions read are in
+docs/export.md) without the transformers package (Debian 12 has none), run by
+tests/script_export.sh:
 
     hf_ref.py HF_DIR FEATURES.h5 DATA.h5
 
-- reads HF_DIR/model.safetensors with a small reader (struct + json + numpy) and config.json;
+- reads HF_DIR/model.safetensors with a small reader (struct + json + numpy) and config.json,
+  a field config.json leaves out taking the configuration class's default as from_pretrained
+  does, the activations by name as ACT2FN maps them;
 - checks every tensor name against tests/ref/hf_names.txt (derived from HF's source) with its
   shape, and loads the state dict into the module tree (strict but for HF-only tensors);
 - rebuilds d2v-extract's inputs from DATA.h5 (text rows <s> + tokens + </s> + pads, normalised
@@ -31,9 +34,39 @@ import torch.nn.functional as F
 TOL = 1e-5
 
 
+# configuration_data2vec_*.py's defaults of the fields read here: what from_pretrained uses for a
+# field config.json does not set
+DEFAULTS = {
+    "data2vec-text": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512,
+                          type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=1,
+                          position_embedding_type="absolute"),
+    "data2vec-vision": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                            hidden_act="gelu", layer_norm_eps=1e-12, image_size=224, patch_size=16,
+                            num_channels=3, use_mask_token=False, use_absolute_position_embeddings=False,
+                            use_relative_position_bias=False, use_shared_relative_position_bias=False,
+                            layer_scale_init_value=0.1, use_mean_pooling=True),
+    "data2vec-audio": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                           hidden_act="gelu", layer_norm_eps=1e-5, feat_extract_activation="gelu",
+                           conv_dim=[512] * 7, conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+                           conv_bias=False, num_conv_pos_embedding_groups=16, conv_pos_kernel_size=19,
+                           num_conv_pos_embeddings=5, mask_time_prob=0.05, mask_feature_prob=0.0),
+}
+
+
 class Cfg:
     def __init__(self, d):
+        self.__dict__.update(DEFAULTS.get(d.get("model_type"), {}))
         self.__dict__.update(d)
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+# transformers' ACT2FN for the names a config may hold ("gelu" is the erf GELU)
+ACT2FN = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu, "gelu_new": _gelu_tanh,
+          "gelu_pytorch_tanh": _gelu_tanh, "gelu_fast": _gelu_tanh, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x)}
 
 
 def read_safetensors(path):
@@ -99,6 +132,7 @@ class TextAttention(nn.Module):
 class TextLayer(nn.Module):  # RobertaLayer: post-LN
     def __init__(self, c):
         super().__init__()
+        self.act = ACT2FN[c.hidden_act]
         self.attention = TextAttention(c)
         self.intermediate = Dense(c.hidden_size, c.intermediate_size)
         self.output = DenseLN(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
@@ -106,7 +140,7 @@ class TextLayer(nn.Module):  # RobertaLayer: post-LN
     def forward(self, x, bias):
         a = self.attention.output.dense(getattr(self.attention, "self")(x, bias))
         x = self.attention.output.LayerNorm(a + x)
-        f = self.output.dense(F.gelu(self.intermediate.dense(x)))
+        f = self.output.dense(self.act(self.intermediate.dense(x)))
         return self.output.LayerNorm(f + x)
 
 
@@ -119,6 +153,8 @@ class TextEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, C)
         self.LayerNorm = nn.LayerNorm(C, eps=c.layer_norm_eps)
         self.pad = c.pad_token_id
+        # relative_key(_query) would add distance_embedding tensors and change the attention
+        assert c.position_embedding_type == "absolute", c.position_embedding_type
 
     def forward(self, ids):
         # create_position_ids_from_input_ids: cumsum of non-pad tokens, offset by padding_idx
@@ -153,28 +189,34 @@ class Data2VecTextModel(nn.Module):
 
 
 class VisionSelfAttention(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, window):
         super().__init__()
         C = c.hidden_size
         self.h = c.num_attention_heads
         self.query, self.key, self.value = linear(C, C), linear(C, C, bias=False), linear(C, C)
+        if window is not None:  # use_relative_position_bias: one table per block
+            self.relative_position_bias = RelativePositionBias(c, *window)
 
-    def forward(self, x, bias):
+    def forward(self, x, bias, window):
+        if hasattr(self, "relative_position_bias"):
+            own = self.relative_position_bias(window)
+            bias = own if bias is None else own + bias
         return TextSelfAttention.forward(self, x, bias)
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, window):
         super().__init__()
-        self.attention = VisionSelfAttention(c)
+        self.attention = VisionSelfAttention(c, window)
         self.output = Dense(c.hidden_size, c.hidden_size)
 
 
 class VisionLayer(nn.Module):  # BEiT block: pre-LN with layer scale
-    def __init__(self, c):
+    def __init__(self, c, window):
         super().__init__()
         C = c.hidden_size
-        self.attention = VisionAttention(c)
+        self.act = ACT2FN[c.hidden_act]
+        self.attention = VisionAttention(c, window)
         self.intermediate = Dense(C, c.intermediate_size)
         self.output = Dense(c.intermediate_size, C)
         self.layernorm_before = nn.LayerNorm(C, eps=c.layer_norm_eps)
@@ -185,12 +227,12 @@ class VisionLayer(nn.Module):  # BEiT block: pre-LN with layer scale
         else:
             self.lambda_1 = self.lambda_2 = None
 
-    def forward(self, x, bias):
-        a = self.attention.output.dense(self.attention.attention(self.layernorm_before(x), bias))
+    def forward(self, x, bias, window):
+        a = self.attention.output.dense(self.attention.attention(self.layernorm_before(x), bias, window))
         if self.lambda_1 is not None:
             a = self.lambda_1 * a
         x = x + a
-        f = self.output.dense(F.gelu(self.intermediate.dense(self.layernorm_after(x))))
+        f = self.output.dense(self.act(self.intermediate.dense(self.layernorm_after(x))))
         if self.lambda_2 is not None:
             f = self.lambda_2 * f
         return x + f
@@ -211,12 +253,24 @@ class VisionEmbeddings(nn.Module):
         self.patch_embeddings = PatchEmbeddings(c)
         self.position_embeddings = (nn.Parameter(torch.zeros(1, n_patches + 1, C))
                                     if c.use_absolute_position_embeddings else None)
+        self.patch_size = c.patch_size
+
+    def interpolate_pos_encoding(self, x, height, width):
+        # HF's (ViT's) interpolate_pos_encoding, called on every forward: the table itself when the
+        # grid is the trained one and square, else a bicubic resampling of a sqrt x sqrt grid
+        n, npos = x.shape[1] - 1, self.position_embeddings.shape[1] - 1
+        if n == npos and height == width:
+            return self.position_embeddings
+        P, dim, s = self.patch_size, x.shape[-1], int(npos ** 0.5)
+        g = self.position_embeddings[:, 1:].reshape(1, s, s, dim).permute(0, 3, 1, 2)
+        g = F.interpolate(g, size=(height // P, width // P), mode="bicubic", align_corners=False)
+        return torch.cat([self.position_embeddings[:, :1], g.permute(0, 2, 3, 1).reshape(1, -1, dim)], 1)
 
     def forward(self, px):
         x = self.patch_embeddings.projection(px).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
         if self.position_embeddings is not None:
-            x = x + self.position_embeddings
+            x = x + self.interpolate_pos_encoding(x, px.shape[2], px.shape[3])
         return x
 
 
@@ -227,11 +281,20 @@ class RelativePositionBias(nn.Module):
         R = (2 * gh - 1) * (2 * gw - 1) + 3
         self.relative_position_bias_table = nn.Parameter(torch.zeros(R, c.num_attention_heads))
 
-    def forward(self):
-        # BEiT's relative_position_index: (dy + gh - 1) * (2 gw - 1) + dx + gw - 1 between
-        # patches; row 0 (cls query) R - 3, column 0 R - 2, (0, 0) R - 1
-        gh, gw = self.gh, self.gw
-        R = self.relative_position_bias_table.shape[0]
+    def forward(self, window):
+        # HF's forward first resamples the patch part of the table from the trained window to
+        # this input's (bilinear; the identity at the trained square size) viewing it as
+        # (2 gw - 1, 2 gh - 1), then indexes it with BEiT's relative_position_index:
+        # (dy + gh - 1) * (2 gw - 1) + dx + gw - 1 between patches; row 0 (cls query) R - 3,
+        # column 0 R - 2, (0, 0) R - 1
+        T = self.relative_position_bias_table
+        old_h, old_w = 2 * self.gh - 1, 2 * self.gw - 1
+        gh, gw = window
+        new_h, new_w = 2 * gh - 1, 2 * gw - 1
+        sub = T[:T.shape[0] - 3].reshape(1, old_w, old_h, -1).permute(0, 3, 1, 2)
+        sub = F.interpolate(sub, size=(new_h, new_w), mode="bilinear")
+        table = torch.cat([sub.permute(0, 2, 3, 1).reshape(new_h * new_w, -1), T[T.shape[0] - 3:]])
+        R = table.shape[0]
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         rel = (ys[:, None] - ys[None, :] + gh - 1) * (2 * gw - 1) + (xs[:, None] - xs[None, :] + gw - 1)
@@ -241,7 +304,7 @@ class RelativePositionBias(nn.Module):
         idx[0, :] = R - 3
         idx[:, 0] = R - 2
         idx[0, 0] = R - 1
-        b = self.relative_position_bias_table[idx.view(-1)].view(N + 1, N + 1, -1)
+        b = table[idx.view(-1)].view(N + 1, N + 1, -1)
         return b.permute(2, 0, 1)[None]
 
 
@@ -250,7 +313,8 @@ class VisionEncoder(nn.Module):
         super().__init__()
         if c.use_shared_relative_position_bias:
             self.relative_position_bias = RelativePositionBias(c, gh, gw)
-        self.layer = nn.ModuleList([VisionLayer(c) for _ in range(c.num_hidden_layers)])
+        window = (gh, gw) if c.use_relative_position_bias else None
+        self.layer = nn.ModuleList([VisionLayer(c, window) for _ in range(c.num_hidden_layers)])
 
 
 class Data2VecVisionModel(nn.Module):
@@ -268,9 +332,11 @@ class Data2VecVisionModel(nn.Module):
 
     def forward(self, px):
         hs = [self.embeddings(px)]
-        bias = self.encoder.relative_position_bias() if hasattr(self.encoder, "relative_position_bias") else None
+        window = (px.shape[2] // self.c.patch_size, px.shape[3] // self.c.patch_size)
+        bias = (self.encoder.relative_position_bias(window)
+                if hasattr(self.encoder, "relative_position_bias") else None)
         for lay in self.encoder.layer:
-            hs.append(lay(hs[-1], bias))
+            hs.append(lay(hs[-1], bias, window))
         return hs
 
 
@@ -279,10 +345,11 @@ class ConvLayer(nn.Module):
         super().__init__()
         cin = c.conv_dim[i - 1] if i else 1
         self.conv = nn.Conv1d(cin, c.conv_dim[i], c.conv_kernel[i], c.conv_stride[i], bias=c.conv_bias)
-        self.layer_norm = nn.LayerNorm(c.conv_dim[i], elementwise_affine=True)
+        self.layer_norm = nn.LayerNorm(c.conv_dim[i], elementwise_affine=True)  # eps: torch's 1e-5
+        self.act = ACT2FN[c.feat_extract_activation]
 
     def forward(self, x):
-        return F.gelu(self.layer_norm(self.conv(x).transpose(-2, -1)).transpose(-2, -1))
+        return self.act(self.layer_norm(self.conv(x).transpose(-2, -1)).transpose(-2, -1))
 
 
 class FeatureEncoder(nn.Module):
@@ -305,13 +372,14 @@ class PosConvLayer(nn.Module):
         self.k = k
         self.conv = nn.Conv1d(c.hidden_size, c.hidden_size, k, padding=k // 2,
                               groups=c.num_conv_pos_embedding_groups)
-        self.layer_norm = nn.LayerNorm(c.hidden_size, elementwise_affine=False)
+        self.layer_norm = nn.LayerNorm(c.hidden_size, elementwise_affine=False)  # eps: torch's 1e-5
+        self.act = ACT2FN[c.feat_extract_activation]
 
     def forward(self, x):
         x = self.conv(x)
         if self.k % 2 == 0:  # SamePad
             x = x[:, :, :-1]
-        return F.gelu(self.layer_norm(x.transpose(1, 2)).transpose(1, 2))
+        return self.act(self.layer_norm(x.transpose(1, 2)).transpose(1, 2))
 
 
 class PosConvEmbed(nn.Module):
@@ -350,11 +418,12 @@ class AudioLayer(nn.Module):  # Wav2Vec2EncoderLayer: post-LN
         self.layer_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.feed_forward = FeedForward(c)
         self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.act = ACT2FN[c.hidden_act]
 
     def forward(self, x):
         x = self.layer_norm(x + self.attention(x))
         f = self.feed_forward
-        return self.final_layer_norm(x + f.output_dense(F.gelu(f.intermediate_dense(x))))
+        return self.final_layer_norm(x + f.output_dense(self.act(f.intermediate_dense(x))))
 
 
 class AudioEncoder(nn.Module):
@@ -373,7 +442,7 @@ class Data2VecAudioModel(nn.Module):
         self.c = c
         self.feature_extractor = FeatureEncoder(c)
         self.feature_projection = FeatureProjection(c)
-        if c.mask_time_prob > 0:
+        if c.mask_time_prob > 0 or c.mask_feature_prob > 0:
             self.masked_spec_embed = nn.Parameter(torch.zeros(c.hidden_size))
         self.encoder = AudioEncoder(c)
 
