@@ -105,7 +105,7 @@ bench: deps
 # newest checkpoint; TRIALS of each (make test runs one), FAULT_KINDS a subset of
 # "rank drift kill damage". About 15 s per trial here.
 TRIALS ?= 20
-FAULT_KINDS ?= rank drift kill damage
+FAULT_KINDS ?= rank drift kill meta damage
 faults: deps-test
 	$(MAKE) all
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 FAULT_KINDS="$(FAULT_KINDS)" \

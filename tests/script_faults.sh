@@ -4,12 +4,13 @@
 # watchdog limit plus 10 s, with one line naming the waiting rank; a dead rank (kill -9) ends it
 # too; kill -9 at random moments then --resume ends bit-identical to an uninterrupted run; a
 # damaged newest checkpoint is moved aside and --resume continues from the previous one, again
-# bit-identical. TRIALS (default 1, `make faults`: more) per kind. Usage: script_faults.sh BUILD
+# bit-identical; flipped bits in a dataset's HDF5 metadata are refused or harmless, never read
+# as other values. TRIALS (default 1, `make faults`: more) per kind. Usage: script_faults.sh BUILD
 # [TRIALS]
 set -u
 build=${1:-build/release}
 trials=${2:-1}
-kinds=${FAULT_KINDS:-"rank drift kill damage"} # which trials (make faults FAULT_KINDS=...)
+kinds=${FAULT_KINDS:-"rank drift kill meta damage"} # which trials (make faults FAULT_KINDS=...)
 want() { case " $kinds " in *" $1 "*) return 0 ;; esac; return 1; }
 export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d /tmp/d2v-faults.XXXXXX)
@@ -130,6 +131,68 @@ if want kill; then
     [ "$good" -eq "$trials" ] &&
         ok "kill -9 at a random moment, then --resume: $good of $trials trials bit-identical" ||
         bad "kill -9 then --resume: only $good of $trials trials bit-identical"
+fi
+# damaged HDF5 metadata of a d2v dataset (not its data: a few flipped bits anywhere else, 20 x
+# TRIALS files): each read through d2v-extract --raw either is refused with one line or gives
+# exactly the undamaged samples; never a crash, a hang or silently different values (the 1.8
+# file format's metadata checksums; docs/reliability.md §1)
+if want meta; then
+    "$build/bin/d2v-extract" --raw --data "$dir/fm.h5" -o "$dir/meta-ref.h5" >/dev/null 2>&1
+    out=$(/usr/bin/python3 - "$build/bin/d2v-extract" "$dir" $((20 * trials)) <<'PY'
+import os, random, subprocess, sys
+import h5py, numpy as np
+tool, d, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+src = d + "/fm.h5"
+data = bytearray(open(src, "rb").read())
+spans = []  # the bytes of every dataset's values, contiguous or chunked
+with h5py.File(src, "r") as f:
+    def visit(name, o):
+        if not isinstance(o, h5py.Dataset): return
+        if o.chunks is None:
+            off = o.id.get_offset()
+            if off is not None: spans.append((off, off + o.id.get_storage_size()))
+        else:
+            for i in range(o.id.get_num_chunks()):
+                c = o.id.get_chunk_info(i)
+                spans.append((c.byte_offset, c.byte_offset + c.size))
+    f.visititems(visit)
+meta = [i for i in range(len(data)) if not any(a <= i < b for a, b in spans)]
+with h5py.File(d + "/meta-ref.h5", "r") as f:
+    ref = {k: f[k][()] for k in f.keys()}
+random.seed(int.from_bytes(os.urandom(4), "little"))
+res = {"refused": 0, "identical": 0, "WRONG": 0, "CRASH": 0, "HANG": 0, "unclear": 0}
+for t in range(n):
+    b = bytearray(data)
+    for _ in range(random.randint(1, 3)):
+        i = random.choice(meta)
+        b[i] ^= 1 << random.randrange(8)
+    bad, out = d + "/meta-bad.h5", d + "/meta-out.h5"
+    open(bad, "wb").write(b)
+    if os.path.exists(out): os.remove(out)
+    try:
+        r = subprocess.run([tool, "--raw", "--data", bad, "-o", out, "--quiet"],
+                           capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        res["HANG"] += 1; continue
+    err = r.stderr.strip().splitlines()
+    if r.returncode < 0 or r.returncode >= 128:
+        res["CRASH"] += 1; print("crash", r.returncode, err[-1:] if err else "")
+    elif r.returncode != 0:
+        one = len(err) == 1 and err[0].startswith("d2v: error: ") and bad in err[0]
+        res["refused" if one else "unclear"] += 1
+        if not one: print("unclear:", " | ".join(err[:3]))
+    else:
+        with h5py.File(out, "r") as f:
+            same = set(f.keys()) == set(ref) and all(np.array_equal(f[k][()], ref[k]) for k in ref)
+        res["identical" if same else "WRONG"] += 1
+print("metadata %d: %s (%d of %d bytes are metadata)" % (n, " ".join("%s %d" % kv for kv in res.items()), len(meta), len(data)))
+PY
+)
+    echo "$out" | grep -v "^metadata" | head -n 5 | sed 's/^/     /'
+    line=$(echo "$out" | grep "^metadata")
+    echo "$line" | grep -q "WRONG 0 CRASH 0 HANG 0 unclear 0" && echo "$line" | grep -q "^metadata [1-9]" &&
+        ok "flipped bits in a dataset's HDF5 metadata, $line" ||
+        bad "flipped bits in a dataset's HDF5 metadata: ${line:-no result}"
 fi
 if ! want damage; then
     finish

@@ -87,7 +87,12 @@ void h5out_create(H5Out *o, const char *path) {
     if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path ||
         snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof o->tmp)
         die("%s: path too long", path);
-    o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    /* the 1.8 file format at least: its superblock, object headers and B-trees carry checksums,
+     * so HDF5 refuses damaged metadata instead of returning wrong values (docs/reliability.md) */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
+    o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     if (o->file < 0)
         die("%s: cannot create (%s)", o->tmp,
             access(dir_of(o->tmp, o->dir, sizeof o->dir), W_OK) ? "the directory is not writable"
