@@ -116,10 +116,10 @@ faults: deps-test
 # library; each target runs FUZZ_SECONDS on a copy of its seed corpus.
 FUZZ_SECONDS ?= 300
 FUZZ_BUILD   := build/fuzz
-FUZZ_TARGETS := config dataset ckpt h5edit bpe idx image audio
+FUZZ_TARGETS := config dataset ckpt h5edit bpe idx image audio safetensors
 FUZZ_SRC     := src/core/util.c src/data/h5io.c src/data/dataset.c src/data/loader.c \
                 src/d2v/config.c src/d2v/ckpt.c data-prep/bpe.c data-prep/image_io.c \
-                data-prep/audio_io.c
+                data-prep/audio_io.c src/export/safetensors.c
 FUZZ_CC      := OMPI_CC=clang mpicc
 FUZZ_CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -fno-omit-frame-pointer \
                 -fsanitize=address,undefined -fno-sanitize-recover=all $(WARN) -MMD -MP \

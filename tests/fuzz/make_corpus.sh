@@ -11,6 +11,7 @@
 #   image    9 Fashion-MNIST images as PNG (every colour type) and JPEG
 #   audio    20 ms cuts of fixture WAVs (16 and 22.05 kHz, 8 and 16 bits, mono and stereo)
 #   h5edit   each of its 8 base files unedited, and 4 one-edit programs
+#   safetensors  small files as transformers writes them (F32, F16, BF16 and I64 tensors)
 # Usage: tests/fuzz/make_corpus.sh [BUILD [FUZZ_BUILD]]
 set -eu
 build=${1:-build/release}
@@ -21,7 +22,7 @@ tmp=$(mktemp -d /tmp/d2v-corpus.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 rm -rf "$out"
 mkdir -p "$out/config" "$out/dataset" "$out/ckpt" "$out/bpe" "$out/idx" "$out/image" "$out/audio" \
-    "$out/h5edit"
+    "$out/h5edit" "$out/safetensors"
 
 cp configs/*.cfg "$out/config/"
 
@@ -100,6 +101,30 @@ printf '\000\000\004\003\020' > "$out/h5edit/image-height-int64"
 printf '\004\005\010\004\000' > "$out/h5edit/index-poke-count"
 printf '\001\005\001\005\000' > "$out/h5edit/text-poke-token"
 printf '\007\000\022\004\000' > "$out/h5edit/ckpt-update"
+# safetensors: header length, JSON header (with __metadata__), little-endian data
+$py - "$out/safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def write(path, tensors):
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, dtype, a in tensors:
+        b = a.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+r = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
+write(sys.argv[1] + "/f32.safetensors", [("embeddings.LayerNorm.weight", "F32", r[0, 0]),
+      ("encoder.layer.0.attention.self.query.weight", "F32", r.reshape(4, 6))])
+write(sys.argv[1] + "/f16.safetensors", [("a.weight", "F16", r.astype(np.float16)),
+      ("b.bias", "F32", r[1, 2])])
+bf = (r.view(np.uint32) >> 16).astype(np.uint16)
+write(sys.argv[1] + "/bf16-i64.safetensors", [("w", "BF16", bf),
+      ("relative_position_index", "I64", np.arange(9, dtype=np.int64).reshape(3, 3))])
+write(sys.argv[1] + "/empty.safetensors", [])
+PY
 for d in "$out"/*; do
     echo "$(basename "$d"): $(ls "$d" | wc -l) seeds, $(du -sk "$d" | cut -f1) KB"
 done

@@ -15,7 +15,7 @@ set -u
 fz=${1:-build/fuzz}
 secs=${2:-300}
 shift 2 2>/dev/null || shift $#
-targets=${*:-"config dataset ckpt h5edit bpe idx image audio"}
+targets=${*:-"config dataset ckpt h5edit bpe idx image audio safetensors"}
 passed=0 failed=0 total=0
 mkdir -p "$fz/artifacts" "$fz/logs" "$fz/hdf5"
 # allocator_may_return_null: an allocation HDF5 sizes from a damaged header fails as it would
