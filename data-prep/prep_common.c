@@ -4,6 +4,7 @@
 #include "prep_common.h"
 
 #include <dirent.h>
+#include <glob.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,7 +61,28 @@ static void out_on_signal(int sig) {
     raise(sig);
 }
 
+/* A rank that dies removes its peers' temporary shards too, before MPI_Abort: their own SIGTERM
+ * handlers may not run before mpirun's SIGKILL follows on a loaded node. Safe: no shard is
+ * committed until every rank reaches prep_out_commit's barrier. */
+static char peer_glob[PATH_MAX + 32];
+static int peer_cleanup = -1;
+
+static void remove_peer_tmps(void *arg) {
+    (void)arg;
+    glob_t g;
+    if (glob(peer_glob, 0, NULL, &g) == 0)
+        for (size_t i = 0; i < g.gl_pathc; i++)
+            unlink(g.gl_pathv[i]);
+    globfree(&g);
+}
+
 void prep_out_create(H5Out *o, const char *path) {
+    const char *sh = strstr(path, ".shard-");
+    if (g_dist.world > 1 && sh) {
+        snprintf(peer_glob, sizeof peer_glob, "%.*s.shard-*-of-%05d.h5.tmp.*", (int)(sh - path),
+                 path, g_dist.world);
+        peer_cleanup = die_cleanup_push(remove_peer_tmps, NULL);
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = out_on_signal;
@@ -77,6 +99,7 @@ void prep_out_commit(H5Out *o) {
     dist_barrier();
     h5out_commit(o);
     out_armed = 0;
+    if (peer_cleanup >= 0) die_cleanup_pop(peer_cleanup), peer_cleanup = -1;
 }
 
 void prep_out_discard(void) {

@@ -258,5 +258,23 @@ bad_case "22.05 kHz file with --no-resample" "$f" 2 "$SPEECH" --tree "$T/speech-
 f="$PWD/$FX/speech/9/missing.wav"
 bad_case "missing file in a manifest" "$f" 1 "$SPEECH" --manifest "$T/missing.tsv"
 
+# ended from outside mid-write (scancel, Ctrl-C, or MPI_Abort's SIGTERM when another rank
+# fails): no temporary file stays behind, and an earlier output is untouched
+for sig in TERM INT; do
+    rm -rf "$T/sig"; mkdir -p "$T/sig"; echo "an earlier output" >"$T/sig/out.h5"
+    "$IMG" --idx-images "$IDXI" --size 224 --channels 3 --deflate 9 -o "$T/sig/out.h5" \
+        >/dev/null 2>&1 &
+    pid=$!
+    i=0 # until its temporary file exists (at most 10 s)
+    while ! ls "$T/sig" | grep -q '\.tmp\.' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    seen=$(ls "$T/sig" | grep -c '\.tmp\.')
+    kill -$sig $pid
+    wait $pid
+    rc=$?
+    left=$(leftovers "$T/sig")
+    [ "$seen" = 1 ] && [ $rc -ne 0 ] && [ -z "$left" ] && [ "$(cat "$T/sig/out.h5")" = "an earlier output" ]
+    check $? "SIG$sig while writing: exit $rc, temporary file removed, earlier output untouched (left: ${left:-nothing})"
+done
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
