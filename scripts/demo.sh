@@ -32,8 +32,18 @@ run=${DEMO_RUN:-runs/demo-$mod}
 minutes=${DEMO_MINUTES:-10}
 mkdir -p data runs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-threads=$(nproc)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} BLIS_NUM_THREADS=${BLIS_NUM_THREADS:-$threads}
+# One MPI rank per core, one thread each (DEMO_RANKS): on a shared machine a descheduled OpenMP
+# thread stalls every parallel region of the other, while ranks meet once per update (a speech
+# extraction took 53 s with 2 threads and 1.6 s with 2 ranks at a load of 8; docs/demo.md).
+ranks=${DEMO_RANKS:-$(nproc)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} BLIS_NUM_THREADS=${BLIS_NUM_THREADS:-1}
+mpi() {
+    if [ "$ranks" -gt 1 ]; then
+        mpirun --oversubscribe -np "$ranks" -x OMP_NUM_THREADS -x BLIS_NUM_THREADS "$@"
+    else
+        "$@"
+    fi
+}
 t_start=$(date +%s)
 
 # ---- the data: prepared once, kept in data/ ----
@@ -64,15 +74,17 @@ image)
     pretrain=${DEMO_PRETRAIN:-data/fmnist-train.h5}
     sets=${DEMO_SETS:-fmnist:${DEMO_TRAIN:-data/fmnist-train10k.h5}:${DEMO_TEST:-data/fmnist-test.h5}}
     variants=${DEMO_VARIANTS:-mean_final,mean_norm,cls}
+    raw_args="--l2 1e-2,1e-3,1e-4 --max-iter 150" # 784 pixels: the strengths that won before
     share=70 # of the budget for training: features and probes take the rest
     ;;
 speech)
     if [ -z "${DEMO_PRETRAIN:-}" ] && [ ! -f data/digits-eval.h5 ]; then
-        JOBS=$threads data-prep/fetch_speech.sh data "$build"
+        JOBS=$(nproc) data-prep/fetch_speech.sh data "$build"
     fi
     pretrain=${DEMO_PRETRAIN:-data/digits-train.h5}
     sets=${DEMO_SETS:-digits:${DEMO_TRAIN:-data/digits-train.h5}:${DEMO_TEST:-data/digits-eval.h5}}
     variants=${DEMO_VARIANTS:-mean_final,mean_lastk}
+    raw_args=""
     share=85
     ;;
 text)
@@ -82,6 +94,8 @@ text)
     pretrain=${DEMO_PRETRAIN:-data/text-pretrain.h5}
     sets=${DEMO_SETS:-wordnet:data/wordnet-train.h5:data/wordnet-test.h5 spam:data/spam-train.h5:data/spam-test.h5}
     variants=${DEMO_VARIANTS:-mean_final,cls,mean_lastk}
+    # 4096 token buckets, no preconditioner at that width: two strengths, fewer iterations
+    raw_args="--l2 1e-2,1e-3 --max-iter 60"
     share=75
     ;;
 esac
@@ -90,10 +104,10 @@ train_s=${DEMO_TRAIN_SECONDS:-$(awk -v m="$minutes" -v s="$share" 'BEGIN { print
 # ---- pretraining inside the budget ----
 if [ -z "${DEMO_KEEP:-}" ]; then rm -rf "$run"; fi
 mkdir -p "$run"
-echo "== pretraining $cfg on $pretrain for $train_s s (run.max_time; $threads threads; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "== pretraining $cfg on $pretrain for $train_s s (run.max_time; $ranks ranks x $OMP_NUM_THREADS thread; load: $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "   log: $run/train.log, metrics: $run/metrics.jsonl"
 t0=$(date +%s)
-"$bin/d2v-train" "$cfg" --run-dir "$run" --resume --set data.train="$pretrain" \
+mpi "$bin/d2v-train" "$cfg" --run-dir "$run" --resume --set data.train="$pretrain" \
     --set run.max_time="$train_s" "$@" >"$run/train.log" 2>&1 || {
     tail -n 20 "$run/train.log" >&2
     echo "demo: d2v-train failed (log: $run/train.log)" >&2
@@ -117,18 +131,26 @@ for s in $sets; do
             out=$feat/$name-$net-$split.h5
             rm -f "$out" # this demo's own output
             case $net in
-            student) "$bin/d2v-extract" "$run" --data "$data" -o "$out" --quiet ;;
-            random-init) "$bin/d2v-extract" "$run" --random-init --data "$data" -o "$out" --quiet ;;
+            student) mpi "$bin/d2v-extract" "$run" --data "$data" -o "$out" --quiet ;;
+            random-init) mpi "$bin/d2v-extract" "$run" --random-init --data "$data" -o "$out" --quiet ;;
             raw) "$bin/d2v-extract" --raw --data "$data" -o "$out" --quiet ;;
             esac >/dev/null
         done
     done
     echo "== $name: linear and kNN probes (d2v-probe) -> $run/probe-$name-*.json"
+    # the three probes side by side, one thread each
+    pids=""
     for net in student random-init raw; do
-        v=$variants
-        [ $net = raw ] && v=raw
+        v=$variants args=""
+        [ $net = raw ] && v=raw args=$raw_args
+        # $args is a word list on purpose.
+        # shellcheck disable=SC2086
         "$bin/d2v-probe" "$feat/$name-$net-train.h5" "$feat/$name-$net-test.h5" --variant "$v" \
-            --json "$run/probe-$name-$net.json" >"$run/probe-$name-$net.log"
+            $args --json "$run/probe-$name-$net.json" >"$run/probe-$name-$net.log" 2>&1 &
+        pids="$pids $!"
+    done
+    for p in $pids; do
+        wait "$p" || { cat "$run"/probe-"$name"-*.log >&2; echo "demo: d2v-probe failed" >&2; exit 1; }
     done
 done
 t_eval=$(($(date +%s) - t0))
