@@ -5,6 +5,8 @@ BUILD   := build/$(MODE)
 BLIS_INC ?= /usr/include/x86_64-linux-gnu/blis-openmp
 PYTHON  := /usr/bin/python3
 PKGS    := hdf5 libconfig sndfile samplerate json-c libpng zlib
+# make demo [MODALITY=image|speech|text] [DEMO_MINUTES=10]: docs/demo.md.
+MODALITY ?= image
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
 ifeq ($(CI),true)
@@ -48,7 +50,7 @@ deps:
 deps-test:
 	@scripts/deps.sh --test
 deps-demo:
-	@scripts/deps.sh --demo
+	@scripts/deps.sh --demo-$(MODALITY)
 deps-fuzz:
 	@scripts/deps.sh --fuzz
 
@@ -142,8 +144,6 @@ fuzz: deps deps-fuzz
 	$(MAKE) fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
-# make demo [MODALITY=image|speech|text] [DEMO_MINUTES=10]: docs/demo.md.
-MODALITY ?= image
 demo: deps deps-demo
 	$(MAKE) all
 	scripts/demo.sh $(BUILD) $(MODALITY)
