@@ -73,9 +73,9 @@ image)
     fi
     pretrain=${DEMO_PRETRAIN:-data/fmnist-train.h5}
     sets=${DEMO_SETS:-fmnist:${DEMO_TRAIN:-data/fmnist-train10k.h5}:${DEMO_TEST:-data/fmnist-test.h5}}
-    variants=${DEMO_VARIANTS:-mean_final,mean_norm,cls}
+    variants=${DEMO_VARIANTS:-all}
     raw_args="--l2 1e-2,1e-3,1e-4 --max-iter 150" # 784 pixels: the strengths that won before
-    share=70 # of the budget for training: features and probes take the rest
+    share=85 # of the budget for training: features and probes take the rest
     ;;
 speech)
     if [ -z "${DEMO_PRETRAIN:-}" ] && [ ! -f data/digits-eval.h5 ]; then
@@ -83,7 +83,7 @@ speech)
     fi
     pretrain=${DEMO_PRETRAIN:-data/digits-train.h5}
     sets=${DEMO_SETS:-digits:${DEMO_TRAIN:-data/digits-train.h5}:${DEMO_TEST:-data/digits-eval.h5}}
-    variants=${DEMO_VARIANTS:-mean_final,mean_lastk}
+    variants=${DEMO_VARIANTS:-all}
     raw_args=""
     share=85
     ;;
@@ -93,7 +93,7 @@ text)
     fi
     pretrain=${DEMO_PRETRAIN:-data/text-pretrain.h5}
     sets=${DEMO_SETS:-wordnet:data/wordnet-train.h5:data/wordnet-test.h5 spam:data/spam-train.h5:data/spam-test.h5}
-    variants=${DEMO_VARIANTS:-mean_final,cls,mean_lastk}
+    variants=${DEMO_VARIANTS:-all}
     # 4096 token buckets, no preconditioner at that width: two strengths, fewer iterations
     raw_args="--l2 1e-2,1e-3 --max-iter 60"
     share=75
@@ -114,6 +114,7 @@ mpi "$bin/d2v-train" "$cfg" --run-dir "$run" --resume --set data.train="$pretrai
     exit 1
 }
 grep -E '^(run.max_time|done)' "$run/train.log" || true
+updates=$(sed -n 's/^done: update \([0-9]*\) of .*/\1/p' "$run/train.log" | tail -n 1)
 t_train=$(($(date +%s) - t0))
 
 # ---- features and probes, per probe set ----
@@ -165,7 +166,7 @@ for s in $sets; do
         --probe pretrained="$run/probe-$name-student.json" \
         --probe random-init="$run/probe-$name-random-init.json" \
         --probe raw-input="$run/probe-$name-raw.json" \
-        --time train=$t_train --time eval=$t_eval --time total=$t_total \
+        --time train=$t_train --time eval=$t_eval --time total=$t_total ${updates:+--updates "$updates"} \
         --json "$run/report-$name.json"
     echo "   report: $run/report-$name.json"
     echo

@@ -13,12 +13,13 @@
 static void usage(void) {
     printf("usage: d2v-report RUN_DIR --probe NAME=REPORT.json [--probe ...] [--time NAME=SECONDS "
            "...]\n"
-           "                  [--gain NAME,BASE] [--title TEXT] [--json OUT.json]\n"
+           "                  [--gain NAME,BASE] [--updates N] [--title TEXT] [--json OUT.json]\n"
            "Prints one row per --probe (a d2v-probe --json report): the variant with the best\n"
            "linear top-1 and the one with the best kNN top-1, each named. Adds the run's updates\n"
            "and mean samples/s (RUN_DIR/metrics.jsonl) and the --time entries (wall seconds of\n"
            "the demo's phases). --gain NAME,BASE reports NAME's best minus BASE's best, in points\n"
-           "(default: the first two probes). --json writes all of it as one object.\n");
+           "(default: the first two probes). --updates N: the run's update count when its last\n"
+           "update was not logged. --json writes all of it as one object.\n");
 }
 
 enum { MAX_ROWS = 8 };
@@ -101,6 +102,7 @@ static int find_row(const Row *rows, int n, const char *name) {
 
 int main(int argc, char **argv) {
     const char *run = NULL, *json = NULL, *title = NULL, *gain = NULL;
+    long long done_updates = 0;
     Row rows[MAX_ROWS];
     int n_rows = 0, n_times = 0;
     char time_name[MAX_ROWS][64];
@@ -130,7 +132,11 @@ int main(int argc, char **argv) {
             title = argv[++i];
         else if (!strcmp(a, "--gain") && i + 1 < argc)
             gain = argv[++i];
-        else if (a[0] != '-' && !run)
+        else if (!strcmp(a, "--updates") && i + 1 < argc) {
+            char *end;
+            done_updates = strtoll(argv[++i], &end, 10);
+            if (*end || done_updates < 1) die("--updates %s: a positive count expected", argv[i]);
+        } else if (a[0] != '-' && !run)
             run = a;
         else {
             fprintf(stderr, "d2v: error: unexpected argument '%s' (see d2v-report --help)\n", a);
@@ -153,6 +159,7 @@ int main(int argc, char **argv) {
     long long updates;
     double sps;
     read_metrics(run, &updates, &sps);
+    if (done_updates > 0) updates = done_updates; /* the run's last update need not be logged */
 
     if (title) printf("%s\n", title);
     printf("%-14s %-22s %-22s %s\n", "network", "linear top-1 (variant)", "kNN top-1 (variant)",
