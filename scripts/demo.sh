@@ -36,7 +36,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # thread stalls every parallel region of the other, while ranks meet once per update (a speech
 # extraction took 53 s with 2 threads and 1.6 s with 2 ranks at a load of 8; docs/demo.md).
 ranks=${DEMO_RANKS:-$(nproc)}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} BLIS_NUM_THREADS=${BLIS_NUM_THREADS:-1}
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" BLIS_NUM_THREADS="${BLIS_NUM_THREADS:-1}"
 mpi() {
     if [ "$ranks" -gt 1 ]; then
         mpirun --oversubscribe -np "$ranks" -x OMP_NUM_THREADS -x BLIS_NUM_THREADS "$@"

@@ -1,9 +1,10 @@
 #!/bin/sh
 # script_demo.sh: a smoke run of every make-demo path (scripts/demo.sh, image, speech and text) on
-# the committed fixtures with the tiny configs and a training budget of a few seconds: each must exit 0,
-# print its table and leave the run, the features, the plot and a JSON report that parses with
-# three rows and a gain. And d2v-report on hand-made probe reports: the best variant of each
-# side and the gain, refusals of a file that is not a probe report and of a missing run.
+# the committed fixtures with the tiny configs and a training budget of a few seconds (speech on 2
+# MPI ranks, the others on 1): each must exit 0, print its table and leave the run, the features,
+# the plot and a JSON report that parses with three rows and a gain. And d2v-report on hand-made
+# probe reports: the best variant of each side and the gain, refusals of a file that is not a
+# probe report and of a missing run.
 set -u
 build=${1:-build/release}
 export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
@@ -83,13 +84,13 @@ cp $fx/text/moby-dick/chapter_42.txt $fx/text/moby-dick/chapter_135.txt "$dir/tx
 
 for mod in image speech text; do
     case $mod in
-    image) pre=$dir/fm.h5 tr=$dir/fm.h5 te=$dir/fm.h5 secs=2 ;;
-    speech) pre=$dir/sp.h5 tr=$dir/sp.h5 te=$dir/sp.h5 secs=5 ;; # 10 timed updates of ~0.15 s
-    text) pre=$dir/tp.h5 tr=$dir/tl.h5 te=$dir/tl.h5 secs=2 ;;
+    image) pre=$dir/fm.h5 tr=$dir/fm.h5 te=$dir/fm.h5 secs=2 ranks=1 ;;
+    speech) pre=$dir/sp.h5 tr=$dir/sp.h5 te=$dir/sp.h5 secs=5 ranks=2 ;; # 10 timed updates of ~0.15 s
+    text) pre=$dir/tp.h5 tr=$dir/tl.h5 te=$dir/tl.h5 secs=2 ranks=1 ;;
     esac
     run=$dir/run-$mod
     out=$(DEMO_CONFIG=configs/$mod-tiny.cfg DEMO_RUN="$run" DEMO_PRETRAIN="$pre" \
-        DEMO_SETS="smoke:$tr:$te" DEMO_TRAIN_SECONDS=$secs \
+        DEMO_SETS="smoke:$tr:$te" DEMO_TRAIN_SECONDS=$secs DEMO_RANKS=$ranks \
         scripts/demo.sh "$build" $mod --set run.log_every=1 --set data.prefetch=0 2>&1)
     rc=$?
     echo "$out" | tail -n 9
