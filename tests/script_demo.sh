@@ -84,9 +84,9 @@ cp $fx/text/moby-dick/chapter_42.txt $fx/text/moby-dick/chapter_135.txt "$dir/tx
 
 for mod in image speech text; do
     case $mod in
-    image) pre=$dir/fm.h5 tr=$dir/fm.h5 te=$dir/fm.h5 secs=2 ranks=1 ;;
-    speech) pre=$dir/sp.h5 tr=$dir/sp.h5 te=$dir/sp.h5 secs=5 ranks=2 ;; # 10 timed updates of ~0.15 s
-    text) pre=$dir/tp.h5 tr=$dir/tl.h5 te=$dir/tl.h5 secs=2 ranks=1 ;;
+    image) pre=$dir/fm.h5 tr=$dir/fm.h5 te=$dir/fm.h5 secs=3 ranks=1 ;;
+    speech) pre=$dir/sp.h5 tr=$dir/sp.h5 te=$dir/sp.h5 secs=8 ranks=2 ;; # 10 timed updates of ~0.15 s (more under ASan)
+    text) pre=$dir/tp.h5 tr=$dir/tl.h5 te=$dir/tl.h5 secs=3 ranks=1 ;;
     esac
     run=$dir/run-$mod
     out=$(DEMO_CONFIG=configs/$mod-tiny.cfg DEMO_RUN="$run" DEMO_PRETRAIN="$pre" \
