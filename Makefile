@@ -5,6 +5,8 @@ BUILD   := build/$(MODE)
 BLIS_INC ?= /usr/include/x86_64-linux-gnu/blis-openmp
 PYTHON  := /usr/bin/python3
 PKGS    := hdf5 libconfig sndfile samplerate json-c libpng zlib
+# make demo [MODALITY=image|speech|text] [DEMO_MINUTES=10]: docs/demo.md.
+MODALITY ?= image
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
 ifeq ($(CI),true)
@@ -48,7 +50,7 @@ deps:
 deps-test:
 	@scripts/deps.sh --test
 deps-demo:
-	@scripts/deps.sh --demo
+	@scripts/deps.sh --demo-$(MODALITY)
 deps-fuzz:
 	@scripts/deps.sh --fuzz
 
@@ -151,7 +153,7 @@ tta: deps deps-demo
 
 demo: deps deps-demo
 	$(MAKE) all
-	scripts/demo.sh $(BUILD)
+	scripts/demo.sh $(BUILD) $(MODALITY)
 
 # The paper's image ablations (§5.4) as the local form of the jobs/sweep.sbatch array:
 # configs/ablations/image.sweep, ABLATION_MINUTES (default 2) of pretraining per variant, the

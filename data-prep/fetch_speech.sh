@@ -15,7 +15,8 @@ build=${2:-build/release}
 prep=$build/bin/d2v-prep-speech
 [ -x "$prep" ] || { echo "fetch_speech: $prep not found; run: make $prep" >&2; exit 1; }
 
-# Synthesis tools: needed only here, so installed here rather than by scripts/deps.sh.
+# Synthesis tools: scripts/deps.sh --demo-speech installs them (make demo MODALITY=speech); run
+# alone, this script installs what is missing itself.
 missing=""
 command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
 command -v flite >/dev/null 2>&1 || missing="$missing flite"

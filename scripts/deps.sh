@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages d2v needs, only those missing; a no-op when all are present.
-# Usage: scripts/deps.sh [--test|--demo|--fuzz]
-#   --test adds the PyTorch reference stack for tests/ref; --demo adds Fashion-MNIST; --fuzz adds
+# Usage: scripts/deps.sh [--test|--demo|--demo-image|--demo-speech|--demo-text|--fuzz]
+#   --test adds the PyTorch reference stack for tests/ref; --demo (= --demo-image) adds
+#   Fashion-MNIST; --demo-speech the synthesisers of data-prep/fetch_speech.sh (espeak-ng, flite);
+#   --demo-text WordNet for data-prep/fetch_text.sh (wordnet-base); --fuzz adds
 #   clang with libFuzzer and the sanitizer runtimes (libclang-rt-14-dev holds clang 14's
 #   -fsanitize=fuzzer library, libfuzzer-14-dev the standalone one) and llvm-symbolizer (llvm)
 #   for the fuzz targets of tests/fuzz.
@@ -9,7 +11,9 @@ set -eu
 pkgs="libopenmpi-dev openmpi-bin libblis-dev libhdf5-dev hdf5-tools libconfig-dev pkg-config zlib1g-dev libpng-dev libjpeg62-turbo-dev libsndfile1-dev libsamplerate0-dev libjson-c-dev gnuplot-nox jq"
 case "${1:-}" in
 --test) pkgs="$pkgs python3-torch python3-h5py python3-numpy" ;;
---demo) pkgs="$pkgs dataset-fashion-mnist" ;;
+--demo | --demo-image) pkgs="$pkgs dataset-fashion-mnist" ;;
+--demo-speech) pkgs="$pkgs espeak-ng flite" ;;
+--demo-text) pkgs="$pkgs wordnet-base" ;; # npm: fetch_text.sh installs it if no npm is on PATH
 --fuzz) pkgs="$pkgs clang libclang-rt-14-dev libfuzzer-14-dev llvm" ;;
 esac
 missing=""

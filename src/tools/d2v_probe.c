@@ -16,10 +16,13 @@ static void usage(void) {
     printf(
         "usage: d2v-probe FEATURES_TRAIN.h5 FEATURES_TEST.h5 [--variant NAME|all] [--seed 0]\n"
         "                 [--json REPORT.json] [--k 20] [--max-iter 300] [--holdout 0.1]\n"
+        "                 [--l2 1e-1,1e-2,...,1e-7]\n"
         "  FEATURES_*.h5  d2v-extract outputs of one model (or --raw) on two labelled splits\n"
         "  --variant      mean_final, mean_norm, cls, mean_lastk, raw, or all (default: every\n"
         "                 variant of the train file)\n"
         "  --seed         the held-out split of the train features that picks the L2 strength\n"
+        "  --l2           the strengths tried, in this order (strongest first: each fit starts\n"
+        "                 from the previous one's solution)\n"
         "Per variant: a multinomial logistic-regression probe on features standardised with\n"
         "the train split's mean and std, fitted full-batch with L-BFGS, its L2 strength picked\n"
         "from 1e-1 .. 1e-7 by accuracy on a held-out share of train, then refitted on all of\n"
@@ -160,7 +163,22 @@ int main(int argc, char **argv) {
             pc.opt.max_iter = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--holdout") && i + 1 < argc)
             pc.holdout = atof(argv[++i]);
-        else if (argv[i][0] != '-' && !train)
+        else if (!strcmp(argv[i], "--l2") && i + 1 < argc) { /* the grid, strongest first */
+            char *s = argv[++i], *end;
+            pc.n_grid = 0;
+            for (;;) {
+                double v = strtod(s, &end);
+                if (end == s || !(v > 0) || pc.n_grid == PROBE_MAX_GRID)
+                    die("--l2 %s: expected up to %d positive strengths a,b,...", argv[i],
+                        PROBE_MAX_GRID);
+                pc.grid[pc.n_grid++] = v;
+                if (!*end) break;
+                if (*end != ',')
+                    die("--l2 %s: expected up to %d positive strengths a,b,...", argv[i],
+                        PROBE_MAX_GRID);
+                s = end + 1;
+            }
+        } else if (argv[i][0] != '-' && !train)
             train = argv[i];
         else if (argv[i][0] != '-' && !test)
             test = argv[i];
