@@ -14,7 +14,7 @@
 #                        evaluation's measured cost (DEMO_TRAIN_SECONDS sets it directly)
 #   DEMO_CONFIG=FILE     the recipe (default configs/MODALITY-demo.cfg)
 #   DEMO_RUN=DIR         the run directory (default runs/demo-MODALITY; an existing one is
-#                        replaced, DEMO_KEEP=1 reuses its newest checkpoint instead)
+#                        moved aside to DIR.DATE, DEMO_KEEP=1 reuses its newest checkpoint)
 #   DEMO_PRETRAIN, DEMO_TRAIN, DEMO_TEST  datasets instead of the real ones (the smoke test);
 #   DEMO_SETS="name:train.h5:test.h5 ..."  the probe sets (default: the modality's own)
 set -eu
@@ -102,7 +102,11 @@ esac
 train_s=${DEMO_TRAIN_SECONDS:-$(awk -v m="$minutes" -v s="$share" 'BEGIN { printf "%d", m * 60 * s / 100 }')}
 
 # ---- pretraining inside the budget ----
-if [ -z "${DEMO_KEEP:-}" ]; then rm -rf "$run"; fi
+# an earlier demo's run is kept, moved aside (DEMO_KEEP=1 continues it instead)
+if [ -z "${DEMO_KEEP:-}" ] && [ -e "$run" ]; then
+    old="$run.$(date -r "$run" +%Y%m%d-%H%M%S)"
+    mv "$run" "$old" && echo "== the previous $run is kept as $old"
+fi
 mkdir -p "$run"
 echo "== pretraining $cfg on $pretrain for $train_s s (run.max_time; $ranks ranks x $OMP_NUM_THREADS thread; load: $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "   log: $run/train.log, metrics: $run/metrics.jsonl"
