@@ -46,6 +46,27 @@ typedef struct {
     const char *f1_w, *f1_b, *f2_w, *f2_b, *g1, *g2;
 } BlockNames;
 
+/* fairseq's TransformerSentenceEncoderLayer names (text and audio blocks alike) */
+static const BlockNames fairseq_post_ln = {"self_attn.q_proj.weight",
+                                           "self_attn.q_proj.bias",
+                                           "self_attn.k_proj.weight",
+                                           "self_attn.k_proj.bias",
+                                           "self_attn.v_proj.weight",
+                                           "self_attn.v_proj.bias",
+                                           NULL,
+                                           "self_attn.out_proj.weight",
+                                           "self_attn.out_proj.bias",
+                                           "self_attn_layer_norm.weight",
+                                           "self_attn_layer_norm.bias",
+                                           "final_layer_norm.weight",
+                                           "final_layer_norm.bias",
+                                           "fc1.weight",
+                                           "fc1.bias",
+                                           "fc2.weight",
+                                           "fc2.bias",
+                                           NULL,
+                                           NULL};
+
 static void add_blocks(ExportPlan *p, const char *prefix, const BlockNames *bn,
                        const EncoderParams *e, const EncoderConfig *c) {
     int64_t C = c->C, F = c->F;
@@ -128,26 +149,7 @@ static void plan_text(ExportPlan *p, const ModelConfig *mc, const ModelParams *v
     ADD2("encoder.sentence_encoder.embed_positions.weight", v->text.pos, P, C);
     ADD1("encoder.sentence_encoder.layernorm_embedding.weight", v->text.ln_w, C);
     ADD1("encoder.sentence_encoder.layernorm_embedding.bias", v->text.ln_b, C);
-    static const BlockNames bn = {"self_attn.q_proj.weight",
-                                  "self_attn.q_proj.bias",
-                                  "self_attn.k_proj.weight",
-                                  "self_attn.k_proj.bias",
-                                  "self_attn.v_proj.weight",
-                                  "self_attn.v_proj.bias",
-                                  NULL,
-                                  "self_attn.out_proj.weight",
-                                  "self_attn.out_proj.bias",
-                                  "self_attn_layer_norm.weight",
-                                  "self_attn_layer_norm.bias",
-                                  "final_layer_norm.weight",
-                                  "final_layer_norm.bias",
-                                  "fc1.weight",
-                                  "fc1.bias",
-                                  "fc2.weight",
-                                  "fc2.bias",
-                                  NULL,
-                                  NULL};
-    add_blocks(p, "encoder.sentence_encoder.layers.", &bn, &v->enc, &mc->enc);
+    add_blocks(p, "encoder.sentence_encoder.layers.", &fairseq_post_ln, &v->enc, &mc->enc);
     /* fairseq's regression_head: Linear [-> GELU -> Linear] in a Sequential (data2vec_text.py) */
     const HeadConfig *h = &mc->head;
     int64_t H = h->layers == 2 ? 2 * C : C;
@@ -227,26 +229,7 @@ static void plan_speech(ExportPlan *p, const ModelConfig *mc, const ModelParams 
                                    "feed_forward.output_dense.bias",
                                    NULL,
                                    NULL};
-    static const BlockNames fsb = {"self_attn.q_proj.weight",
-                                   "self_attn.q_proj.bias",
-                                   "self_attn.k_proj.weight",
-                                   "self_attn.k_proj.bias",
-                                   "self_attn.v_proj.weight",
-                                   "self_attn.v_proj.bias",
-                                   NULL,
-                                   "self_attn.out_proj.weight",
-                                   "self_attn.out_proj.bias",
-                                   "self_attn_layer_norm.weight",
-                                   "self_attn_layer_norm.bias",
-                                   "final_layer_norm.weight",
-                                   "final_layer_norm.bias",
-                                   "fc1.weight",
-                                   "fc1.bias",
-                                   "fc2.weight",
-                                   "fc2.bias",
-                                   NULL,
-                                   NULL};
-    add_blocks(p, "encoder.layers.", hf ? &hfb : &fsb, &v->enc, &mc->enc);
+    add_blocks(p, "encoder.layers.", hf ? &hfb : &fairseq_post_ln, &v->enc, &mc->enc);
     if (!hf && mc->head.layers == 1 && !mc->head.final_norm) { /* fairseq's final_proj */
         ADD2("final_proj.weight", v->head.w1, C, C);
         ADD1("final_proj.bias", v->head.b1, C);
