@@ -11,9 +11,7 @@ export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d /tmp/d2v-demo.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+. tests/lib.sh
 bin=$build/bin
 fx=tests/fixtures
 
@@ -120,5 +118,4 @@ out=$(scripts/demo.sh "$build" sound 2>&1) && bad "demo accepted MODALITY=sound"
     { echo "$out" | grep -q "MODALITY must be" && ok "demo refuses an unknown modality" ||
         bad "demo refusal: $out"; }
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -10,9 +10,7 @@ export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d /tmp/d2v-probe.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+. tests/lib.sh
 bin=$build/bin
 fx=tests/fixtures
 
@@ -100,5 +98,4 @@ out=$("$bin/d2v-plot" "$dir/run" 2>&1)
 sig=$(head -c 8 "$dir/run/metrics.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')
 [ "$sig" = "89504e470d0a1a0a" ] && ok "d2v-plot: $out" || bad "d2v-plot: $out"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
