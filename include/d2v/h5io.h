@@ -20,6 +20,8 @@ void h5io_init(void);
 void h5_close(hid_t id);
 /// 1 if link `name` exists under loc.
 int h5_exists(hid_t loc, const char *name);
+/// 1 if attribute `name` exists on obj.
+int h5_attr_exists(hid_t obj, const char *name);
 /// Create group `name` under loc; dies naming it on failure.
 hid_t h5_group_create(hid_t loc, const char *name);
 /// Copy every attribute of src to dst except those named in the NULL-terminated skip list.

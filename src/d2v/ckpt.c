@@ -293,7 +293,7 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
     }
     if (!rc) { /* data2vec 1.0 or 2.0 (no attribute: written before v2, so v1) */
         char mode[8] = "v1", pr[8];
-        if (H5Aexists(f, "mode") > 0 &&
+        if (h5_attr_exists(f, "mode") &&
             h5_read_attr_str(f, path, "mode", mode, sizeof mode, err, errlen) < 0)
             rc = CKPT_DAMAGED;
         else if (strcmp(mode, mc->v2 ? "v2" : "v1"))
@@ -348,7 +348,7 @@ int ckpt_read(const char *path, const ModelConfig *mc, float *params, float *tea
                 h5_read_attr_i64(f, path, "position", &st->cursor.position, err, errlen) < 0))
         rc = CKPT_DAMAGED;
     st->planned = 0; /* absent from checkpoints written before run.max_time */
-    if (!rc && H5Aexists(f, "planned_updates") > 0 &&
+    if (!rc && h5_attr_exists(f, "planned_updates") &&
         h5_read_attr_i64(f, path, "planned_updates", &st->planned, err, errlen) < 0)
         rc = CKPT_DAMAGED;
     if (!rc && (st->planned < 0 || st->planned > CKPT_MAX_UPDATE))

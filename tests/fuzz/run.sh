@@ -10,7 +10,8 @@
 # prevent; docs/fuzzing.md), otherwise to d2v. A d2v finding fails the target; an HDF5 one is
 # counted, kept in FUZZ_BUILD/hdf5/, and fuzzing resumes for the rest of the time. Inputs and
 # reports: FUZZ_BUILD/artifacts/, FUZZ_BUILD/logs/<target>.log.
-# Usage: tests/fuzz/run.sh FUZZ_BUILD SECONDS [TARGET[:SECONDS]...]
+# Usage: tests/fuzz/run.sh FUZZ_BUILD SECONDS [TARGET[:SECONDS]...]; FUZZ_RUNS=N also ends each
+# target after N executions (SECONDS stays its cap), for a count that does not depend on the load.
 set -u
 fz=${1:-build/fuzz}
 secs=${2:-300}
@@ -76,9 +77,14 @@ for spec in $targets; do
     while :; do
         left=$((tsecs - ($(date +%s) - start)))
         [ "$left" -le 0 ] && break
+        runs=
+        if [ -n "${FUZZ_RUNS:-}" ]; then
+            [ "$execs" -ge "$FUZZ_RUNS" ] && break
+            runs=-runs=$((FUZZ_RUNS - execs))
+        fi
         # -close_fd_mask=3: the targets' own output (rejected inputs' messages) is not shown;
         # libFuzzer's and the sanitizers' reports still are
-        ASAN_OPTIONS=$asan_fuzz "$bin" -max_total_time="$left" $flags -print_final_stats=1 \
+        ASAN_OPTIONS=$asan_fuzz "$bin" -max_total_time="$left" $runs $flags -print_final_stats=1 \
             -artifact_prefix="$art/" "$work" >"$log.part" 2>&1
         rc=$?
         cat "$log.part" >>"$log"
