@@ -115,7 +115,8 @@ faults: deps-test
 
 # libFuzzer targets (tests/fuzz, docs/fuzzing.md): the input-facing sources rebuilt with clang's
 # coverage instrumentation and ASan + UBSan (any report is a finding), the rest from the release
-# library; each target runs FUZZ_SECONDS on a copy of its seed corpus.
+# library; each target runs FUZZ_SECONDS on a copy of its seed corpus (FUZZ_RUNS=N: or until N
+# executions, e.g. make fuzz FUZZ_RUNS=100000 FUZZ_SECONDS=3600).
 FUZZ_SECONDS ?= 300
 FUZZ_BUILD   := build/fuzz
 FUZZ_TARGETS := config dataset ckpt h5edit bpe idx image audio safetensors
