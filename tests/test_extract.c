@@ -113,7 +113,7 @@ typedef struct {
     SpeechFeatures sf;
     SpeechContext sc;
     Encoder e;
-    float *bias, *img, *wav, *normed, *mean, *rstd;
+    float *bias, *img, *wav, *normed, *mean, *rstd, *ctx_in, *ctx_out; /* ctx: image v2 */
     int32_t *tok;
     uint8_t *pad;
 } Ref;
@@ -134,14 +134,19 @@ static void ref_init(Ref *r, const Case *c) {
         speech_features_init(&r->sf, &mc->speech, 1, S);
         speech_context_init(&r->sc, &mc->speech, 1, r->T_max, 0);
     }
-    encoder_init(&r->e, &mc->enc, 1, r->T_max, 0);
+    int v2 = mc->v2 && mc->modality == D2V_IMAGE; /* the context prepends a cls row */
+    if (v2) {
+        r->ctx_in = xalloc(sizeof(float) * (r->T_max + 1) * C, "context input");
+        r->ctx_out = xalloc(sizeof(float) * (r->T_max + 1) * C, "context");
+    }
+    encoder_init(&r->e, &mc->enc, 1, r->T_max + v2, 0);
     r->img = xalloc(sizeof(float) * (c->d.H * c->d.W * c->d.C + 1), "image");
     r->wav = xalloc(sizeof(float) * S, "audio");
     r->tok = xalloc(sizeof(int32_t) * r->T_max, "tokens");
     r->pad = xalloc((size_t)r->T_max, "pad");
-    r->normed = xalloc(sizeof(float) * r->T_max * C, "normed");
-    r->mean = xalloc(sizeof(float) * r->T_max, "mean"),
-    r->rstd = xalloc(sizeof(float) * r->T_max, "");
+    r->normed = xalloc(sizeof(float) * (r->T_max + 1) * C, "normed");
+    r->mean = xalloc(sizeof(float) * (r->T_max + 1), "mean"),
+    r->rstd = xalloc(sizeof(float) * (r->T_max + 1), "");
 }
 
 static void ref_free(Ref *r, const Case *c) {
@@ -150,7 +155,7 @@ static void ref_free(Ref *r, const Case *c) {
     if (c->mc.modality == D2V_IMAGE) image_embed_free(&r->ie);
     if (c->mc.modality == D2V_SPEECH) speech_features_free(&r->sf), speech_context_free(&r->sc);
     free(r->bias), free(r->img), free(r->wav), free(r->tok), free(r->pad), free(r->normed);
-    free(r->mean), free(r->rstd);
+    free(r->mean), free(r->rstd), free(r->ctx_in), free(r->ctx_out);
 }
 
 static void mean_over(float *o, const float *h, const uint8_t *pad, int first, int T, int C) {
@@ -197,6 +202,14 @@ static void ref_sample(Ref *r, const Case *c, const ModelParams *p, int64_t i, i
         image_embed_forward(&r->ie, &p->image, r->img, NULL, 1);
         if (mc->image.pos == IMAGE_POS_RELATIVE) image_rel_bias_forward(&r->ie, r->bias, &p->image);
         x = r->ie.out, bias = mc->image.pos == IMAGE_POS_RELATIVE ? r->bias : NULL;
+        if (mc->v2) { /* docs/algorithm.md §7: cls + the patches, one layer norm, then blocks */
+            memcpy(r->ctx_in, p->image.v2_cls, sizeof(float) * C);
+            memcpy(r->ctx_in + C, x, sizeof(float) * (size_t)T * C);
+            T += 1, first = 1;
+            layernorm_forward(r->ctx_out, r->mean, r->rstd, r->ctx_in, p->image.v2_ln_w,
+                              p->image.v2_ln_b, T, C, mc->enc.ln_eps);
+            x = r->ctx_out;
+        }
     } else {
         int64_t len = dataset_sample_len(d, i);
         int S = (int)(len < c->cfg.speech_max_samples ? len : c->cfg.speech_max_samples);
@@ -296,7 +309,8 @@ static int check_against(const Case *c, const char *file, const ModelParams *p, 
     int64_t N = c->d.num_samples;
     int C = c->mc.enc.C, L = c->mc.enc.L, last_k = L < 4 ? L : 4;
     int has_norm = model_final_norm(&c->mc);
-    int has_cls = c->mc.modality == D2V_TEXT || (c->mc.modality == D2V_IMAGE && c->mc.image.cls);
+    int has_cls = c->mc.modality == D2V_TEXT ||
+                  (c->mc.modality == D2V_IMAGE && (c->mc.image.cls || c->mc.v2));
     float *mf = out_read(&o, "mean_final", N, C), *lk = out_read(&o, "mean_lastk", N, C);
     float *mn = has_norm ? out_read(&o, "mean_norm", N, C) : NULL;
     float *cl = has_cls ? out_read(&o, "cls", N, C) : NULL;
@@ -460,6 +474,25 @@ static void test_image(Case *c) {
     check_record(sh("ls %s | grep -q '\\.tmp\\.'", g_dir) != 0, "no temporary file left behind");
 }
 
+/* data2vec 2.0: the context prepends cls and layer-norms before the blocks; cls is a variant */
+static void test_image_v2(Case *c) {
+    printf("-- image, data2vec 2.0: the same images, configs/image-v2-tiny.cfg\n");
+    char f_s[FN], var[128] = "";
+    snprintf(f_s, sizeof f_s, "%s/img-v2-student.h5", g_dir);
+    extract(c, EXTRACT_STUDENT, f_s, 7);
+    check_against(c, f_s, &c->ps, "v2 student", 0);
+    check_record(!check_against(c, f_s, &c->pt, "", 1),
+                 "negative control: v2, the student's features are not the teacher's");
+    Out o;
+    if (out_open(&o, f_s) == 0) {
+        out_str(&o, "variants", var, sizeof var);
+        h5_close(o.f);
+    }
+    check_record(
+        !strcmp(var, "mean_final,cls,mean_lastk"),
+        "v2 variants: mean_final, cls (the context's), mean_lastk (post-LN: no mean_norm)");
+}
+
 static void test_text(Case *c) {
     printf("-- text: Moby-Dick paragraphs (no labels), configs/text-tiny.cfg\n");
     char f[FN];
@@ -620,9 +653,11 @@ int main(int argc, char **argv) {
     snprintf(g_dir, sizeof g_dir, "/tmp/d2v-extract.XXXXXX");
     if (!mkdtemp(g_dir)) die("cannot make a temporary directory");
     static Case img = {.name = "image", .cfg_file = "configs/image-tiny.cfg"};
+    static Case img2 = {.name = "image-v2", .cfg_file = "configs/image-v2-tiny.cfg"};
     static Case txt = {.name = "text", .cfg_file = "configs/text-tiny.cfg"};
     static Case sp = {.name = "speech", .cfg_file = "configs/speech-tiny.cfg"};
     snprintf(img.data, sizeof img.data, "%s/images.h5", g_dir);
+    snprintf(img2.data, sizeof img2.data, "%s/images.h5", g_dir);
     snprintf(txt.data, sizeof txt.data, "%s/text.h5", g_dir);
     snprintf(sp.data, sizeof sp.data, "%s/speech.h5", g_dir);
     int rc = sh("%s/d2v-prep-image --idx-images tests/fixtures/fmnist-t500-images-idx3.gz "
@@ -636,11 +671,12 @@ int main(int argc, char **argv) {
         return check_summary();
     add_speakers(img.data, 500);
     if (setup(&img) == 0) test_image(&img);
+    if (setup(&img2) == 0) test_image_v2(&img2);
     if (setup(&txt) == 0) test_text(&txt);
     if (setup(&sp) == 0) test_speech(&sp);
     if (img.params && txt.params && sp.params) test_raw(&img, &txt, &sp);
-    Case *cs[3] = {&img, &txt, &sp};
-    for (int k = 0; k < 3; k++)
+    Case *cs[4] = {&img, &img2, &txt, &sp};
+    for (int k = 0; k < 4; k++)
         if (cs[k]->params) {
             dataset_close(&cs[k]->d);
             free(cs[k]->params), free(cs[k]->teacher), free(cs[k]->random);

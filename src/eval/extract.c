@@ -201,10 +201,10 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-/* Token 0 is a summary token: the image cls; text's <s>, RoBERTa's classification token (every
- * row starts with it). Speech frames have none. */
+/* Token 0 is a summary token: the image cls (v2's context always prepends one); text's <s>,
+ * RoBERTa's classification token (every row starts with it). Speech frames have none. */
 static int first_is_cls(const ModelConfig *mc) {
-    return mc->modality == D2V_TEXT || (mc->modality == D2V_IMAGE && mc->image.cls);
+    return mc->modality == D2V_TEXT || (mc->modality == D2V_IMAGE && (mc->image.cls || mc->v2));
 }
 
 static void open_dataset(Job *j, int modality) {
