@@ -146,10 +146,11 @@ fuzz: deps deps-fuzz
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # Time to accuracy, data2vec 1.0 against 2.0 (bench/tta.sh): TTA_BUDGETS seconds each, about
-# 2 x their sum in all (default 60 120 240 480: 30 min).
+# 2 x their sum in all (default 60 120 240 480: 30 min); TTA_MODALITY=speech on spoken digits.
 tta: deps deps-demo
 	$(MAKE) all
-	@[ -f data/fmnist-train.h5 ] || $(MAKE) data-image
+	@if [ "$(TTA_MODALITY)" = speech ]; then [ -f data/digits-eval.h5 ] || $(MAKE) data-speech; \
+	else [ -f data/fmnist-train.h5 ] || $(MAKE) data-image; fi
 	bench/tta.sh $(BUILD) $(or $(TTA_OUT),runs/tta-$(shell date +%Y%m%d-%H%M%S))
 
 demo: deps deps-demo

@@ -1,21 +1,31 @@
 #!/bin/sh
-# tta.sh (make tta): time to accuracy of data2vec 1.0 against 2.0 on Fashion-MNIST. For each
+# tta.sh (make tta): time to accuracy of data2vec 1.0 against 2.0 on Fashion-MNIST (or on the
+# spoken digits, TTA_MODALITY=speech: held-out voices as the probe's test split). For each
 # wall-time budget, each recipe pretrains from scratch with run.max_time = budget (its LR and tau
 # schedules planned for that budget), then the frozen student is probed (d2v-extract, d2v-probe:
 # linear and kNN). Prints one table row per budget and the budget at which v2 first reaches v1's
 # accuracy at the largest budget (linear interpolation between budgets). docs/performance.md §5.
 # Usage: bench/tta.sh BUILD [OUT_DIR]; TTA_BUDGETS (seconds, ascending, default "60 120 240 480"),
 # TTA_V1 / TTA_V2 (configs, default configs/image-tta-v1.cfg and configs/image-tta-v2.cfg: the same
-# 4 x 128 encoder), TTA_RANKS (default nproc: one MPI rank per core, one thread each, as make demo
-# runs; docs/demo.md §1).
+# 4 x 128 encoder; speech: configs/speech-demo.cfg and configs/speech-demo-v2.cfg), TTA_RANKS
+# (default nproc: one MPI rank per core, one thread each, as make demo runs; docs/demo.md §1).
 set -eu
 build=${1:-build/release}
 out=${2:-runs/tta}
 budgets=${TTA_BUDGETS:-60 120 240 480}
-v1=${TTA_V1:-configs/image-tta-v1.cfg} v2=${TTA_V2:-configs/image-tta-v2.cfg}
-train=data/fmnist-train.h5 test=data/fmnist-test.h5
+case ${TTA_MODALITY:-image} in
+image)
+    v1=${TTA_V1:-configs/image-tta-v1.cfg} v2=${TTA_V2:-configs/image-tta-v2.cfg}
+    train=data/fmnist-train.h5 test=data/fmnist-test.h5 make=data-image
+    ;;
+speech)
+    v1=${TTA_V1:-configs/speech-demo.cfg} v2=${TTA_V2:-configs/speech-demo-v2.cfg}
+    train=data/digits-train.h5 test=data/digits-eval.h5 make=data-speech
+    ;;
+*) echo "tta: TTA_MODALITY must be image or speech, not '$TTA_MODALITY'" >&2 && exit 1 ;;
+esac
 for f in "$train" "$test" "$v1" "$v2"; do
-    [ -f "$f" ] || { echo "tta: $f: missing (make data-image makes the datasets)" >&2; exit 1; }
+    [ -f "$f" ] || { echo "tta: $f: missing (make $make makes the datasets)" >&2; exit 1; }
 done
 if [ -e "$out" ]; then
     echo "tta: $out exists; not overwritten (remove it or pass another OUT_DIR)" >&2
@@ -30,10 +40,8 @@ echo "== time to accuracy: $v1 (v1) against $v2 (v2), budgets $budgets s, $ranks
 echo "   $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # probe RUN: "linear knn variant" of the best linear variant of the student
 probe() {
-    for split in train test; do
-        mpi "$build/bin/d2v-extract" "$1" --data "data/fmnist-$split.h5" -o "$1/feat-$split.h5" \
-            --quiet >/dev/null
-    done
+    mpi "$build/bin/d2v-extract" "$1" --data "$train" -o "$1/feat-train.h5" --quiet >/dev/null
+    mpi "$build/bin/d2v-extract" "$1" --data "$test" -o "$1/feat-test.h5" --quiet >/dev/null
     OMP_NUM_THREADS=$(nproc) BLIS_NUM_THREADS=$(nproc) \
         "$build/bin/d2v-probe" "$1/feat-train.h5" "$1/feat-test.h5" --json "$1/probe.json" |
         awk '$3 ~ /%$/ { l = $3 + 0; if (l > best) { best = l; k = $5 + 0; v = $1 } }

@@ -2,7 +2,8 @@
 # fetch_text.sh: real public-domain text corpora to d2v text datasets via d2v-prep-text:
 #   OUT_DIR/text-pretrain.h5   Moby-Dick (135 chapters and 3 extras), 233 State of the Union speeches
 #                              and the 1,189 chapters of the King James Bible, one document each,
-#                              with a byte-level BPE vocabulary trained on them (about 17 MB)
+#                              and the WordNet glosses below (8 times: GLOSS_REPEAT), with a
+#                              byte-level BPE vocabulary trained on the books and the glosses once
 #   OUT_DIR/tokenizer/         that vocabulary as GPT-2 style vocab.json + merges.txt
 #   OUT_DIR/spamassassin.h5    the 6,046 SpamAssassin emails (raw RFC-822 text), labels ham = 0,
 #                              spam = 1 from folder names, encoded with the same vocabulary
@@ -21,15 +22,17 @@
 # fetched with `apt-get download` and unpacked without installing. Everything is kept under
 # OUT_DIR/raw, so a second run works offline.
 # Usage: data-prep/fetch_text.sh OUT_DIR [BUILD_DIR]
-#   VOCAB_SIZE=32768 ...   vocabulary size (default 16384)
+#   VOCAB_SIZE=32768 ...   vocabulary size (default 8192, the text demo's)
 #   NP=4 ...               prepare on 4 MPI ranks (an index file plus 4 shards per dataset)
 #   NO_KJV=1 ...           leave out the KJV (e.g. when Debian's package lists are unavailable)
 #   NO_WORDNET=1 ...       leave out WordNet (no glosses in pretraining, no wordnet-*.h5)
+#   GLOSS_REPEAT=1 ...     the glosses once in text-pretrain.h5 (default 8: upsampled)
 set -eu
 out=${1:?usage: data-prep/fetch_text.sh OUT_DIR [BUILD_DIR]}
 build=${2:-build/release}
 prep=$build/bin/d2v-prep-text
-vocab_size=${VOCAB_SIZE:-16384}
+vocab_size=${VOCAB_SIZE:-8192}
+gloss_repeat=${GLOSS_REPEAT:-8}
 [ -x "$prep" ] || { echo "fetch_text: $prep not found; run: make $prep" >&2; exit 1; }
 mkdir -p "$out/raw"
 raw=$(cd "$out/raw" && pwd)
@@ -165,6 +168,15 @@ run() {
 }
 run "$prep" --vocab-size "$vocab_size" --save-tokenizer "$out/tokenizer" \
     --out "$out/text-pretrain.h5" "$out/pretrain"
+# The glosses again, GLOSS_REPEAT times in all: the vocabulary above saw them once, the
+# pretraining stream sees the probe's domain upsampled (docs/demo.md §3, t8-t10).
+if [ -z "${NO_WORDNET:-}" ] && [ "$gloss_repeat" -gt 1 ]; then
+    set -- "$out/pretrain"
+    i=1
+    while [ $i -lt "$gloss_repeat" ]; do set -- "$@" "$raw/wordnet/pretrain"; i=$((i + 1)); done
+    run "$prep" --vocab "$out/tokenizer/vocab.json" --merges "$out/tokenizer/merges.txt" \
+        --out "$out/text-pretrain.h5" "$@"
+fi
 run "$prep" --vocab "$out/tokenizer/vocab.json" --merges "$out/tokenizer/merges.txt" \
     --labels-from-dirs --out "$out/spamassassin.h5" "$out/spamassassin"
 for split in train test; do

@@ -89,7 +89,7 @@ speech)
     ;;
 text)
     if [ -z "${DEMO_PRETRAIN:-}" ] && [ ! -f data/wordnet-test.h5 ]; then
-        VOCAB_SIZE=${VOCAB_SIZE:-8192} data-prep/fetch_text.sh data "$build"
+        data-prep/fetch_text.sh data "$build"
     fi
     pretrain=${DEMO_PRETRAIN:-data/text-pretrain.h5}
     sets=${DEMO_SETS:-wordnet:data/wordnet-train.h5:data/wordnet-test.h5 spam:data/spam-train.h5:data/spam-test.h5}
