@@ -26,6 +26,12 @@ n=$(echo "$plan" | sed -n 's/.*, so \([0-9]*\) updates in all.*/\1/p')
     bad "budget run: rc $rc after $took s, plan '$plan': $(tail -3 "$dir/a.log")"
 grep -q "^run.max_time .* s/update over updates 2-10," "$dir/a.log" &&
     ok "the first plan comes after the 10-update probe" || bad "no plan after the probe"
+# three plans: after the probe, a tenth in, and halfway from the updates since the second only
+plans=$(sed -n 's/^run.max_time .* s\/update over updates \([0-9]*\)-\([0-9]*\),.*/\1-\2/p' "$dir/a.log" | tr '\n' ' ')
+echo "$plans" | awk '{ split($2, p, "-"); split($3, q, "-")
+                       exit !(NF == 3 && $1 ~ /^2-/ && p[1] == 2 && q[1] == p[2] + 1) }' &&
+    ok "three plans, the third timing only the updates since the second: $plans" ||
+    bad "plans (updates timed): '$plans'"
 last=$(ls -d "$dir"/a/ckpt/step_* | tail -1)
 got=$(/usr/bin/python3 -c "import h5py, sys; f = h5py.File(sys.argv[1]); print(f.attrs['planned_updates'], f.attrs['update'])" "$last/model.h5")
 [ "${got% *}" = "$n" ] && ok "the checkpoint keeps the plan ($got: planned, reached)" ||

@@ -85,8 +85,10 @@ typedef struct {
     TrainTimes times;
     double t_probe;     // run.max_time: the end of this process's first update (probe start)
     int64_t probe_from; //   and that update's number
-    int plans;          //   plans made by this process (the second, a tenth in, is final)
-    int64_t tau_steps;  // the tau ramp's length (ema.tau_steps, scaled by a budget's plan)
+    int plans;     //   plans made by this process (a tenth in, then halfway: the third is final)
+    double t_plan; //   the second plan's time and update: the third times the rate since
+    int64_t plan_at;
+    int64_t tau_steps; // the tau ramp's length (ema.tau_steps, scaled by a budget's plan)
     double log_skew, log_allreduce; // times.skew and times.allreduce at the last log
     int64_t updates_since_log;
     const char *arch; // BLIS kernel set in use

@@ -210,13 +210,16 @@ static void apply_plan(Trainer *t, int64_t planned) {
 }
 
 /* After the probe updates, rank 0 turns the measured rate into an update count for the rest of
- * the budget; every rank applies the same plan. */
+ * the budget; every rank applies the same plan. The first two plans time the updates since the
+ * probe began, the third (halfway) those since the second, so a slow start does not end the run
+ * early (docs/algorithm.md §5.2). */
 static void plan_budget(Trainer *t) {
     const TrainConfig *c = &t->cfg;
-    int64_t done = t->st.update;
+    int64_t done = t->st.update, from = t->plans == 2 ? t->plan_at : t->probe_from;
     double v[2] = {0, 0};
     if (g_dist.rank == 0) {
-        double now = now_seconds(), rate = (now - t->t_probe) / (double)(done - t->probe_from);
+        double now = now_seconds();
+        double rate = (now - (t->plans == 2 ? t->t_plan : t->t_probe)) / (double)(done - from);
         double left = c->max_time - (now - t->t_start) - 0.05 * c->max_time; /* 5 %: the end */
         int64_t more = left > 0 ? (int64_t)(left / rate) : 0;
         v[0] = (double)(done + more), v[1] = rate;
@@ -224,16 +227,18 @@ static void plan_budget(Trainer *t) {
     }
     dist_bcast_bytes(v, sizeof v);
     int64_t planned = (int64_t)v[0];
-    if (planned < done + c->log_every)
+    if (t->plans == 2 && planned <= done) planned = done + 1; /* slowed down: end at once */
+    if (planned < done + c->log_every && t->plans < 2)
         die("run.max_time = %g s allows only %lld updates at the measured %.3g s/update, fewer "
             "than one logging interval past the %lld already run (run.log_every = %d): raise "
             "run.max_time or lower run.log_every",
             c->max_time, (long long)planned, v[1], (long long)done, c->log_every);
     apply_plan(t, planned);
     t->plans++;
+    t->t_plan = now_seconds(), t->plan_at = done;
     log0("run.max_time %.0f s: %.3g s/update over updates %lld-%lld, so %lld updates in all; the "
          "recipe of run.max_updates = %lld scaled by %.3g (warm-up %lld, tau ramp %lld)\n",
-         c->max_time, v[1], (long long)t->probe_from + 1, (long long)done, (long long)planned,
+         c->max_time, v[1], (long long)from + 1, (long long)done, (long long)planned,
          (long long)c->max_updates, (double)planned / (double)c->max_updates,
          (long long)t->sched.warmup, (long long)t->tau_steps);
 }
@@ -539,14 +544,15 @@ int trainer_update(Trainer *t, TrainMetrics *out) {
     /* a slow update is not a hang: the limit follows the slowest one seen */
     dist_watchdog_raise(5 * m.seconds);
     dist_watchdog_phase("logging and checkpoint checks", n + 1);
-    if (c->max_time > 0 && t->plans < 2) { /* time this process's updates from its first */
+    if (c->max_time > 0 && t->plans < 3) { /* time this process's updates from its first */
         if (t->probe_from == 0 && !t->st.planned)
             t->probe_from = n + 1, t->t_probe = now_seconds();
         else if (t->probe_from > 0 &&
                  ((t->plans == 0 && n + 1 >= t->probe_from + TRAINER_PROBE - 1) ||
                   (t->plans == 1 && n + 1 >= t->probe_from + TRAINER_PROBE - 1 +
-                                                 (t->st.planned - t->probe_from) / 10)))
-            plan_budget(t); /* once after the probe, again (better measured) a tenth in */
+                                                 (t->st.planned - t->probe_from) / 10) ||
+                  (t->plans == 2 && n + 1 >= t->plan_at + (t->st.planned - t->plan_at) / 2)))
+            plan_budget(t); /* after the probe, a tenth in (better measured), and halfway */
     }
     if (c->consistency_every > 0 && (n + 1) % c->consistency_every == 0 &&
         !(c->checkpoint_every > 0 && (n + 1) % c->checkpoint_every == 0))
