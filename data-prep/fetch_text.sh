@@ -169,7 +169,7 @@ run() {
 run "$prep" --vocab-size "$vocab_size" --save-tokenizer "$out/tokenizer" \
     --out "$out/text-pretrain.h5" "$out/pretrain"
 # The glosses again, GLOSS_REPEAT times in all: the vocabulary above saw them once, the
-# pretraining stream sees the probe's domain upsampled (docs/demo.md §3, t8-t10).
+# pretraining stream sees the probe's domain upsampled (docs/demo.md §3, t8-t11).
 if [ -z "${NO_WORDNET:-}" ] && [ "$gloss_repeat" -gt 1 ]; then
     set -- "$out/pretrain"
     i=1
