@@ -6,16 +6,18 @@
 # linear and kNN). Prints one table row per budget and the budget at which v2 first reaches v1's
 # accuracy at the largest budget (linear interpolation between budgets). docs/performance.md §5.
 # Usage: bench/tta.sh BUILD [OUT_DIR]; TTA_BUDGETS (seconds, ascending, default "60 120 240 480"),
-# TTA_V1 / TTA_V2 (configs, default configs/image-tta-v1.cfg and configs/image-tta-v2.cfg: the same
-# 4 x 128 encoder; speech: configs/speech-demo.cfg and configs/speech-demo-v2.cfg), TTA_RANKS
-# (default nproc: one MPI rank per core, one thread each, as make demo runs; docs/demo.md §1).
+# TTA_V1 / TTA_V2 (configs, default configs/image-tta-p4-v1.cfg and configs/image-tta-p4-v2.cfg: the
+# same 4 x 128 encoder over 49 patches; configs/image-tta-v{1,2}.cfg are the 16-patch pair; speech:
+# configs/speech-demo.cfg and configs/speech-demo-v2.cfg), TTA_RANKS
+# (default the online cores: one MPI rank per core, one thread each, as make demo runs; docs/demo.md §1),
+# TTA_TRAIN / TTA_TEST (the pretraining and probe-training split, and the probe's test split).
 set -eu
 build=${1:-build/release}
 out=${2:-runs/tta}
 budgets=${TTA_BUDGETS:-60 120 240 480}
 case ${TTA_MODALITY:-image} in
 image)
-    v1=${TTA_V1:-configs/image-tta-v1.cfg} v2=${TTA_V2:-configs/image-tta-v2.cfg}
+    v1=${TTA_V1:-configs/image-tta-p4-v1.cfg} v2=${TTA_V2:-configs/image-tta-p4-v2.cfg}
     train=data/fmnist-train.h5 test=data/fmnist-test.h5 make=data-image
     ;;
 speech)
@@ -24,6 +26,7 @@ speech)
     ;;
 *) echo "tta: TTA_MODALITY must be image or speech, not '$TTA_MODALITY'" >&2 && exit 1 ;;
 esac
+train=${TTA_TRAIN:-$train} test=${TTA_TEST:-$test}
 for f in "$train" "$test" "$v1" "$v2"; do
     [ -f "$f" ] || { echo "tta: $f: missing (make $make makes the datasets)" >&2; exit 1; }
 done
@@ -33,19 +36,27 @@ if [ -e "$out" ]; then
 fi
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-ranks=${TTA_RANKS:-$(nproc)}
+# getconf, not nproc: nproc reports OMP_NUM_THREADS when it is set
+cores=$(getconf _NPROCESSORS_ONLN)
+ranks=${TTA_RANKS:-$cores}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} BLIS_NUM_THREADS=${BLIS_NUM_THREADS:-1}
 mpi() { mpirun --oversubscribe -np "$ranks" -x OMP_NUM_THREADS -x BLIS_NUM_THREADS "$@"; }
 echo "== time to accuracy: $v1 (v1) against $v2 (v2), budgets $budgets s, $ranks ranks x $OMP_NUM_THREADS thread"
 echo "   $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-# probe RUN: "linear knn variant" of the best linear variant of the student
+# probe RUN [random-init]: "linear knn variant" of the best linear variant of the student (of
+# the same architecture untrained with random-init); fails when any step does
 probe() {
-    mpi "$build/bin/d2v-extract" "$1" --data "$train" -o "$1/feat-train.h5" --quiet >/dev/null
-    mpi "$build/bin/d2v-extract" "$1" --data "$test" -o "$1/feat-test.h5" --quiet >/dev/null
-    OMP_NUM_THREADS=$(nproc) BLIS_NUM_THREADS=$(nproc) \
-        "$build/bin/d2v-probe" "$1/feat-train.h5" "$1/feat-test.h5" --json "$1/probe.json" |
-        awk '$3 ~ /%$/ { l = $3 + 0; if (l > best) { best = l; k = $5 + 0; v = $1 } }
-             END { printf "%.2f %.2f %s\n", best, k, v }'
+    tag=${2:+-$2}
+    for split in train test; do
+        data=$train
+        [ $split = test ] && data=$test
+        mpi "$build/bin/d2v-extract" "$1" ${2:+--$2} --data "$data" -o "$1/feat$tag-$split.h5" \
+            --quiet >/dev/null || return 1
+    done
+    OMP_NUM_THREADS=$cores BLIS_NUM_THREADS=$cores "$build/bin/d2v-probe" "$1/feat$tag-train.h5" \
+        "$1/feat$tag-test.h5" --json "$1/probe$tag.json" >"$1/probe$tag.txt" || return 1
+    awk '$3 ~ /%$/ { l = $3 + 0; if (l > best) { best = l; k = $5 + 0; v = $1 } }
+         END { if (v == "") exit 1; printf "%.2f %.2f %s\n", best, k, v }' "$1/probe$tag.txt"
 }
 rows=$out/table.txt
 : >"$rows"
@@ -58,7 +69,8 @@ for b in $budgets; do
         mpi "$build/bin/d2v-train" "$cfg" --set run.max_time=$b --set data.train=$train \
             --run-dir "$run" >"$run.log" 2>&1 || { echo "tta: $run failed (see $run.log)" >&2; exit 1; }
         ups=$(sed -n 's/^done: update \([0-9]*\) .*/\1/p' "$run.log")
-        line="$line $ups $(probe "$run")"
+        p=$(probe "$run") || { echo "tta: probing $run failed (see $run/probe.txt)" >&2; exit 1; }
+        line="$line $ups $p"
     done
     echo "$line" >>"$rows"
 done
@@ -87,4 +99,14 @@ awk 'BEGIN { printf "   %7s | %7s %8s %6s | %7s %8s %6s\n", "budget", "v1 upd", 
            if (at < 0) printf "   %s: v2 did not reach v1'"'"'s best, %.2f%% (at %d s), within %d s\n", name, v1[bi], b[bi], b[NR]
            else printf "   %s: v2 reaches v1'"'"'s best, %.2f%% (at %d s), after %s%.0f s: %.2fx the time\n",
                        name, v1[bi], b[bi], at == b[1] ? "at most " : "about ", at, at / b[bi] }' "$rows" | tee "$out/summary.txt"
+# The untrained networks, for scale: the two recipes' architectures differ (v2 is post-LN with
+# fixed positions), so they start from different accuracies (docs/performance.md §5).
+last=${budgets##* }
+for mode in v1 v2; do
+    p=$(probe "$out/$mode-$last" random-init) ||
+        { echo "tta: probing $out/$mode-$last at random init failed" >&2; exit 1; }
+    set -- $p
+    echo "   $mode at random init (the same network untrained): $1% linear ($3), $2% kNN" |
+        tee -a "$out/summary.txt"
+done
 echo "   runs, features and probe reports in $out/"
